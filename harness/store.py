@@ -1,0 +1,118 @@
+"""Run directories: resolved config, per-iteration metrics, evaluation samples, summary. Every write is atomic.
+
+Layout of one run directory (the format `harness report` reads; see docs/run_format.md):
+  config.json      the resolved RunConfig (no secrets), with its hash
+  metrics.jsonl    one JSON object per training iteration (cumulative budget counters + training stats)
+  samples.jsonl    end-of-run evaluation samples
+  summary.json     written last, only when the run completed: algorithm, task, data source, preset, seed,
+                   eval metrics, the SFT baseline's, budget, status
+  evals/<suite>.json  results of `harness eval` suites
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temp file in the same directory, fsync, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _jsonable(x: Any) -> Any:
+    if hasattr(x, "item"):
+        return x.item()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one line and fsync; a crash can at worst leave a truncated last line, which readers skip."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, sort_keys=True, default=_jsonable) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: Path) -> tuple[list[dict], list[str]]:
+    """Records of a JSONL file and a list of problems (e.g. a truncated last line) instead of an exception."""
+    records, problems = [], []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            problems.append(f"{Path(path).name}:{n} is not valid JSON (truncated write?)")
+    return records, problems
+
+
+def write_jsonl(path: Path, records: Iterable[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True, default=_jsonable) + "\n" for r in records))
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def code_version() -> str:
+    """Git commit of the harness checkout (with '+dirty' for local changes), or the package version."""
+    here = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import version
+        return f"harness-{version('harness')}"
+
+
+class RunDir:
+    """One run's directory. Paths are properties so every module agrees on the file names."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+
+    config = property(lambda self: self.path / "config.json")
+    metrics = property(lambda self: self.path / "metrics.jsonl")
+    samples = property(lambda self: self.path / "samples.jsonl")
+    summary = property(lambda self: self.path / "summary.json")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    evals = property(lambda self: self.path / "evals")
+
+    def create(self, config: dict) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json(self.config, config)
+
+    def log(self, record: dict) -> None:
+        append_jsonl(self.metrics, record)
+
+    def is_complete(self) -> bool:
+        return self.summary.exists()
