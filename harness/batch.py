@@ -1,0 +1,64 @@
+"""The typed structure every optimizer receives: k responses per prompt kept together as [P, K, ...].
+
+Shuffling and minibatching index PROMPTS (the first axis), so a pair or group is never split (PROTOCOL.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+from torch import Tensor
+
+
+@dataclass
+class Batch:
+    """One iteration's data. P prompts, K responses each, Lq query tokens, Lr response tokens.
+
+    For online optimizers the responses were sampled from pi_t; for offline ones (DPO) they are the data set's
+    (chosen, rejected) pairs and `score`, `kl`, `reward` are None.
+    """
+
+    query: Tensor  # [P, Lq] left-padded prompt ids
+    response: Tensor  # [P, K, Lr] padded after the first EOS
+    mask: Tensor  # [P, K, Lr] bool, True up to and including the first EOS
+    logp_old: Tensor  # [P, K, Lr] per-token log-probs of pi_t (the policy at the start of the iteration), constants
+    logp_ref: Tensor  # [P, K, Lr] per-token log-probs of pi_ref, constants
+    score: Tensor | None = None  # [P, K] reward-model score after the missing-EOS rule
+    kl: Tensor | None = None  # [P, K] sequence KL estimate, sum of logp_old - logp_ref
+    reward: Tensor | None = None  # [P, K] score - beta * kl
+    values_old: Tensor | None = None  # [P, K, Lr] critic values at rollout time (algorithms with a critic)
+    extras: dict[str, Tensor] = field(default_factory=dict)  # per-prompt tensors an algorithm prepared, [P, ...]
+
+    @property
+    def num_prompts(self) -> int:
+        return self.query.shape[0]
+
+    @property
+    def samples_per_prompt(self) -> int:
+        return self.response.shape[1]
+
+    def select(self, idx: Tensor) -> "Batch":
+        """The sub-batch of the prompts `idx` (all K responses of each)."""
+        picked = {f.name: getattr(self, f.name)[idx] for f in fields(self)
+                  if isinstance(getattr(self, f.name), Tensor)}
+        return replace(self, **picked, extras={k: v[idx] for k, v in self.extras.items()})
+
+    def flat(self, name: str) -> Tensor:
+        """[P, K, ...] -> [P*K, ...]; for `query`, each prompt repeated K times."""
+        if name == "query":
+            return self.query.repeat_interleave(self.samples_per_prompt, dim=0)
+        x = getattr(self, name)
+        return x.reshape(-1, *x.shape[2:])
+
+
+@dataclass
+class PolicyOutput:
+    """What the current policy pi_theta says about the batch's responses (with gradients)."""
+
+    logp_tokens: Tensor  # [P, K, Lr] per-token log-probs, zero where masked
+    values: Tensor | None = None  # [P, K, Lr] critic values (algorithms with a critic)
+
+    @property
+    def logp(self) -> Tensor:
+        """[P, K] masked sum over the response: logp(y) in PROTOCOL.md."""
+        return self.logp_tokens.sum(-1)
+

@@ -1,0 +1,20 @@
+"""`harness list`: the registered optimizers, tasks and presets."""
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("list")
+    def list_command() -> None:
+        """List optimizers, tasks and presets."""
+        from algorithms.base import REGISTRY, names
+        from harness.config import TASKS, preset_names, resolve
+
+        print("algorithms:")
+        for name in names():
+            print(f"  {name:18s} {(REGISTRY[name].__doc__ or '').strip().splitlines()[0]}")
+        print("tasks:\n  " + "\n  ".join(TASKS))
+        print("presets:")
+        for name in preset_names():
+            print(f"  {name:18s} {resolve(name).description}")

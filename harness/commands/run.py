@@ -1,0 +1,38 @@
+"""`harness run`: train one optimizer on one task and evaluate it."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from harness.config import parse_overrides, resolve
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("run")
+    def run_command(
+        algo: str = typer.Option("rebel", "--algo", "-a", help="optimizer name (see `harness list`)"),
+        task: str = typer.Option("tldr", "--task", "-t", help="task name"),
+        preset: str = typer.Option("tiny", "--preset", "-p", help="model/data preset (see `harness list`)"),
+        seed: int = typer.Option(0, "--seed", "-s"),
+        iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="training iterations"),
+        source: Optional[str] = typer.Option(None, "--source", help="data: auto | hub | synthetic | DIR"),
+        output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help="parent of the run directory"),
+        run_id: Optional[str] = typer.Option(None, "--run-id", help="name of the run directory"),
+        set_: list[str] = typer.Option([], "--set", help="override any config key: train.lr=1e-4, algo.eta=0.5"),
+    ) -> None:
+        """Train ALGO on TASK with PRESET and evaluate it; writes a run directory."""
+        from harness.runner import run
+
+        overrides = parse_overrides(set_)
+        overrides.update({"algo": algo, "seed": seed})
+        overrides.setdefault("task", {})["name"] = task
+        if iterations is not None:
+            overrides.setdefault("train", {})["iterations"] = iterations
+        if source is not None:
+            overrides["task"]["source"] = source
+        if output_dir is not None:
+            overrides["output_dir"] = output_dir
+        if run_id is not None:
+            overrides["run_id"] = run_id
+        run(resolve(preset, overrides))

@@ -1,0 +1,146 @@
+"""Loading the models of a run: policy (full or LoRA), reference, reward model, critic, tokenizer.
+
+Models load from a hub name or a local directory, safetensors only (no pickled weights are ever executed).
+`builtin:tiny` resolves to the tiny preset that the harness builds and caches itself.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from harness.config import ModelSettings
+from harness.errors import UserError
+
+
+@dataclass
+class Models:
+    policy: nn.Module
+    reference: nn.Module | None  # None: the reference is the policy with its LoRA adapter disabled
+    reward_model: nn.Module
+    tokenizer: object
+    critic: nn.Module | None = None
+    origin: dict = field(default_factory=dict)  # what was loaded from where, for the run's record
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    @property
+    def eos_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @contextlib.contextmanager
+    def as_reference(self):
+        """The reference policy: a frozen copy, or the policy with its adapter switched off."""
+        if self.reference is not None:
+            yield self.reference
+        else:
+            with self.policy.disable_adapter():
+                yield self.policy
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        if self.critic is not None:
+            params += [p for p in self.critic.parameters() if p.requires_grad]
+        return params
+
+
+def resolve_paths(settings: ModelSettings, log=print) -> dict[str, str]:
+    """Where policy, reward model and tokenizer come from (builds the tiny preset when asked for)."""
+    if settings.policy.startswith("builtin:"):
+        name = settings.policy.split(":", 1)[1]
+        if name != "tiny":
+            raise UserError(f"unknown builtin model {settings.policy!r}; valid: builtin:tiny")
+        from harness.tiny import ensure_tiny
+
+        paths = ensure_tiny(settings.tiny, settings.cache_dir, log=log)
+        return {"policy": str(paths.policy), "reward_model": settings.reward_model or str(paths.reward_model),
+                "tokenizer": settings.tokenizer or str(paths.policy), "build_info": str(paths.info)}
+    if settings.reward_model is None:
+        raise UserError("model.reward_model is required when model.policy is not a builtin preset")
+    return {"policy": settings.policy, "reward_model": settings.reward_model,
+            "tokenizer": settings.tokenizer or settings.policy}
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(name)
+    if tok.pad_token is None:  # Pythia ships none; its embedding matrix has spare rows for one more token
+        tok.add_special_tokens({"pad_token": "[PAD]"})
+    if tok.eos_token_id is None:
+        raise UserError(f"tokenizer {name!r} has no EOS token: responses could never terminate")
+    return tok
+
+
+def _fit_vocab(model, tokenizer) -> None:
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = tokenizer.eos_token_id
+
+
+def _frozen(model: nn.Module) -> nn.Module:
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def load_reward_model(name: str, tokenizer) -> nn.Module:
+    from transformers import AutoModelForSequenceClassification
+
+    rm = AutoModelForSequenceClassification.from_pretrained(name, num_labels=1, use_safetensors=True)
+    _fit_vocab(rm, tokenizer)
+    return _frozen(rm)
+
+
+def load_models(settings: ModelSettings, needs_critic: bool = False, log=print) -> Models:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    paths = resolve_paths(settings, log=log)
+    tokenizer = load_tokenizer(paths["tokenizer"])
+    try:
+        policy = AutoModelForCausalLM.from_pretrained(paths["policy"], use_safetensors=True)
+    except OSError as e:
+        raise UserError(f"cannot load policy {paths['policy']!r}: {str(e).splitlines()[0]}") from None
+    _fit_vocab(policy, tokenizer)
+    reference = None
+    if settings.lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        policy = get_peft_model(policy, LoraConfig(r=settings.lora.r, lora_alpha=settings.lora.alpha,
+                                                   lora_dropout=settings.lora.dropout,
+                                                   target_modules=settings.lora.target_modules,
+                                                   task_type="CAUSAL_LM"))
+    if settings.reference == "frozen_copy" or settings.lora is None:
+        reference = _frozen(copy.deepcopy(policy.get_base_model() if settings.lora else policy))
+    reward_model = load_reward_model(paths["reward_model"], tokenizer)
+    critic = None
+    if needs_critic:  # PROTOCOL.md: the critic starts from the reward model
+        critic = AutoModelForSequenceClassification.from_pretrained(paths["reward_model"], num_labels=1,
+                                                                    use_safetensors=True)
+        _fit_vocab(critic, tokenizer)
+        critic.train()
+    for model in (policy, critic):  # dropout would make pi_theta != pi_t before the first update
+        for module in model.modules() if model is not None else ():
+            if isinstance(module, nn.Dropout):
+                module.p = 0.0
+    policy.train()
+    return Models(policy=policy, reference=reference, reward_model=reward_model, tokenizer=tokenizer,
+                  critic=critic, origin=paths)
+
+
+def peak_memory_mb() -> float:
+    """Peak memory of this process: the CUDA allocator's peak on GPU, the resident-set peak on CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux

@@ -1,0 +1,173 @@
+"""One run end to end: config -> data -> models -> SFT baseline -> training iterations -> evaluation -> summary."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import traceback
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from algorithms.base import Algorithm, make
+from evals.tldr import KL_DEFINITION, evaluate_tldr
+from harness.config import RunConfig
+from harness.errors import UserError
+from harness.experience import Budget
+from harness.models import Models, load_models, peak_memory_mb
+from harness.store import RunDir, code_version, config_hash, read_json, write_json, write_jsonl
+from harness.tasks.tldr import TaskData, load_task, resolve_source
+from harness.tiny import cache_root
+from harness.train import Trainer
+
+EVAL_KEYS = ("rm_score", "kl", "kl_exact", "win_rate", "gold_reward", "response_length")
+
+
+def make_judge(cfg: RunConfig, data: TaskData):
+    """gold on the stand-in; an OpenAI-compatible LLM judge when configured; otherwise none (win rate not computed)."""
+    choice = cfg.eval.judge
+    if choice == "auto":
+        has_key = os.environ.get("HARNESS_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        choice = "gold" if data.has_gold else "openai" if has_key else "none"
+    if choice == "gold":
+        if not data.has_gold:
+            raise UserError("eval.judge=gold needs the synthetic stand-in (its rows carry the facts the gold reward "
+                            "checks); use eval.judge=openai for real data")
+        from evals.gold_judge import GoldJudge
+
+        return GoldJudge([ex.facts for ex in data.sft_eval[: cfg.eval.prompts]])
+    if choice == "openai":
+        from evals.judge import OpenAIJudge
+
+        return OpenAIJudge(model=cfg.eval.judge_model, cache_dir=str(cache_root(cfg.model.cache_dir) / "judge"))
+    return None
+
+
+def evaluate(cfg: RunConfig, models: Models, data: TaskData, judge, policy=None) -> tuple[dict, list[dict]]:
+    """The end-of-run TL;DR evaluation of `policy` (default: the trained policy) on held-out prompts."""
+    with models.as_reference() as reference:
+        if policy is None:
+            policy = models.policy
+        return evaluate_tldr(policy, reference, models.reward_model, models.tokenizer,
+                             data.sft_eval[: cfg.eval.prompts], max_prompt_tokens=cfg.task.max_prompt_tokens,
+                             max_new_tokens=cfg.generation.max_new_tokens, temperature=cfg.eval.temperature,
+                             kl_temperature=cfg.generation.temperature, judge=judge)
+
+
+def sft_baseline(cfg: RunConfig, models: Models, data: TaskData, judge, console: Console) -> dict:
+    """The SFT policy's numbers on the same prompts, computed once per (models, data, eval settings) and cached."""
+    key = config_hash({"models": {k: v for k, v in models.origin.items()}, "recipe": cfg.model.tiny.model_dump(),
+                       "source": data.source, "eval": cfg.eval.model_dump(), "generation": cfg.generation.model_dump(),
+                       "max_prompt_tokens": cfg.task.max_prompt_tokens, "judge": getattr(judge, "name", None)})
+    path = cache_root(cfg.model.cache_dir) / "sft_baselines" / f"{key}.json"
+    if path.exists():
+        return read_json(path)
+    console.print("Evaluating the SFT policy once for this preset (cached afterwards)")
+    with models.as_reference() as reference:
+        metrics, _ = evaluate(cfg, models, data, judge, policy=reference)
+    write_json(path, metrics)
+    return metrics
+
+
+def _run_id(cfg: RunConfig) -> str:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return cfg.run_id or f"{cfg.algo}-{cfg.task.name}-{cfg.preset}-s{cfg.seed}-{stamp}"
+
+
+def describe(cfg: RunConfig, algo: Algorithm, models: Models, data: TaskData, judge, console: Console) -> None:
+    params = sum(p.numel() for p in models.policy.parameters())
+    console.print(f"[bold]algorithm[/]  {algo.name} {algo.hyperparameters()}")
+    console.print(f"[bold]model[/]      {cfg.model.policy} ({params / 1e6:.2f}M parameters) from {models.origin['policy']}"
+                  + (f" - {escape(cfg.description)}" if cfg.description else ""))
+    console.print(f"[bold]reward[/]     {models.origin['reward_model']}")
+    source_note = " (SYNTHETIC stand-in, not the real TL;DR data)" if data.source == "synthetic" else ""
+    console.print(f"[bold]data[/]       tldr from {data.source}{source_note}: {len(data.sft_train)} training prompts, "
+                  f"{min(cfg.eval.prompts, len(data.sft_eval))} held-out prompts")
+    judge_note = "none: win rate not computed (configure eval.judge=openai)" if judge is None else judge.name
+    if judge is not None and judge.name == "gold":
+        judge_note += " (the stand-in's programmatic gold reward)"
+    console.print(f"[bold]judge[/]      {judge_note}")
+
+
+def run(cfg: RunConfig, console: Console | None = None) -> Path:
+    console = console or Console(stderr=True)
+    algo = make(cfg.algo, cfg.algo_args)
+    torch.manual_seed(cfg.seed)
+    source = resolve_source(cfg.task.source)
+    data = load_task(source)
+    models = load_models(cfg.model, needs_critic=algo.needs_critic, log=console.print)
+    judge = make_judge(cfg, data)
+    run_dir = RunDir(Path(cfg.output_dir) / _run_id(cfg))
+    if run_dir.is_complete():
+        raise UserError(f"run {run_dir.path} is already complete; choose another --run-id or delete it")
+    resolved = cfg.model_dump()
+    resolved["task"]["resolved_source"] = source
+    run_dir.create({**resolved, "config_hash": config_hash(resolved), "code_version": code_version(),
+                    "model_origin": models.origin})
+    describe(cfg, algo, models, data, judge, console)
+    console.print(f"[bold]run dir[/]    {run_dir.path}")
+    sft = sft_baseline(cfg, models, data, judge, console)
+    budget = Budget()
+    trainer = Trainer(cfg, algo, models, data.pref_train if algo.data == "preference_pairs" else data.sft_train,
+                      budget)
+    started = dt.datetime.now().isoformat(timespec="seconds")
+    iteration = 0
+    try:
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TextColumn("{task.fields[status]}"), console=console) as bar:
+            task = bar.add_task(f"{algo.name}", total=cfg.train.iterations, status="")
+            for iteration in range(1, cfg.train.iterations + 1):
+                line = trainer.iteration(iteration)
+                if cfg.eval.every and iteration % cfg.eval.every == 0 and iteration != cfg.train.iterations:
+                    metrics, _ = evaluate(cfg, models, data, judge)
+                    line.update({f"eval/{k}": metrics[k] for k in EVAL_KEYS})
+                run_dir.log(line)
+                bar.update(task, advance=1, status=_status(line))
+        final, samples = evaluate(cfg, models, data, judge)
+    except BaseException as e:
+        write_json(run_dir.path / "failed.json", {"iteration": iteration, "error": f"{type(e).__name__}: {e}",
+                                                  "traceback": traceback.format_exc()})
+        raise
+    if cfg.train.iterations:
+        run_dir.log({"iteration": iteration, **budget.counters(), "final": True,
+                     **{f"eval/{k}": final[k] for k in EVAL_KEYS}})
+    write_jsonl(run_dir.samples, samples)
+    summary = {"run_id": run_dir.path.name, "status": "completed", "algorithm": algo.name,
+               "algorithm_config": algo.hyperparameters(), "task": cfg.task.name, "data_source": source,
+               "preset": cfg.preset, "seed": cfg.seed, "config_hash": read_json(run_dir.config)["config_hash"],
+               "code_version": code_version(), "started_at": started,
+               "finished_at": dt.datetime.now().isoformat(timespec="seconds"), "eval": final, "sft": sft,
+               "budget": {**budget.counters(), "peak_memory_mb": round(peak_memory_mb(), 1)},
+               "comparison_key": {"task": cfg.task.name, "data_source": source, "preset": cfg.preset,
+                                  "judge": final["win_rate_judge"], "eval_temperature": cfg.eval.temperature,
+                                  "kl_definition": KL_DEFINITION}}
+    write_json(run_dir.summary, summary)
+    console.print(summary_table(summary))
+    return run_dir.path
+
+
+def _status(line: dict) -> str:
+    parts = [f"loss {line['loss']:.3g}"] if "loss" in line else []
+    parts += [f"{k} {line[k]:.3f}" for k in ("score", "kl", "gold") if k in line]
+    return "  ".join(parts)
+
+
+def summary_table(summary: dict) -> Table:
+    def fmt(x, pct=False):
+        return "n/a" if x is None else f"{100 * x:.1f}%" if pct else f"{x:.3f}"
+
+    judge = summary["eval"].get("win_rate_judge") or "no judge"
+    table = Table(title=f"{summary['algorithm']} on {summary['task']} ({summary['data_source']}, preset "
+                        f"{summary['preset']}, seed {summary['seed']})")
+    for col in ("policy", f"win rate ({judge})", "RM score", "KL(pi||ref)", "exact KL", "gold reward", "length"):
+        table.add_column(col, justify="right")
+    for name, m in (("SFT", summary["sft"]), (summary["algorithm"], summary["eval"])):
+        table.add_row(name, fmt(m["win_rate"], pct=True), fmt(m["rm_score"]), fmt(m["kl"]), fmt(m["kl_exact"]),
+                      fmt(m["gold_reward"]), f"{m['response_length']:.1f}")
+    b = summary["budget"]
+    table.caption = (f"{b['prompts']} prompts, {b['responses']} responses, {b['optimizer_steps']} optimizer steps, "
+                     f"{b['wall_time_s']:.0f} s training, peak memory {b['peak_memory_mb']:.0f} MB")
+    return table

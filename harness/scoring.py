@@ -1,0 +1,114 @@
+"""The numbers every optimizer shares: temperature-scaled log-probs, reward-model scores, KL, rewards.
+
+Layout: a query is left-padded to Lq tokens, a response is Lr tokens padded after its first EOS. Both travel with
+boolean masks; position ids are counted over real tokens only, so left padding does not shift positions.
+Every log-prob used in training (pi_t, pi_ref, pi_theta) comes from `sequence_logprobs` with the same temperature,
+so the ratio pi_theta / pi_t is exactly 1 before the first update.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+MISSING_EOS_SCORE = -1.0
+
+
+def forward_inputs(query: Tensor, response: Tensor, pad_id: int) -> dict[str, Tensor]:
+    """input_ids / attention_mask / position_ids for [query | response] with pads masked out."""
+    ids = torch.cat([query, response], dim=1)
+    attention_mask = (ids != pad_id).long()
+    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
+    return {"input_ids": ids, "attention_mask": attention_mask, "position_ids": position_ids}
+
+
+@dataclass
+class TokenLogprobs:
+    """Per-token log-probs of the response under one policy, and their masked sum (logp(y) in PROTOCOL.md)."""
+
+    tokens: Tensor  # [B, Lr], zero where masked
+    logits: Tensor | None = None  # [B, Lr, V] temperature-scaled, only when asked for (exact KL, entropy)
+
+    @property
+    def sum(self) -> Tensor:
+        return self.tokens.sum(-1)
+
+
+def sequence_logprobs(model, query: Tensor, response: Tensor, response_mask: Tensor, pad_id: int,
+                      temperature: float, keep_logits: bool = False) -> TokenLogprobs:
+    """log pi(y_t | x, y_<t) / for each response token, from logits divided by `temperature`; [B, Lr]."""
+    inputs = forward_inputs(query, response, pad_id)
+    logits = model(**inputs).logits[:, query.shape[1] - 1 : -1].float() / temperature  # [B, Lr, V]
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, response.unsqueeze(-1)).squeeze(-1)
+    return TokenLogprobs(logp * response_mask, logits if keep_logits else None)
+
+
+def reward_scores(reward_model, query: Tensor, response: Tensor, response_mask: Tensor, pad_id: int) -> Tensor:
+    """Reward-model score read at the response's EOS (its last real token); [B].
+
+    The harness's reward models are sequence classifiers that pool the last non-pad token. Their `reward_bias`
+    (config attribute, set so that human references average 0) is subtracted. A response without EOS gets
+    MISSING_EOS_SCORE instead of its score (replaced, not penalised), the same rule for every optimizer.
+    """
+    inputs = forward_inputs(query, response, pad_id)
+    raw = reward_model(**inputs).logits.float().squeeze(-1)
+    score = raw - float(getattr(reward_model.config, "reward_bias", 0.0))
+    return torch.where(has_eos(response, response_mask, reward_model.config.eos_token_id), score,
+                       torch.full_like(score, MISSING_EOS_SCORE))
+
+
+def has_eos(response: Tensor, response_mask: Tensor, eos_id: int) -> Tensor:
+    return ((response == eos_id) & response_mask).any(-1)
+
+
+def sequence_kl(logp_policy: Tensor, logp_ref: Tensor) -> Tensor:
+    """Single-sample sequence KL estimate: masked sum of logp_pi - logp_ref (inputs already summed); [B]."""
+    return logp_policy - logp_ref
+
+
+def exact_kl(policy_logits: Tensor, ref_logits: Tensor, response_mask: Tensor) -> Tensor:
+    """Exact KL(pi || pi_ref) over the full vocabulary at each response position, summed over valid tokens; [B]."""
+    logp = torch.log_softmax(policy_logits, -1)
+    logq = torch.log_softmax(ref_logits, -1)
+    per_token = (logp.exp() * (logp - logq)).sum(-1)
+    return (per_token * response_mask).sum(-1)
+
+
+def kl_penalised_reward(score: Tensor, kl: Tensor, beta: float) -> Tensor:
+    """r(x, y) = score - beta * kl (PROTOCOL.md, shared rollout and reward)."""
+    return score - beta * kl
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim=None) -> Tensor:
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def cross_entropy_on_response(model, query: Tensor, response: Tensor, response_mask: Tensor, pad_id: int) -> Tensor:
+    """Mean token cross-entropy of the response given the query (SFT), from the same forward as training."""
+    logp = sequence_logprobs(model, query, response, response_mask, pad_id, temperature=1.0)
+    return -logp.tokens.sum() / response_mask.sum().clamp(min=1)
+
+
+def pairwise_reward_loss(reward_model, query: Tensor, chosen: Tensor, chosen_mask: Tensor, rejected: Tensor,
+                         rejected_mask: Tensor, pad_id: int) -> tuple[Tensor, Tensor]:
+    """Bradley-Terry loss -log sigmoid(r_chosen - r_rejected) and accuracy (reward-model training)."""
+    both_q = torch.cat([query, query])
+    inputs = forward_inputs(both_q, torch.cat([chosen, rejected]), pad_id)
+    r = reward_model(**inputs).logits.float().squeeze(-1)
+    r_c, r_r = r.chunk(2)
+    return -F.logsigmoid(r_c - r_r).mean(), (r_c > r_r).float().mean()
+
+
+def token_values(critic, query: Tensor, response: Tensor, response_mask: Tensor, pad_id: int) -> Tensor:
+    """Critic value before each response token: the reward model's scalar head applied at every position; [B, Lr].
+
+    The value of response token t is read at the position that predicts it (the previous token), like log-probs.
+    """
+    inputs = forward_inputs(query, response, pad_id)
+    hidden = critic.base_model(**inputs).last_hidden_state[:, query.shape[1] - 1 : -1]
+    return critic.score(hidden).float().squeeze(-1) * response_mask

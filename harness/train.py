@@ -1,0 +1,136 @@
+"""The training loop: rollout -> score -> the optimizer's loss over epochs x minibatches -> step -> log.
+
+It never names an optimizer: what differs between them is declared on the Algorithm (algorithms/base.py).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from algorithms.base import Algorithm
+from harness.batch import Batch
+from harness.config import RunConfig
+from harness.errors import UserError
+from harness.experience import Budget, Timer, collect_online, collect_pairs, policy_output
+from harness.models import Models
+from harness.tasks.synthetic import Facts, gold_reward
+from harness.tasks.tldr import Example
+from harness.tokens import decode_responses
+
+
+class TrainingDiverged(UserError):
+    """NaN or inf in a loss or reward: the run stops; what was written so far stays."""
+
+
+@dataclass
+class Trainer:
+    cfg: RunConfig
+    algo: Algorithm
+    models: Models
+    train_examples: list[Example]
+    budget: Budget
+
+    def __post_init__(self):
+        t = self.cfg.train
+        self.optimizer = torch.optim.AdamW(self.models.trainable_parameters(), lr=t.lr, eps=t.adam_eps,
+                                           weight_decay=t.weight_decay)
+        total = max(1, t.iterations * self.algo.epochs * self.algo.minibatches)
+        # linear decay to 0, no warm-up (PROTOCOL.md)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: max(0.0, 1 - step / total))
+        self.generator = torch.Generator().manual_seed(self.cfg.seed)
+        self.order = torch.randperm(len(self.train_examples), generator=self.generator).tolist()
+        self.cursor = 0
+        self.temperature = self.algo.logprob_temperature or self.cfg.generation.temperature
+
+    def next_prompts(self) -> list[Example]:
+        """The next P prompts of a seeded permutation of the training split (a new permutation per pass)."""
+        P = self.cfg.train.prompts_per_iteration
+        if self.cursor + P > len(self.order):
+            self.order = torch.randperm(len(self.train_examples), generator=self.generator).tolist()
+            self.cursor = 0
+        picked = [self.train_examples[i] for i in self.order[self.cursor : self.cursor + P]]
+        self.cursor += P
+        return picked
+
+    def collect(self, examples: list[Example]) -> Batch:
+        g, t = self.cfg.generation, self.cfg.train
+        chunk = 4 * (t.micro_batch_prompts or t.prompts_per_iteration) * self.algo.samples_per_prompt
+        self.models.policy.eval()
+        try:
+            if self.algo.data == "preference_pairs":
+                return collect_pairs(self.models, examples, self.cfg.task.max_prompt_tokens, g.max_new_tokens,
+                                     self.temperature, chunk, self.budget)
+            return collect_online(self.models, examples, self.algo.samples_per_prompt, self.cfg.task.max_prompt_tokens,
+                                  g.max_new_tokens, g.temperature, t.kl_coef, chunk, self.budget, self.generator)
+        finally:
+            self.models.policy.train()
+
+    def update(self, batch: Batch, iteration: int) -> dict[str, float]:
+        """E epochs x M minibatches over the batch's prompts, gradient accumulation over micro-batches."""
+        stats: dict[str, list[float]] = {}
+        micro = self.cfg.train.micro_batch_prompts or batch.num_prompts
+        for epoch in range(self.algo.epochs):
+            perm = torch.randperm(batch.num_prompts, generator=self.generator)
+            for mb in perm.chunk(self.algo.minibatches):
+                self.optimizer.zero_grad(set_to_none=True)
+                for part in mb.split(micro):
+                    sub = batch.select(part)
+                    loss, loss_stats = self.algo.loss(sub, policy_output(self.models, sub, self.temperature))
+                    if not torch.isfinite(loss):
+                        raise TrainingDiverged(
+                            f"the {self.algo.name} loss became {loss.item()} at iteration {iteration}, epoch {epoch}; "
+                            f"lower train.lr (now {self.cfg.train.lr}) or check the reward model")
+                    (loss * len(part) / len(mb)).backward()
+                    for k, v in {"loss": loss.item(), **loss_stats}.items():
+                        stats.setdefault(k, []).append(v)
+                if self.cfg.train.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(self.models.trainable_parameters(), self.cfg.train.max_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.budget.optimizer_steps += 1
+        return {k: sum(v) / len(v) for k, v in stats.items()}
+
+    def iteration(self, iteration: int) -> dict:
+        """One iteration; returns its metrics line (cumulative budget + this iteration's statistics)."""
+        start = time.perf_counter()
+        self.budget.timings = {}
+        examples = self.next_prompts()
+        batch = self.collect(examples)
+        if batch.reward is not None and not torch.isfinite(batch.reward).all():
+            raise TrainingDiverged(f"non-finite rewards at iteration {iteration}: check the reward model's outputs")
+        batch.extras = self.algo.prepare(batch)
+        with Timer(self.budget, "update"):
+            stats = self.update(batch, iteration)
+        self.budget.wall_time_s += time.perf_counter() - start
+        line = {"iteration": iteration, **self.budget.counters(), **stats, **rollout_stats(batch, examples, self.models),
+                "lr": self.scheduler.get_last_lr()[0]}
+        line.update({f"time/{k}_s": round(v, 4) for k, v in self.budget.timings.items()})
+        return line
+
+
+def rollout_stats(batch: Batch, examples: list[Example], models: Models) -> dict[str, float]:
+    """The shared training statistics every optimizer logs (docs/run_format.md)."""
+    out = {"response_length": batch.mask.sum(-1).float().mean().item()}
+    if batch.score is None:
+        return out
+    eos = ((batch.response == models.eos_id) & batch.mask).any(-1)
+    out.update(score=batch.score.mean().item(), kl=batch.kl.mean().item(), reward=batch.reward.mean().item(),
+               eos_rate=eos.float().mean().item())
+    if all(ex.facts for ex in examples):  # stand-in only: how the gold reward moves during training
+        texts = decode_responses(batch.response.flatten(0, 1), batch.mask.flatten(0, 1), models.tokenizer)
+        K = batch.samples_per_prompt
+        golds = [gold_reward(t, Facts(**examples[i // K].facts), terminated=bool(e))
+                 for i, (t, e) in enumerate(zip(texts, eos.flatten().tolist()))]
+        out["gold"] = sum(golds) / len(golds)
+    return out
+
+
+def finite_or_none(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+EvalHook = Callable[[int], dict]
