@@ -1,0 +1,247 @@
+"""Figures of `harness report` (matplotlib Agg, PNG), each from run files only.
+
+Every function returns a `Figure`: the PNG it wrote with a caption, or no file and a note saying which data was
+absent, so the report can list skipped figures instead of failing. Colours are fixed per row label so one
+algorithm looks the same in every figure.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.patches import Ellipse  # noqa: E402
+
+from evals import stats  # noqa: E402
+from evals.runs import Run  # noqa: E402
+
+
+@dataclass
+class Figure:
+    name: str
+    path: Path | None
+    caption: str
+
+
+def _colours(labels: list[str]) -> dict[str, tuple]:
+    cmap = plt.get_cmap("tab10")
+    return {lab: cmap(i % 10) for i, lab in enumerate(sorted(set(labels)))}
+
+
+def _by_row(runs: list[Run], labels: dict) -> dict[tuple[str, str], list[Run]]:
+    out: dict[tuple[str, str], list[Run]] = {}
+    for r in runs:
+        out.setdefault((r.preset, labels[r.row_key]), []).append(r)
+    return dict(sorted(out.items()))
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _series(run: Run, x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
+    pts = [(m[x], m[y]) for m in run.metrics if _num(m.get(x)) and _num(m.get(y))]
+    a = np.array(sorted(pts), dtype=float).reshape(-1, 2)
+    return a[:, 0], a[:, 1]
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def frontier(runs: list[Run], labels: dict, path: Path) -> Figure:
+    """Reward vs KL over training (paper Figure 5): a thin line per seed, its final point, the mean of the final
+    points and their 2-sigma ellipse across seeds. Held-out eval/* columns when every run logged them."""
+    use_eval = all(len(_series(r, "eval/kl", "eval/rm_score")[0]) for r in runs)
+    kx, ky = ("eval/kl", "eval/rm_score") if use_eval else ("kl", "score")
+    rows = {k: v for k, v in _by_row(runs, labels).items() if any(len(_series(r, kx, ky)[0]) for r in v)}
+    if not rows:
+        return Figure("frontier", None, "Reward-vs-KL frontier skipped: no run logged kl and score.")
+    presets = sorted({p for p, _ in rows})
+    colours = _colours([lab for _, lab in rows])
+    fig, axes = plt.subplots(1, len(presets), figsize=(5.5 * len(presets), 4.2), squeeze=False)
+    for ax, preset in zip(axes[0], presets):
+        for (p, lab), members in rows.items():
+            if p != preset:
+                continue
+            finals = []
+            for r in members:
+                x, y = _series(r, kx, ky)
+                if len(x):
+                    ax.plot(x, y, color=colours[lab], alpha=0.35, lw=1)
+                    finals.append((x[-1], y[-1]))
+            f = np.array(finals)
+            ax.scatter(f[:, 0], f[:, 1], color=colours[lab], s=12)
+            ax.scatter(*f.mean(axis=0), color=colours[lab], s=60, marker="D", edgecolor="black", label=lab)
+            ell = stats.ellipse(f, 2.0)
+            if ell is not None:
+                c, w, h, ang = ell
+                ax.add_patch(Ellipse(c, w, h, angle=ang, fc=colours[lab], alpha=0.15, ec=colours[lab]))
+        ax.set(xlabel=f"KL(π‖π_ref) [{kx}]", ylabel=f"RM score [{ky}]", title=preset)
+        ax.legend(fontsize=8)
+    src = "held-out periodic evaluation (eval/kl, eval/rm_score)" if use_eval else "training rollouts (kl, score)"
+    return Figure("frontier", _save(fig, path),
+                  f"Reward vs KL over training from {src}; lines: one per seed; diamonds: mean of the final points; "
+                  f"shaded: 2-sigma ellipse of the final points across seeds (drawn with at least 3 seeds).")
+
+
+def learning_curves(runs: list[Run], labels: dict, counter: str, level: float, path: Path) -> Figure:
+    """RM score and win rate against a budget counter, mean and Student-t CI band across seeds; seeds are
+    interpolated onto the x range that all of them reached, so the band never extrapolates a seed."""
+    panels = [("RM score", "eval/rm_score", 1.0), ("Win rate (%)", "eval/win_rate", 100.0)]
+    if not any(len(_series(r, counter, "eval/rm_score")[0]) for r in runs):
+        panels[0] = ("RM score (training rollouts)", "score", 1.0)
+    rows = _by_row(runs, labels)
+    presets = sorted({p for p, _ in rows})
+    colours = _colours([lab for _, lab in rows])
+    fig, axes = plt.subplots(len(presets), 2, figsize=(11, 3.8 * len(presets)), squeeze=False)
+    drawn = 0
+    for i, preset in enumerate(presets):
+        for j, (title, col, scale) in enumerate(panels):
+            ax = axes[i][j]
+            for (p, lab), members in rows.items():
+                series = [s for s in (_series(r, counter, col) for r in members) if len(s[0]) >= 2]
+                if p != preset or not series:
+                    continue
+                lo, hi = max(s[0][0] for s in series), min(s[0][-1] for s in series)
+                if hi <= lo:
+                    continue
+                grid = np.linspace(lo, hi, 60)
+                curves = np.array([np.interp(grid, x, y * scale) for x, y in series])
+                mean, band_lo, band_hi = stats.t_band(curves, level)
+                ax.plot(grid, mean, color=colours[lab], label=f"{lab} (n={len(series)})")
+                ax.fill_between(grid, band_lo, band_hi, color=colours[lab], alpha=0.2)
+                drawn += 1
+            ax.set(xlabel=counter, ylabel=title, title=f"{preset}: {title}")
+            if ax.lines:
+                ax.legend(fontsize=8)
+            else:
+                ax.text(0.5, 0.5, f"no {col} logged", ha="center", transform=ax.transAxes)
+    if not drawn:
+        plt.close(fig)
+        return Figure("learning_curves", None, f"Learning curves skipped: no run logged {counter} with eval columns.")
+    return Figure("learning_curves", _save(fig, path),
+                  f"Learning curves against {counter}: mean across seeds with a {level:.0%} Student-t band "
+                  f"(seeds interpolated onto the range all of them reached).")
+
+
+def bench(bench_file: Path | None, path: Path) -> Figure:
+    """Runtime split (generation, scoring, update) and peak memory per optimizer (paper Figure 2)."""
+    if bench_file is None or not Path(bench_file).is_file():
+        return Figure("bench", None, "Runtime and memory plot skipped: no bench/bench.json (run `harness bench` "
+                                     "or pass --bench FILE).")
+    try:
+        data = json.loads(Path(bench_file).read_text(encoding="utf-8"))
+        entries = [(n, v, False) for n, v in sorted(data["optimizers"].items())]
+    except (OSError, ValueError, KeyError, AttributeError) as e:
+        return Figure("bench", None, f"Runtime and memory plot skipped: {bench_file} unreadable ({e}).")
+    trl = data.get("trl") or {}
+    if isinstance(trl, dict) and trl and all(isinstance(v, dict) for v in trl.values()):
+        entries += [(f"TRL {n}", v, True) for n, v in sorted(trl.items())]
+    elif isinstance(trl, dict) and trl:
+        entries.append(("TRL", trl, True))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    names = [n for n, _, _ in entries]
+    bottom = np.zeros(len(entries))
+    for part, colour in (("generation_s", "C0"), ("scoring_s", "C1"), ("update_s", "C2")):
+        vals = np.array([float(v.get(part) or 0.0) for _, v, _ in entries])
+        ax1.bar(names, vals, bottom=bottom, color=colour, label=part[:-2],
+                hatch=["//" if t else "" for _, _, t in entries])
+        bottom += vals
+    ax1.scatter(names, [float(v.get("total_s") or np.nan) for _, v, _ in entries], color="black", marker="_",
+                s=300, label="total", zorder=3)
+    ax1.set(ylabel="seconds (as in bench.json)", title="Runtime")
+    ax1.legend(fontsize=8)
+    ax2.bar(names, [float(v.get("peak_memory_mb") or np.nan) for _, v, _ in entries], color="C3",
+            hatch=["//" if t else "" for _, _, t in entries])
+    ax2.set(ylabel="peak memory (MB)", title="Peak memory")
+    for ax in (ax1, ax2):
+        ax.tick_params(axis="x", rotation=30)
+    return Figure("bench", _save(fig, path), f"Runtime (stacked: generation, scoring, update; bar: total) and peak "
+                                             f"memory per optimizer from {bench_file}; hatched: TRL.")
+
+
+def mt_bench_radar(runs: list[Run], labels: dict, path: Path) -> Figure:
+    """MT-Bench score per category (mean over seeds), one polygon per row, Base when present."""
+    polys: dict[str, dict[str, list[float]]] = {}
+    for r in runs:
+        mt = (r.evals.get("chat") or {}).get("mt_bench") or {}
+        base = ((r.evals.get("chat") or {}).get("base") or {}).get("mt_bench") or {}
+        for name, block in ((f"{r.preset}: {labels[r.row_key]}", mt), (f"{r.preset}: Base", base)):
+            for cat, v in (block.get("per_category") or {}).items():
+                if _num(v):
+                    polys.setdefault(name, {}).setdefault(cat, []).append(float(v))
+    if not polys:
+        return Figure("mt_bench_radar", None, "MT-Bench radar skipped: no evals/chat.json with mt_bench.per_category.")
+    cats = sorted({c for p in polys.values() for c in p})
+    angles = np.linspace(0, 2 * np.pi, len(cats), endpoint=False).tolist()
+    fig = plt.figure(figsize=(6, 6))
+    ax = fig.add_subplot(polar=True)
+    colours = _colours(list(polys))
+    for name, per_cat in sorted(polys.items()):
+        vals = [float(np.mean(per_cat[c])) if c in per_cat else np.nan for c in cats]
+        ax.plot(angles + angles[:1], vals + vals[:1], color=colours[name], label=name)
+        ax.fill(angles + angles[:1], vals + vals[:1], color=colours[name], alpha=0.08)
+    ax.set_xticks(angles, cats)
+    ax.set_ylim(0, 10)
+    ax.legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.35, 1.1))
+    return Figure("mt_bench_radar", _save(fig, path), "MT-Bench score (1-10) per category, mean across seeds.")
+
+
+def eta_ablation(runs: list[Run], path: Path) -> Figure:
+    """Win rate (RM score when no judge) against eta, for runs of one algorithm whose algorithm_config differs
+    only in eta; mean and standard deviation across seeds."""
+    families: dict[tuple, dict[float, list[float]]] = {}
+    use_win = all(_num(r.summary["eval"].get("win_rate")) for r in runs)
+    key = "win_rate" if use_win else "rm_score"
+    for r in runs:
+        cfg = r.algorithm_config
+        if not _num(cfg.get("eta")) or not _num(r.summary["eval"].get(key)):
+            continue
+        rest = json.dumps({k: v for k, v in cfg.items() if k != "eta"}, sort_keys=True)
+        fam = families.setdefault((r.preset, r.algorithm, rest), {})
+        fam.setdefault(float(cfg["eta"]), []).append(r.summary["eval"][key] * (100 if use_win else 1))
+    families = {k: v for k, v in families.items() if len(v) >= 2}
+    if not families:
+        return Figure("eta_ablation", None, "eta ablation skipped: no algorithm has runs that differ only in eta.")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (preset, algo, _), fam in sorted(families.items()):
+        etas = sorted(fam)
+        ms = [stats.mean_std(fam[e]) for e in etas]
+        ax.errorbar(etas, [m for m, _, _ in ms], yerr=[0 if math.isnan(s) else s for _, s, _ in ms],
+                    marker="o", capsize=3, label=f"{preset}: {algo}")
+    ax.set(xlabel="eta", ylabel="win rate (%)" if use_win else "RM score", title="eta ablation")
+    ax.legend(fontsize=8)
+    return Figure("eta_ablation", _save(fig, path), f"Final {key} against eta (mean and std across seeds) for runs "
+                                                   f"that differ only in algorithm_config.eta.")
+
+
+def winrate_vs_length(runs: list[Run], labels: dict, path: Path) -> Figure:
+    """Win rate against mean response length per run (and SFT): a judge that likes long answers shows here."""
+    pts: dict[str, list[tuple[float, float]]] = {}
+    for r in runs:
+        for name, block in ((labels[r.row_key], r.summary["eval"]), ("SFT", r.summary.get("sft") or {})):
+            if _num(block.get("win_rate")) and _num(block.get("response_length")):
+                pts.setdefault(name, []).append((block["response_length"], 100 * block["win_rate"]))
+    if not pts:
+        return Figure("winrate_vs_length", None, "Win rate vs length skipped: no run has eval.win_rate and "
+                                                 "eval.response_length.")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colours = _colours(list(pts))
+    for name, p in sorted(pts.items()):
+        a = np.array(p)
+        ax.scatter(a[:, 0], a[:, 1], color=colours[name], label=name, s=20)
+    ax.set(xlabel="mean response length (tokens)", ylabel="win rate (%)", title="Win rate vs response length")
+    ax.legend(fontsize=8)
+    return Figure("winrate_vs_length", _save(fig, path), "Final win rate against mean response length, one point "
+                                                         "per run (SFT: the run's SFT baseline).")
