@@ -50,9 +50,19 @@ def _save(fig, path: Path) -> Path:
 
 
 def _series(run: Run, x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) in logging order: a trajectory (the frontier) must not be re-sorted by its x."""
     pts = [(m[x], m[y]) for m in run.metrics if _num(m.get(x)) and _num(m.get(y))]
-    a = np.array(sorted(pts), dtype=float).reshape(-1, 2)
+    a = np.array(pts, dtype=float).reshape(-1, 2)
     return a[:, 0], a[:, 1]
+
+
+def _curve(run: Run, counter: str, y: str) -> tuple[np.ndarray, np.ndarray]:
+    """A learning curve: increasing counter, the last value logged at a repeated counter (the runner logs the
+    final evaluation as an extra line at the last iteration's counters)."""
+    x, v = _series(run, counter, y)
+    last = {cx: cv for cx, cv in zip(x, v)}
+    xs = np.array(sorted(last), dtype=float)
+    return xs, np.array([last[c] for c in xs], dtype=float)
 
 
 def _num(v) -> bool:
@@ -99,7 +109,7 @@ def learning_curves(runs: list[Run], labels: dict, counter: str, level: float, p
     """RM score and win rate against a budget counter, mean and Student-t CI band across seeds; seeds are
     interpolated onto the x range that all of them reached, so the band never extrapolates a seed."""
     panels = [("RM score", "eval/rm_score", 1.0), ("Win rate (%)", "eval/win_rate", 100.0)]
-    if not any(len(_series(r, counter, "eval/rm_score")[0]) for r in runs):
+    if not any(len(_curve(r, counter, "eval/rm_score")[0]) for r in runs):
         panels[0] = ("RM score (training rollouts)", "score", 1.0)
     rows = _by_row(runs, labels)
     presets = sorted({p for p, _ in rows})
@@ -110,7 +120,7 @@ def learning_curves(runs: list[Run], labels: dict, counter: str, level: float, p
         for j, (title, col, scale) in enumerate(panels):
             ax = axes[i][j]
             for (p, lab), members in rows.items():
-                series = [s for s in (_series(r, counter, col) for r in members) if len(s[0]) >= 2]
+                series = [s for s in (_curve(r, counter, col) for r in members) if len(s[0]) >= 2]
                 if p != preset or not series:
                     continue
                 lo, hi = max(s[0][0] for s in series), min(s[0][-1] for s in series)

@@ -268,6 +268,12 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def _latest(records: list[dict], counter: str) -> dict:
+    """The record with the largest counter; among equal counters the one logged last (the runner appends the
+    final evaluation as an extra line with the last iteration's counters)."""
+    return max(enumerate(records), key=lambda t: (t[1][counter], t[0]))[1]
+
+
 def budget_cut(run: Run, counter: str, budget: float) -> tuple[dict | None, str | None]:
     """Evaluation at an equal budget: the last iteration whose cumulative `counter` <= budget, and for each
     eval/* column the latest value logged at or before that iteration. Returns (cut, None) or (None, reason)."""
@@ -279,12 +285,12 @@ def budget_cut(run: Run, counter: str, budget: float) -> tuple[dict | None, str 
     before = [m for m in rows if m[counter] <= budget]
     if not before:
         return None, f"first logged iteration is already past {counter} = {budget:g}"
-    last = max(before, key=lambda m: m[counter])
+    last = _latest(before, counter)
     cut = {"iteration": last.get("iteration"), "counter": last[counter]}
     for name, col in EVAL_COLUMNS.items():
         logged = [m for m in before if _finite(m.get(col))]
         if logged:
-            at = max(logged, key=lambda m: m[counter])
+            at = _latest(logged, counter)
             cut[name], cut[name + "_iteration"] = at[col], at.get("iteration")
     if not any(k in cut for k in EVAL_COLUMNS):
         return None, f"no periodic eval/* columns at or before {counter} = {budget:g}"

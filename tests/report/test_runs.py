@@ -123,3 +123,15 @@ def test_win_rate_in_percent_is_rejected(results):
     write_run(results, "pct", win_rate=55.0)
     runs, skipped = load_runs([results])
     assert runs == [] and "eval.win_rate = 55.0 is not a fraction" in skipped[0].reason
+
+
+def test_budget_cut_prefers_the_final_line_at_equal_counters(results):
+    """harness run appends the final evaluation as an extra line with the last iteration's counters."""
+    metrics = default_metrics(n_iter=4, final_win=0.4, eval_every=100)[:-1]  # no eval on the last training line
+    metrics.append({k: v for k, v in default_metrics(n_iter=4)[-1].items() if not k.startswith("eval/")})
+    metrics.append({"iteration": 4, "prompts": 256, "final": True, "eval/win_rate": 0.9, "eval/rm_score": 2.0,
+                    "eval/kl": 5.0})
+    write_run(results, "a", metrics=metrics)
+    (run,), _ = load_runs([results])
+    cut, _ = budget_cut(run, "prompts", 256)
+    assert cut["iteration"] == 4 and cut["win_rate"] == 0.9
