@@ -14,6 +14,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Compare policy optimizers (REBEL, PPO, DPO, ...) on one shared training backbone.")
 
 
+@app.callback()
+def _root() -> None:
+    """Keeps verbs as subcommands even when only one is registered."""
+
+
 def _register_verbs() -> None:
     for info in sorted(pkgutil.iter_modules(harness.commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"harness.commands.{info.name}")

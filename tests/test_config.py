@@ -1,0 +1,36 @@
+import pytest
+
+from algorithms.base import make
+from harness.config import parse_overrides, preset_names, resolve
+from harness.errors import UserError
+
+
+def test_default_preset_resolves_and_overrides_apply():
+    cfg = resolve("tiny", parse_overrides(["train.lr=1e-4", "algo.eta=0.5", "eval.every=0"]))
+    assert cfg.train.lr == 1e-4 and cfg.algo_args == {"eta": 0.5} and cfg.eval.every == 0
+    assert cfg.task.source == "synthetic" and cfg.model.policy == "builtin:tiny"
+
+
+def test_presets_include_each_other():
+    cfg = resolve("tiny-test")
+    assert cfg.model.tiny.hidden_size == 64  # its own value
+    assert cfg.generation.max_new_tokens == 32  # inherited from tiny
+    assert {"tiny", "tiny-test"} <= set(preset_names())
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: resolve("nope"), "unknown preset 'nope'; valid presets: "),
+    (lambda: resolve("tiny", {"task": {"name": "nope"}}), "unknown task 'nope'; valid tasks: tldr"),
+    (lambda: resolve("tiny", {"train": {"lr": -1}}), "invalid config value at train.lr"),
+    (lambda: resolve("tiny", {"train": {"learning_rate": 1}}), "invalid config value at train.learning_rate"),
+    (lambda: make("nope"), "unknown algorithm 'nope'; valid algorithms: "),
+    (lambda: make("rebel", {"etta": 1}), "algorithm 'rebel' has no setting etta; its settings: "),
+    (lambda: parse_overrides(["train.lr"]), "--set expects KEY=VALUE"),
+])
+def test_bad_input_fails_with_one_line_that_lists_choices(call, message):
+    with pytest.raises(UserError) as err:
+        call()
+    assert str(err.value).startswith(message)
+    assert "\n" not in str(err.value)
+    if "; valid" in message:  # the message names the valid choices
+        assert "rebel" in str(err.value) or "tiny" in str(err.value) or "tldr" in str(err.value)

@@ -1,0 +1,87 @@
+"""End-to-end: `harness run` on the tiny-test preset (built once per session by the tiny_test_models fixture)."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from harness.cli import main
+from harness.config import resolve
+from harness.runner import run
+from harness.store import read_jsonl
+
+SUMMARY_KEYS = {"run_id", "status", "algorithm", "algorithm_config", "task", "data_source", "preset", "seed",
+                "config_hash", "code_version", "eval", "sft", "budget", "comparison_key"}
+
+
+@pytest.fixture(scope="module")
+def rebel_run(tiny_test_models, harness_cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    with pytest.raises(SystemExit) as done:  # through the command line, as a user runs it
+        main(["run", "--algo", "rebel", "--preset", "tiny-test", "--iterations", "4", "-o", str(out), "--run-id", "r",
+              "--set", f"model.cache_dir={harness_cache}", "--set", "eval.every=2"])
+    assert done.value.code in (0, None)
+    return out / "r"
+
+
+def test_run_writes_config_metrics_samples_and_summary(rebel_run):
+    summary = json.loads((rebel_run / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["status"] == "completed" and summary["algorithm"] == "rebel" and summary["data_source"] == "synthetic"
+    for block in ("eval", "sft"):
+        for key in ("rm_score", "kl", "win_rate", "gold_reward", "kl_exact"):
+            assert isinstance(summary[block][key], float), (block, key)
+        assert summary[block]["win_rate_judge"] == "gold"
+    assert abs(summary["sft"]["kl"]) < 1e-5 and abs(summary["sft"]["kl_exact"]) < 1e-5  # SFT is the reference
+    budget = summary["budget"]
+    assert budget["prompts"] == 4 * 16 and budget["responses"] == 2 * 4 * 16 and budget["rm_queries"] == 128
+    assert budget["optimizer_steps"] == 4 * 4  # 4 iterations x 4 epochs x 1 minibatch
+    records, problems = read_jsonl(rebel_run / "metrics.jsonl")
+    assert not problems
+    train_lines = [r for r in records if not r.get("final")]
+    assert [r["iteration"] for r in train_lines] == [1, 2, 3, 4]
+    assert "eval/rm_score" in train_lines[1] and "eval/rm_score" not in train_lines[0]  # periodic eval at 2
+    assert all(r["prompts"] == 16 * r["iteration"] for r in train_lines)
+    assert {"loss", "rebel/mse", "score", "kl", "reward", "gold", "time/generation_s"} <= set(train_lines[0])
+    samples, _ = read_jsonl(rebel_run / "samples.jsonl")
+    assert len(samples) == 64 and {"prompt", "response", "reference", "score", "gold"} <= set(samples[0])
+    config = json.loads((rebel_run / "config.json").read_text())
+    assert config["config_hash"] == summary["config_hash"] and config["algo"] == "rebel"
+
+
+def test_first_update_starts_from_ratio_one(tiny_test_models):
+    """pi_t's log-probs (rollout scoring) and pi_theta's (training) come from the same function and temperature."""
+    import torch
+
+    from algorithms.base import make
+    from harness.experience import Budget
+    from harness.train import Trainer
+
+    cfg, models, data = tiny_test_models
+    trainer = Trainer(cfg, make("rebel"), models, data.sft_train, Budget())
+    batch = trainer.collect(trainer.next_prompts())
+    from harness.experience import policy_output
+
+    with torch.no_grad():
+        new = policy_output(models, batch, trainer.temperature)
+    assert torch.equal(new.logp_tokens, batch.logp_old)
+    assert torch.allclose(batch.kl, (batch.logp_old - batch.logp_ref).sum(-1))  # policy == reference at start: 0
+    assert batch.kl.abs().max() < 1e-5
+
+
+def test_rebel_raises_the_reward_model_score_over_sft(tiny_test_models, harness_cache, tmp_path):
+    cfg = resolve("tiny-test", {"algo": "rebel", "output_dir": str(tmp_path), "run_id": "improve",
+                                "model": {"cache_dir": harness_cache},
+                                "train": {"iterations": 15, "lr": 1e-4}, "eval": {"every": 0}})
+    summary = json.loads((run(cfg) / "summary.json").read_text())
+    assert summary["eval"]["rm_score"] > summary["sft"]["rm_score"] + 0.05
+    records, _ = read_jsonl(tmp_path / "improve" / "metrics.jsonl")
+    scores = [r["score"] for r in records if "score" in r]
+    assert sum(scores[-5:]) / 5 > sum(scores[:5]) / 5  # training-time reward goes up too
+
+
+def test_cli_rejects_unknown_algorithm_in_one_line():
+    proc = subprocess.run([sys.executable, "-m", "harness", "run", "--algo", "nope"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "unknown algorithm 'nope'; valid algorithms: " in proc.stderr and "rebel" in proc.stderr
