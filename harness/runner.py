@@ -135,6 +135,8 @@ def run(cfg: RunConfig, console: Console | None = None) -> Path:
         run_dir.log({"iteration": iteration, **budget.counters(), "final": True,
                      **{f"eval/{k}": final[k] for k in EVAL_KEYS}})
     write_jsonl(run_dir.samples, samples)
+    write_json(run_dir.evals / "tldr.json", final)  # the same file `harness eval RUN --suite tldr` writes
+    save_policy(models, run_dir.checkpoints / "final")
     summary = {"run_id": run_dir.path.name, "status": "completed", "algorithm": algo.name,
                "algorithm_config": algo.hyperparameters(), "task": cfg.task.name, "data_source": source,
                "preset": cfg.preset, "seed": cfg.seed, "config_hash": read_json(run_dir.config)["config_hash"],
@@ -147,6 +149,12 @@ def run(cfg: RunConfig, console: Console | None = None) -> Path:
     write_json(run_dir.summary, summary)
     console.print(summary_table(summary))
     return run_dir.path
+
+
+def save_policy(models: Models, path: Path) -> None:
+    """The trained policy (or its LoRA adapter) and tokenizer, safetensors only; `harness eval` loads it."""
+    models.policy.save_pretrained(path, safe_serialization=True)
+    models.tokenizer.save_pretrained(path)
 
 
 def _status(line: dict) -> str:
