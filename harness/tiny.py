@@ -43,7 +43,7 @@ def cache_root(cache_dir: str | None) -> Path:
 
 
 def ensure_tiny(recipe: TinyRecipe, cache_dir: str | None = None, log=print) -> TinyPaths:
-    key = config_hash({"recipe": recipe.model_dump(), "build_version": BUILD_VERSION})
+    key = config_hash({"recipe": recipe.model_dump(), "build_version": BUILD_VERSION, "data": synthetic.VERSION})
     final = cache_root(cache_dir) / f"tiny-{key}"
     if (final / "build_info.json").exists():
         return TinyPaths(final)

@@ -11,6 +11,9 @@ import math
 import random
 from dataclasses import dataclass
 
+VERSION = 2  # bump when generated data change: cached presets built on them are then rebuilt
+LABELLER_LENGTH_BIAS = 0.05  # per word: labellers lean toward longer summaries, which the gold reward penalises
+
 SUBREDDITS = ["relationships", "AskReddit", "personalfinance", "relationship_advice", "tifu", "dating_advice",
               "legaladvice", "offmychest"]
 WHO = ["my boyfriend", "my girlfriend", "my roommate", "my sister", "my brother", "my boss", "my best friend",
@@ -67,8 +70,8 @@ def write_post(f: Facts, rng: random.Random) -> dict:
     return {"subreddit": rng.choice(SUBREDDITS), "title": title, "post": " ".join(_cap(s) for s in sentences)}
 
 
-def write_summary(f: Facts, rng: random.Random, p_fact: float = 0.7, p_distract: float = 0.25,
-                  p_ramble: float = 0.35) -> str:
+def write_summary(f: Facts, rng: random.Random, p_fact: float = 0.75, p_ask: float = 0.4, p_distract: float = 0.25,
+                  p_ramble: float = 0.5) -> str:
     """A human-like TL;DR of varying quality (leading space, as in the real data)."""
     parts = []
     who = f.who if rng.random() < p_fact else rng.choice(["someone", "this person", "they"])
@@ -81,7 +84,7 @@ def write_summary(f: Facts, rng: random.Random, p_fact: float = 0.7, p_distract:
     if rng.random() < p_ramble:
         parts.extend(rng.sample(RAMBLE, rng.randint(1, 3)))
     text = ", ".join(parts)
-    if rng.random() < p_fact:
+    if rng.random() < p_ask:
         text += f". {f.ask}?"
     else:
         text += "."
@@ -103,6 +106,15 @@ def gold_reward(summary: str, f: Facts, terminated: bool = True) -> float:
     return coverage - 0.5 * wrong - verbosity
 
 
+def labeller_utility(summary: str, f: Facts) -> float:
+    """What the simulated labellers prefer: the gold reward plus a bias toward length.
+
+    This is what makes a reward model trained on the labels an imperfect proxy: it learns to like length, and a
+    policy that over-optimises it starts to ramble while the gold reward goes down.
+    """
+    return gold_reward(summary, f) + LABELLER_LENGTH_BIAS * len(summary.split())
+
+
 def bradley_terry_prob(r_a: float, r_b: float, temperature: float) -> float:
     return 1.0 / (1.0 + math.exp(-(r_a - r_b) / temperature))
 
@@ -115,9 +127,9 @@ def generate(n: int, seed: int, bt_temperature: float = 0.15) -> list[dict]:
         facts = sample_facts(rng)
         post = write_post(facts, rng)
         # Preference candidates span a wider quality range than the references, as the policies in the real data did.
-        a = write_summary(facts, rng, p_fact=rng.uniform(0.3, 0.95), p_distract=rng.uniform(0, 0.5))
-        b = write_summary(facts, rng, p_fact=rng.uniform(0.3, 0.95), p_distract=rng.uniform(0, 0.5))
-        p_a = bradley_terry_prob(gold_reward(a, facts), gold_reward(b, facts), bt_temperature)
+        a, b = (write_summary(facts, rng, p_fact=rng.uniform(0.3, 0.95), p_ask=rng.uniform(0.2, 0.9),
+                              p_distract=rng.uniform(0, 0.5), p_ramble=rng.uniform(0.2, 0.8)) for _ in range(2))
+        p_a = bradley_terry_prob(labeller_utility(a, facts), labeller_utility(b, facts), bt_temperature)
         chosen, rejected = (a, b) if rng.random() < p_a else (b, a)
         rows.append({"id": f"synthetic-{seed}-{i}", **post, "summary": write_summary(facts, rng),
                      "chosen": chosen, "rejected": rejected,
