@@ -9,9 +9,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness.errors import UserError
+from harness.tasks import TASKS
 
 PRESET_DIR = Path(__file__).parent / "presets"
-TASKS = ("tldr",)
 
 
 class Strict(BaseModel):
@@ -49,6 +49,9 @@ class ModelSettings(Strict):
     tokenizer: str | None = None
     lora: LoraSettings | None = None
     reference: Literal["frozen_copy", "adapter_disabled"] = "frozen_copy"
+    trainable_layers: int | None = Field(None, gt=0, description="train only the last N transformer blocks")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    size_hint: float | None = Field(None, description="parameter count, for the dry run's memory estimate offline")
     tiny: TinyRecipe = TinyRecipe()
     cache_dir: str | None = Field(None, description="where built presets live (default $HARNESS_CACHE or ~/.cache/harness)")
 
@@ -56,6 +59,7 @@ class ModelSettings(Strict):
 class TaskSettings(Strict):
     name: str = "tldr"
     source: str = Field("auto", description="auto | hub | synthetic | a local directory")
+    dataset: str | None = Field(None, description="hub data set of the chat task")
     max_prompt_tokens: int = Field(512, gt=8)
 
 

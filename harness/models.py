@@ -90,27 +90,52 @@ def _frozen(model: nn.Module) -> nn.Module:
     return model
 
 
-def load_reward_model(name: str, tokenizer) -> nn.Module:
+def load_reward_model(name: str, tokenizer, dtype=torch.float32, frozen: bool = True) -> nn.Module:
+    """A reward model in any supported head convention (harness/reward_heads.py), with the tokenizer's ids."""
     from transformers import AutoModelForSequenceClassification
 
-    rm = AutoModelForSequenceClassification.from_pretrained(name, num_labels=1, use_safetensors=True)
-    _fit_vocab(rm, tokenizer)
-    return _frozen(rm)
+    from harness.reward_heads import is_scalar_model, load_scalar_model
+
+    if is_scalar_model(name):
+        rm = load_scalar_model(name, dtype)
+        rm.config.eos_token_id, rm.config.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    else:
+        try:
+            rm = AutoModelForSequenceClassification.from_pretrained(name, num_labels=1, use_safetensors=True,
+                                                                    dtype=dtype)
+        except OSError as e:
+            raise UserError(f"cannot load reward model {name!r} (safetensors only): {str(e).splitlines()[0]}") from None
+        _fit_vocab(rm, tokenizer)
+    return _frozen(rm) if frozen else rm
+
+
+def train_only_last_layers(model: nn.Module, n: int) -> None:
+    """Freeze everything but the last `n` transformer blocks (the paper's chat setting trains the last 4)."""
+    blocks = next((m for m in model.modules() if isinstance(m, nn.ModuleList)
+                   and len(m) == model.config.num_hidden_layers), None)
+    if blocks is None:
+        raise UserError("model.trainable_layers: cannot find this architecture's list of transformer blocks")
+    model.requires_grad_(False)
+    for block in blocks[-n:]:
+        block.requires_grad_(True)
 
 
 def load_models(settings: ModelSettings, needs_critic: bool = False, log=print) -> Models:
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     paths = resolve_paths(settings, log=log)
     tokenizer = load_tokenizer(paths["tokenizer"])
+    dtype = getattr(torch, settings.dtype)
     try:
-        policy = AutoModelForCausalLM.from_pretrained(paths["policy"], use_safetensors=True)
+        policy = AutoModelForCausalLM.from_pretrained(paths["policy"], use_safetensors=True, dtype=dtype)
     except OSError as e:
         raise UserError(f"cannot load policy {paths['policy']!r}: {str(e).splitlines()[0]}") from None
     _fit_vocab(policy, tokenizer)
+    if settings.trainable_layers:
+        train_only_last_layers(policy, settings.trainable_layers)
     reference = None
     if settings.lora is not None:
         from peft import LoraConfig, get_peft_model
@@ -121,12 +146,10 @@ def load_models(settings: ModelSettings, needs_critic: bool = False, log=print) 
                                                    task_type="CAUSAL_LM"))
     if settings.reference == "frozen_copy" or settings.lora is None:
         reference = _frozen(copy.deepcopy(policy.get_base_model() if settings.lora else policy))
-    reward_model = load_reward_model(paths["reward_model"], tokenizer)
+    reward_model = load_reward_model(paths["reward_model"], tokenizer, dtype)
     critic = None
     if needs_critic:  # PROTOCOL.md: the critic starts from the reward model
-        critic = AutoModelForSequenceClassification.from_pretrained(paths["reward_model"], num_labels=1,
-                                                                    use_safetensors=True)
-        _fit_vocab(critic, tokenizer)
+        critic = load_reward_model(paths["reward_model"], tokenizer, dtype, frozen=False)
         critic.train()
     for model in (policy, critic):  # dropout would make pi_theta != pi_t before the first update
         for module in model.modules() if model is not None else ():

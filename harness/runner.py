@@ -19,7 +19,8 @@ from harness.errors import UserError
 from harness.experience import Budget
 from harness.models import Models, load_models, peak_memory_mb
 from harness.store import RunDir, code_version, config_hash, read_json, write_json, write_jsonl
-from harness.tasks.tldr import TaskData, load_task, resolve_source
+from harness import tasks
+from harness.tasks.tldr import TaskData
 from harness.tiny import cache_root
 from harness.train import Trainer
 
@@ -96,8 +97,7 @@ def run(cfg: RunConfig, console: Console | None = None) -> Path:
     console = console or Console(stderr=True)
     algo = make(cfg.algo, cfg.algo_args)
     torch.manual_seed(cfg.seed)
-    source = resolve_source(cfg.task.source)
-    data = load_task(source)
+    source, data = tasks.load(cfg.task.name, cfg.task.source, cfg.task.dataset)
     models = load_models(cfg.model, needs_critic=algo.needs_critic, log=console.print)
     judge = make_judge(cfg, data)
     run_dir = RunDir(Path(cfg.output_dir) / _run_id(cfg))

@@ -12,7 +12,7 @@ def register(app: typer.Typer) -> None:
     @app.command("run")
     def run_command(
         algo: str = typer.Option("rebel", "--algo", "-a", help="optimizer name (see `harness list`)"),
-        task: str = typer.Option("tldr", "--task", "-t", help="task name"),
+        task: Optional[str] = typer.Option(None, "--task", "-t", help="task name (default: the preset's)"),
         preset: str = typer.Option("tiny", "--preset", "-p", help="model/data preset (see `harness list`)"),
         seed: int = typer.Option(0, "--seed", "-s"),
         iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="training iterations"),
@@ -20,19 +20,28 @@ def register(app: typer.Typer) -> None:
         output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help="parent of the run directory"),
         run_id: Optional[str] = typer.Option(None, "--run-id", help="name of the run directory"),
         set_: list[str] = typer.Option([], "--set", help="override any config key: train.lr=1e-4, algo.eta=0.5"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="resolve, check availability, estimate memory; no training"),
     ) -> None:
         """Train ALGO on TASK with PRESET and evaluate it; writes a run directory."""
         from harness.runner import run
 
         overrides = parse_overrides(set_)
         overrides.update({"algo": algo, "seed": seed})
-        overrides.setdefault("task", {})["name"] = task
+        if task is not None:
+            overrides.setdefault("task", {})["name"] = task
         if iterations is not None:
             overrides.setdefault("train", {})["iterations"] = iterations
         if source is not None:
-            overrides["task"]["source"] = source
+            overrides.setdefault("task", {})["source"] = source
         if output_dir is not None:
             overrides["output_dir"] = output_dir
         if run_id is not None:
             overrides["run_id"] = run_id
-        run(resolve(preset, overrides))
+        cfg = resolve(preset, overrides)
+        if dry_run:
+            from harness.plan import dry_run as make_plan, render
+
+            plan = make_plan(cfg)
+            print(render(cfg, plan))
+            raise typer.Exit(1 if plan.problems else 0)
+        run(cfg)

@@ -24,18 +24,24 @@ SYNTHETIC_SIZES = {"sft_train": 20000, "sft_eval": 1000, "pref_train": 20000, "p
 
 @dataclass
 class Example:
-    """One prompt with its human reference summary (and, for preference rows, a chosen/rejected pair)."""
+    """One prompt with its human reference summary (and, for preference rows, a chosen/rejected pair).
 
-    subreddit: str
-    title: str
-    post: str
+    TL;DR rows carry subreddit/title/post; chat rows carry `messages` (rendered by the tokenizer's chat template).
+    """
+
+    subreddit: str = ""
+    title: str = ""
+    post: str = ""
     reference: str | None = None
     chosen: str | None = None
     rejected: str | None = None
     facts: dict | None = None  # stand-in only: what the gold reward checks
+    messages: list[dict] | None = None  # chat tasks: the conversation so far
 
     @property
     def prompt(self) -> str:
+        if self.messages is not None:
+            return self.messages[-1]["content"]
         return format_prompt(self.subreddit, self.title, self.post)
 
 
@@ -54,7 +60,13 @@ def format_prompt(subreddit: str, title: str, post: str) -> str:
 
 
 def truncate_prompt(example: Example, tokenizer, max_tokens: int) -> list[int]:
-    """Token ids of the prompt, shortened by dropping the END of the post so that "\\n\\nTL;DR:" survives."""
+    """Token ids of the prompt, shortened by dropping the END of the post so that "\\n\\nTL;DR:" survives.
+
+    Chat prompts are rendered with the chat template; one over the limit keeps its last `max_tokens` tokens.
+    """
+    if example.messages is not None:
+        text = tokenizer.apply_chat_template(example.messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer.encode(text, add_special_tokens=False)[-max_tokens:]
     ids = tokenizer.encode(example.prompt, add_special_tokens=False)
     if len(ids) <= max_tokens:
         return ids

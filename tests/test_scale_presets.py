@@ -1,0 +1,160 @@
+"""Paper-scale presets resolve and dry-run offline; their loading code runs on tiny stand-ins saved locally with the
+same architectures (GPT-NeoX, Llama, Mistral) and reward-head conventions (sequence classifier, ScalarModel)."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from algorithms.base import make
+from harness.config import preset_names, resolve
+from harness.errors import UserError
+from harness.experience import Budget
+from harness.models import load_models
+from harness.plan import dry_run, estimate_memory_gb
+from harness.tasks.tldr import load_task
+from harness.train import Trainer
+
+PAPER_PRESETS = ["tldr-pythia-1.4b", "tldr-pythia-2.8b", "tldr-pythia-6.9b", "chat-llama3-8b-ultrafeedback",
+                 "chat-openchat-3.5-nectar"]
+
+
+def test_every_preset_resolves_with_the_papers_settings():
+    assert set(PAPER_PRESETS) <= set(preset_names())
+    for name in PAPER_PRESETS:
+        cfg = resolve(name)
+        assert cfg.model.reward_model and cfg.eval.prompts > 0
+    small, big = resolve("tldr-pythia-2.8b"), resolve("tldr-pythia-6.9b")
+    assert (small.model.lora.r, small.model.lora.alpha) == (1024, 2048) and big.model.lora is None
+    assert small.train.prompts_per_iteration == 512 and small.train.lr == 3e-6 and small.train.kl_coef == 0.05
+    assert small.generation.max_new_tokens == 53
+    chat = resolve("chat-openchat-3.5-nectar")
+    assert chat.task.name == "chat" and chat.model.trainable_layers == 4 and chat.train.lr == 1e-7
+    assert chat.train.prompts_per_iteration == 32 and chat.task.max_prompt_tokens == 1024
+    assert chat.generation.max_new_tokens == 1024
+
+
+@pytest.mark.parametrize("name", PAPER_PRESETS)
+def test_dry_run_offline_names_what_is_missing(name, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    proc = subprocess.run([sys.executable, "-m", "harness", "run", "--preset", name, "--dry-run"],
+                          capture_output=True, text=True, timeout=120, env={**__import__("os").environ})
+    assert proc.returncode == 1, proc.stderr
+    assert "not ready" in proc.stdout and "NOT reachable" in proc.stdout
+    assert "memory" in proc.stdout and "plan" in proc.stdout
+
+
+def test_memory_estimate_by_hand():
+    mem = estimate_memory_gb(total=2**30, trainable=2**30, weight_bytes=2, frozen_copies=2, activation_tokens=0)
+    assert mem["weights"] == pytest.approx(6.0) and mem["grads_and_adam"] == pytest.approx(12.0)
+    mem = estimate_memory_gb(total=2**30, trainable=0, weight_bytes=4, frozen_copies=0, activation_tokens=1024,
+                             hidden=1024, layers=32)
+    assert mem["activations"] == pytest.approx(1024 * 1024 * 32 * 34 / 2**30)
+
+
+def _save_stand_ins(tmp_path, tokenizer, arch: str):
+    """A tiny causal LM and a reward model of architecture `arch`, saved like hub checkpoints."""
+    from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, GPTNeoXConfig, LlamaConfig,
+                              MistralConfig)
+
+    common = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=64, max_position_embeddings=256, eos_token_id=tokenizer.eos_token_id,
+                  pad_token_id=tokenizer.pad_token_id)
+    config = {"gpt_neox": lambda: GPTNeoXConfig(**common), "llama": lambda: LlamaConfig(num_key_value_heads=2, **common),
+              "mistral": lambda: MistralConfig(num_key_value_heads=1, sliding_window=None, **common)}[arch]()
+    torch.manual_seed(0)
+    policy_dir, rm_dir = tmp_path / f"{arch}-policy", tmp_path / f"{arch}-rm"
+    AutoModelForCausalLM.from_config(config).save_pretrained(policy_dir)
+    tokenizer.save_pretrained(policy_dir)
+    config.num_labels = 1
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(rm_dir)
+    return policy_dir, rm_dir, config
+
+
+def _one_iteration(cfg):
+    models = load_models(cfg.model, log=lambda *a: None)
+    trainer = Trainer(cfg, make(cfg.algo), models, load_task("synthetic").sft_train, Budget())
+    line = trainer.iteration(1)
+    return models, line
+
+
+@pytest.mark.parametrize("arch", ["gpt_neox", "llama", "mistral"])
+def test_loading_code_runs_on_local_stand_ins(arch, tmp_path, tiny_test_models):
+    _, tiny, _ = tiny_test_models
+    policy_dir, rm_dir, _ = _save_stand_ins(tmp_path, tiny.tokenizer, arch)
+    cfg = resolve("tiny-test", {"model": {"policy": str(policy_dir), "reward_model": str(rm_dir),
+                                          "lora": {"r": 4, "alpha": 8}, "reference": "adapter_disabled"},
+                                "train": {"prompts_per_iteration": 4}})
+    models, line = _one_iteration(cfg)
+    assert models.reference is None  # LoRA: the reference is the adapter-disabled policy
+    assert abs(line["kl"]) < 1e-5 and line["optimizer_steps"] == 4 and torch.isfinite(torch.tensor(line["loss"]))
+    trainable = [n for n, p in models.policy.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    plan = dry_run(cfg)
+    assert any(line.startswith("parameters") and "trainable" in line for line in plan.lines)
+
+
+def test_scalar_model_reward_head_convention(tmp_path, tiny_test_models):
+    """The TL;DR ScalarModel layout: config with base_config and bias, weights lm_backbone.* + scalar_head.*"""
+    from safetensors.torch import save_file
+    from transformers import AutoModel
+
+    from harness.models import load_reward_model
+    from harness.scoring import reward_scores
+
+    _, tiny, data = tiny_test_models
+    tok = tiny.tokenizer
+    policy_dir, _, config = _save_stand_ins(tmp_path, tok, "gpt_neox")
+    backbone = AutoModel.from_config(config)
+    head = torch.nn.Linear(config.hidden_size, 1)
+    state = {f"lm_backbone.{k}": v for k, v in backbone.state_dict().items()}
+    state.update({"scalar_head.weight": head.weight.detach(), "scalar_head.bias": head.bias.detach()})
+    rm_dir = tmp_path / "scalar-rm"
+    rm_dir.mkdir()
+    save_file({k: v.contiguous() for k, v in state.items()}, rm_dir / "model.safetensors")
+    (rm_dir / "config.json").write_text(json.dumps({"base_config": config.to_dict(), "hidden_size": 32, "bias": 0.25,
+                                                    "base_model": "local"}))
+    rm = load_reward_model(str(rm_dir), tok)
+    query = torch.tensor([[tok.pad_token_id, 5, 6]])
+    response = torch.tensor([[7, tok.eos_token_id, tok.pad_token_id]])
+    mask = torch.tensor([[True, True, False]])
+    hidden = backbone(input_ids=torch.tensor([[0, 5, 6, 7, tok.eos_token_id]]),
+                      attention_mask=torch.tensor([[0, 1, 1, 1, 1]]),
+                      position_ids=torch.tensor([[0, 0, 1, 2, 3]])).last_hidden_state
+    expected = head(hidden[0, -1]).item() - 0.25  # read at EOS, bias subtracted
+    assert reward_scores(rm, query, response, mask, tok.pad_token_id).item() == pytest.approx(expected, abs=1e-5)
+    (rm_dir / "model.safetensors").rename(rm_dir / "pytorch_model.bin")
+    with pytest.raises(UserError, match="no safetensors weights; pickled weights are never loaded"):
+        load_reward_model(str(rm_dir), tok)
+
+
+def test_chat_task_and_last_layers_training(tmp_path, tiny_test_models):
+    _, tiny, _ = tiny_test_models
+    tok = __import__("copy").deepcopy(tiny.tokenizer)  # the session's tokenizer stays template-free
+    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    policy_dir, rm_dir, _ = _save_stand_ins(tmp_path, tok, "llama")
+    data = tmp_path / "chat"
+    data.mkdir()
+    rows = [{"messages": [{"role": "user", "content": f"question {i}?"}]} for i in range(8)]
+    rows += [{"prompt": "Human: hi there\n\nAssistant: hello\n\nHuman: how are you?\n\nAssistant:"}]
+    for name in ("prompts_train.jsonl", "prompts_eval.jsonl"):
+        (data / name).write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg = resolve("chat-llama3-8b-ultrafeedback", {
+        "task": {"source": str(data)}, "model": {"policy": str(policy_dir), "reward_model": str(rm_dir),
+                                                 "dtype": "float32", "trainable_layers": 1},
+        "generation": {"max_new_tokens": 8}, "train": {"prompts_per_iteration": 4, "lr": 1e-3},
+        "eval": {"prompts": 4}})
+    from harness import tasks
+
+    _, task = tasks.load("chat", cfg.task.source)
+    assert task.sft_train[-1].messages[-1] == {"role": "user", "content": "how are you?"}
+    models = load_models(cfg.model, log=lambda *a: None)
+    trainable = {n for n, p in models.policy.named_parameters() if p.requires_grad}
+    assert trainable and all(".layers.1." in n for n in trainable)  # only the last block of two
+    before = {n: p.detach().clone() for n, p in models.policy.named_parameters()}
+    trainer = Trainer(cfg, make("rebel"), models, task.sft_train, Budget())
+    trainer.iteration(1)
+    changed = {n for n, p in models.policy.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= trainable
