@@ -61,7 +61,8 @@ def _builtin_tasks() -> dict:
 def run_open_llm(model, output_dir: Path | str, tasks: list[str] | None = None, include_path: Path | str | None = None,
                  limit: int | None = None, batch_size: int = 1, device: str | None = None, tokenizer=None) -> dict:
     """Evaluate `model` (a model directory, a hub name or a loaded transformers model) on the leaderboard tasks;
-    write `open_llm.json` and `open_llm_samples.jsonl` into output_dir. `limit` caps documents per task: a smoke
+    write `open_llm.json` (`tasks`: {task: score}, `average`, `details`: {task: {score, stderr, metric, num_fewshot,
+    n}}) and `open_llm_samples.jsonl` into output_dir. `limit` caps documents per task: a smoke
     test, never a leaderboard number (it is recorded in the summary)."""
     import torch
     from lm_eval import simple_evaluate
@@ -89,7 +90,9 @@ def run_open_llm(model, output_dir: Path | str, tasks: list[str] | None = None, 
                           "metric": metric, "num_fewshot": applied[0] if len(applied) == 1 else applied,
                           "n": len({(name, s["doc_id"]) for name, s in samples})}  # one sample per filter
         records += [_record(task, name, s) for name, s in samples]
-    summary = {"average": mean(t["score"] for t in per_task.values()), "tasks": per_task, "limit": limit,
+    # `tasks` and `average` in the shape `harness report` reads (docs/report.md); the rest under `details`
+    summary = {"tasks": {t: v["score"] for t, v in per_task.items()},
+               "average": mean(t["score"] for t in per_task.values()), "details": per_task, "limit": limit,
                "model": model if isinstance(model, (str, Path)) else type(model).__name__,
                "include_path": include_path}
     write_json(Path(output_dir) / "open_llm.json", summary)

@@ -36,14 +36,15 @@ def test_six_tasks_end_to_end_on_a_tiny_model(shadow, tmp_path):
     model = save_tiny_chat_model(tmp_path / "model")
     with one_torch_thread():
         summary = run_open_llm(model, tmp_path / "evals", include_path=shadow, limit=2, device="cpu")
-    tasks = summary["tasks"]
+    tasks = summary["details"]
     assert list(tasks) == list(LEADERBOARD)
+    assert summary["tasks"] == {t: v["score"] for t, v in tasks.items()}  # the shape `harness report` reads
     assert {t: v["num_fewshot"] for t, v in tasks.items()} == {
         "arc_challenge": 25, "hellaswag": 10, "truthfulqa_mc2": 0, "mmlu": 5, "winogrande": 5, "gsm8k": 5}
     assert all(0.0 <= v["score"] <= 1.0 and v["n"] == 2 for v in tasks.values())
     assert summary["average"] == pytest.approx(sum(v["score"] for v in tasks.values()) / 6)
     assert summary["limit"] == 2
-    assert read_json(tmp_path / "evals" / "open_llm.json")["tasks"]["gsm8k"]["metric"] == "exact_match,strict-match"
+    assert read_json(tmp_path / "evals" / "open_llm.json")["details"]["gsm8k"]["metric"] == "exact_match,strict-match"
     records, problems = read_jsonl(tmp_path / "evals" / "open_llm_samples.jsonl")
     assert not problems
     # the documents came from the local files: arc's first test question and its answer index

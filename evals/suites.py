@@ -1,0 +1,332 @@
+"""The suites `harness eval` dispatches to: what to evaluate (a run's checkpoint or any model), where the results go,
+and one function per suite that runs the evaluation modules and writes the files `harness report` reads.
+
+| suite    | writes into the output dir                                   | reads                                   |
+|----------|--------------------------------------------------------------|-----------------------------------------|
+| tldr     | tldr.json, tldr_samples.jsonl                                 | the run's config, reward model, data    |
+| chat     | chat.json (+ alpaca_eval.json, mt_bench.json, their samples)  | a chat model, a judge endpoint          |
+| open-llm | open_llm.json, open_llm_samples.jsonl                         | lm-eval tasks (built-in or shadowed)    |
+
+The report reads chat.json and open_llm.json with the keys of docs/report.md (rates as fractions); the per-suite
+files the modules write stay beside them with everything else.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from harness.errors import UserError
+from harness.store import read_json, write_json, write_jsonl
+
+SUITES = ("tldr", "chat", "open-llm")
+RUN_CONFIG_EXTRAS = ("config_hash", "code_version", "model_origin")  # written by the runner beside the RunConfig
+DEFAULT_OUT_ROOT = Path("results") / "evals"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# what is evaluated, and where the results go
+
+@dataclass
+class Target:
+    """A run's checkpoint (run_dir set) or a model directory / hub name (run_dir None)."""
+    model: str  # the directory or hub name the policy loads from
+    out_dir: Path
+    name: str  # a file-name-safe label (AlpacaEval's generator name)
+    run_dir: Path | None = None
+    checkpoint: str | None = None
+
+
+def parse_suites(values: list[str]) -> list[str]:
+    """["tldr", "chat,open-llm"] -> unique suite names in the order given; open_llm is accepted for open-llm."""
+    out = []
+    for value in values:
+        for name in filter(None, (v.strip() for v in value.split(","))):
+            name = name.replace("_", "-")
+            if name not in SUITES:
+                raise UserError(f"unknown suite {name!r}; valid suites: {', '.join(SUITES)}")
+            if name not in out:
+                out.append(name)
+    if not out:
+        raise UserError(f"no suite given: pass --suite {' | '.join(SUITES)} (repeatable)")
+    return out
+
+
+def sanitise(name: str) -> str:
+    """A hub name or path as one directory name: EleutherAI/pythia-1b -> EleutherAI_pythia-1b."""
+    name = re.sub(r"^(\./|/)+", "", name.strip().rstrip("/"))
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
+
+
+def is_run_dir(path: Path) -> bool:
+    """A run directory has a summary.json or checkpoints/, or a config.json with a config_hash (model folders have a
+    config.json without one): the rule `harness report` uses."""
+    if not path.is_dir():
+        return False
+    if (path / "summary.json").exists() or (path / "checkpoints").is_dir():
+        return True
+    try:
+        return "config_hash" in read_json(path / "config.json")
+    except (OSError, ValueError):
+        return False
+
+
+def resolve_target(target: str, checkpoint: str | None = None, out: str | Path | None = None) -> Target:
+    path = Path(target).expanduser()
+    if is_run_dir(path):
+        name = checkpoint or "final"
+        ckpt = path / "checkpoints" / name
+        if not ckpt.is_dir():
+            found = sorted(p.name for p in (path / "checkpoints").glob("*") if p.is_dir())
+            hint = f"it has: {', '.join(found)}" if found else "the run did not finish (no policy was saved)"
+            raise UserError(f"run {path} has no checkpoints/{name}; {hint}")
+        # another checkpoint must not overwrite the final policy's results, which are the run's numbers
+        default_out = path / "evals" if name == "final" else path / "evals" / "checkpoints" / name
+        label = path.resolve().name + ("" if name == "final" else f"@{name}")
+        return Target(str(ckpt), Path(out) if out else default_out, sanitise(label), path, name)
+    if checkpoint is not None:
+        raise UserError(f"--checkpoint needs a run directory; {target} is not one")
+    if not path.exists() and (target.startswith(("/", "./", "../", "~")) or target in (".", "..")):
+        raise UserError(f"no such directory: {target}")
+    if path.is_dir() and not (path / "config.json").exists():
+        raise UserError(f"{target} is neither a run directory nor a model directory (no config.json)")
+    return Target(target, Path(out) if out else DEFAULT_OUT_ROOT / sanitise(target), sanitise(target))
+
+
+def _keep_base(path: Path) -> dict:
+    """An existing `base` block (the starting model's numbers, docs/report.md) survives a re-evaluation."""
+    try:
+        base = read_json(path).get("base")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {"base": base} if base is not None else {}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# tldr: the runner's held-out evaluation on a saved policy
+
+def run_config(run_dir: Path):
+    """(RunConfig, model_origin) of a run, rebuilt from its config.json."""
+    from pydantic import ValidationError
+
+    from harness.config import RunConfig
+
+    try:
+        saved = read_json(run_dir / "config.json")
+    except (OSError, ValueError) as e:
+        raise UserError(f"{run_dir}/config.json is missing or not valid JSON ({type(e).__name__})") from None
+    origin = saved.get("model_origin")
+    data = {k: v for k, v in saved.items() if k not in RUN_CONFIG_EXTRAS}
+    data["task"] = {k: v for k, v in (data.get("task") or {}).items() if k != "resolved_source"}
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise UserError(f"{run_dir}/config.json is not a run config this code reads: "
+                        f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    if not origin:
+        raise UserError(f"{run_dir}/config.json has no model_origin: cannot tell which reference and reward model "
+                        f"the run used")
+    return cfg, origin, (saved.get("task") or {}).get("resolved_source")
+
+
+def _settings(cfg, **update):
+    return cfg.model.model_copy(update=update)
+
+
+def load_eval_models(settings, policy_path: str | None, log: Callable = print):
+    """The run's reference, reward model and tokenizer through harness.models.load_models (`settings` name the
+    reference policy), with the policy replaced by the one at `policy_path`. Loading the checkpoint as
+    `settings.policy` instead would make the frozen reference a copy of the trained policy (KL = 0)."""
+    from harness.models import _fit_vocab, load_models
+
+    models = load_models(settings, log=log)
+    if policy_path is None:
+        return models
+    if (Path(policy_path) / "adapter_config.json").exists():
+        if settings.lora is None:
+            raise UserError(f"{policy_path} holds a LoRA adapter but the run config has no model.lora")
+        from peft import load_peft_weights, set_peft_model_state_dict
+
+        set_peft_model_state_dict(models.policy, load_peft_weights(policy_path, device="cpu"))
+    else:
+        if settings.lora is not None:
+            raise UserError(f"the run config has model.lora but {policy_path} holds no adapter_config.json")
+        from transformers import AutoModelForCausalLM
+
+        import torch
+
+        dtype = getattr(torch, getattr(settings, "dtype", "float32"))  # as load_models loads the reference
+        try:
+            policy = AutoModelForCausalLM.from_pretrained(policy_path, use_safetensors=True, dtype=dtype)
+        except OSError as e:
+            raise UserError(f"cannot load policy {policy_path!r}: {str(e).splitlines()[0]}") from None
+        _fit_vocab(policy, models.tokenizer)
+        models.policy = policy  # the reference stays the one load_models made from `settings`
+    models.policy.eval()
+    models.origin = {**models.origin, "policy": str(policy_path), "reference": str(settings.policy)}
+    return models
+
+
+def _tldr_judge(cfg, data, base_url: str | None):
+    from harness.runner import make_judge
+    from harness.tiny import cache_root
+
+    if cfg.eval.judge == "openai" or (cfg.eval.judge == "auto" and base_url and not data.has_gold):
+        from evals.judge import OpenAIJudge
+
+        judge = OpenAIJudge(model=cfg.eval.judge_model, base_url=base_url,
+                            cache_dir=str(cache_root(cfg.model.cache_dir) / "judge"))
+    else:
+        judge = make_judge(cfg, data)
+    if judge is not None and hasattr(judge, "client"):
+        judge.client.preflight()  # before any generation
+    return judge
+
+
+def run_tldr(target: Target, *, prompts: int | None = None, judge: str | None = None, judge_model: str | None = None,
+             judge_base_url: str | None = None, temperature: float | None = None, reward_model: str | None = None,
+             reference: str | None = None, source: str | None = None, preset: str | None = None,
+             log: Callable = print) -> dict:
+    """Win rate, RM score and KL of the target on the TL;DR held-out prompts: the runner's own `evaluate` and judge.
+    A run dir brings its config (prompts, temperatures, judge, data source, reference and reward model); a model
+    needs `reward_model`, and measures KL against `reference` (default: itself, so KL is 0)."""
+    from pydantic import ValidationError
+
+    from harness.config import RunConfig, resolve
+    from harness.runner import evaluate
+    from harness.tasks.tldr import load_task, resolve_source
+
+    if target.run_dir is not None:
+        for flag, value in (("--reward-model", reward_model), ("--reference", reference), ("--source", source),
+                            ("--preset", preset)):
+            if value is not None:
+                raise UserError(f"{flag} is for a model directory; a run directory brings its own (config.json)")
+        cfg, origin, resolved_source = run_config(target.run_dir)
+        if cfg.task.name != "tldr":
+            raise UserError(f"run {target.run_dir} trained on task {cfg.task.name!r}: --suite tldr evaluates TL;DR "
+                            f"runs (use --suite chat)")
+        source = resolved_source or resolve_source(cfg.task.source)
+        settings = _settings(cfg, policy=origin["policy"], reward_model=origin["reward_model"],
+                             tokenizer=origin.get("tokenizer"))
+        if cfg.model.policy.startswith("builtin:") and not Path(origin["policy"]).exists():
+            log(f"{origin['policy']} is gone; rebuilding the run's {cfg.model.policy} preset from its recipe")
+            settings = cfg.model
+    else:
+        if reward_model is None:
+            raise UserError("--suite tldr on a model directory or hub name needs --reward-model (a run directory "
+                            "brings its own)")
+        cfg = resolve(preset) if preset else RunConfig()
+        source = resolve_source(source or cfg.task.source)
+        # with a reference, both share the evaluated model's tokenizer (it was trained from the reference)
+        settings = _settings(cfg, policy=reference or target.model, reward_model=reward_model,
+                             tokenizer=target.model if reference else None)
+        if reference is None:
+            log("no --reference: KL is measured against the model itself (0); pass the SFT model as --reference")
+    try:
+        if prompts is not None:
+            cfg.eval.prompts = prompts
+        if temperature is not None:
+            cfg.eval.temperature = temperature
+        if judge is not None:
+            cfg.eval.judge = judge
+        model_name = judge_model or os.environ.get("HARNESS_JUDGE_MODEL")
+        if model_name:
+            cfg.eval.judge_model = model_name
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise UserError(f"invalid value for eval.{first['loc'][0]}: {first['msg']}") from None
+    data = load_task(source)
+    judge_obj = _tldr_judge(cfg, data, judge_base_url)  # a bad key or endpoint fails here, before loading models
+    models = load_eval_models(settings, None if target.model == settings.policy else target.model, log=log)
+    metrics, samples = evaluate(cfg, models, data, judge_obj)
+    metrics.update({"checkpoint": target.model, "reference": models.origin.get("reference", settings.policy),
+                    "reward_model": models.origin["reward_model"], "data_source": source,
+                    "run_dir": str(target.run_dir) if target.run_dir else None})
+    write_json(target.out_dir / "tldr.json", metrics)
+    write_jsonl(target.out_dir / "tldr_samples.jsonl", samples)
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# chat: AlpacaEval 2.0 + MT-Bench, judged by one OpenAI-compatible endpoint
+
+def mt_bench_for_report(summary: dict) -> dict:
+    """evals/mt_bench.py's summary under the keys docs/report.md reads (turn_1, turn_2, average, per_category)."""
+    renamed = {"score_turn1": "turn_1", "score_turn2": "turn_2", "score": "average"}
+    return {renamed.get(k, k): v for k, v in summary.items()}
+
+
+def run_chat(target: Target, *, judge_model: str | None = None, judge_base_url: str | None = None,
+             alpaca_reference: str | None = None, mt_bench_questions: str | None = None,
+             mt_bench_references: str | None = None, limit: int | None = None, annotator: str | None = None,
+             hub_cache_dir: str | None = None, max_new_tokens: int = 1024, device: str | None = None,
+             cache_dir: str | Path | None = None, log: Callable = print) -> dict:
+    """Answer AlpacaEval's instructions and MT-Bench's questions with the target's chat template, judge them, and
+    write chat.json ({"alpaca_eval": {...}, "mt_bench": {...}}) beside the modules' own files."""
+    from evals.alpaca_eval import DEFAULT_ANNOTATOR, generate_outputs, load_reference_outputs, run_alpaca_eval
+    from evals.chat_generate import chat_generator
+    from evals.judge import CompletionClient, Endpoint
+    from evals.mt_bench import HUB_DATASET, load_questions, run_mt_bench
+
+    endpoint = Endpoint.resolve(judge_model, judge_base_url)  # a missing key for a remote judge stops here
+    client = CompletionClient(endpoint, cache_dir=cache_dir, max_tokens=2048)
+    client.preflight()
+    for flag, path in (("--alpaca-reference", alpaca_reference), ("--mt-bench-questions", mt_bench_questions),
+                       ("--mt-bench-references", mt_bench_references)):
+        if path is not None and not Path(path).is_file():
+            raise UserError(f"{flag}: no such file {path}")
+    references = load_reference_outputs(alpaca_reference, hub_cache_dir)[:limit]
+    questions = load_questions(mt_bench_questions or HUB_DATASET, mt_bench_references)[:limit]
+    generate = chat_generator(target.model, device=device, max_new_tokens=max_new_tokens)
+    log(f"AlpacaEval 2.0: {len(references)} instructions, judge {endpoint.model} at {endpoint.base_url}")
+    alpaca = run_alpaca_eval(generate_outputs(references, generate, target.name), alpaca_reference, target.out_dir,
+                             endpoint=endpoint, annotator=annotator or DEFAULT_ANNOTATOR, hub_cache_dir=hub_cache_dir)
+    log(f"MT-Bench: {len(questions)} questions, 2 turns each")
+    mt_bench = run_mt_bench(questions, generate, client, target.out_dir)
+    path = target.out_dir / "chat.json"
+    chat = {"alpaca_eval": alpaca, "mt_bench": mt_bench_for_report(mt_bench), "model": target.model,
+            "limit": limit, **_keep_base(path)}
+    write_json(path, chat)
+    return chat
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# open-llm: the six leaderboard tasks through lm-eval
+
+def run_open_llm_suite(target: Target, *, include_path: str | None = None, limit: int | None = None,
+                       tasks: list[str] | None = None, device: str | None = None, log: Callable = print) -> dict:
+    """evals/open_llm.py's run; it writes open_llm.json in the report's shape ({"tasks": {name: score}, "average"})."""
+    from evals.open_llm import run_open_llm
+
+    if include_path is not None and not Path(include_path).is_dir():
+        raise UserError(f"--include-path: no such directory {include_path}")
+    path = target.out_dir / "open_llm.json"
+    base = _keep_base(path)
+    summary = run_open_llm(target.model, target.out_dir, tasks=tasks, include_path=include_path, limit=limit,
+                           device=device)
+    if base:
+        summary = {**summary, **base}
+        write_json(path, summary)
+    return summary
+
+
+def describe(suite: str, result: dict) -> str:
+    """One line per suite for the terminal."""
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.1f}%"
+
+    def num(x):
+        return "n/a" if x is None else f"{x:.3f}"
+
+    if suite == "tldr":
+        return (f"tldr: win rate {pct(result['win_rate'])} ({result['win_rate_judge'] or 'no judge'}), RM score "
+                f"{num(result['rm_score'])}, KL {num(result['kl'])}, {result['n']} prompts")
+    if suite == "chat":
+        a, m = result["alpaca_eval"], result["mt_bench"]
+        return (f"chat: AlpacaEval LC {pct(a['lc_win_rate'])}, WR {pct(a['win_rate'])} ({a['n']} instructions); "
+                f"MT-Bench {num(m['average'])} (turn 1 {num(m['turn_1'])}, turn 2 {num(m['turn_2'])})")
+    tasks = ", ".join(f"{t} {pct(v)}" for t, v in result["tasks"].items())
+    return f"open-llm: average {pct(result['average'])} ({tasks})"

@@ -1,0 +1,105 @@
+"""`harness eval TARGET --suite tldr|chat|open-llm`: evaluate a finished run's policy (or any model) and write the
+suite files `harness report` reads. The suites themselves live in evals/suites.py; this module only wires options."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from harness.errors import UserError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("eval")
+    def eval_command(
+        target: str = typer.Argument(..., help="a run directory (evaluates checkpoints/final), a model directory or "
+                                               "a hub name"),
+        suite: list[str] = typer.Option(..., "--suite", "-s", help="tldr | chat | open-llm (repeatable)"),
+        checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="another directory under the run's "
+                                                 "checkpoints/ (results go to evals/checkpoints/NAME/)"),
+        out: Optional[str] = typer.Option(None, "--out", "-o", help="output directory (default: RUN/evals, or "
+                                          "results/evals/<model name> for a model)"),
+        # tldr
+        prompts: Optional[int] = typer.Option(None, "--prompts", min=1, help="tldr: held-out prompts (default: the "
+                                              "run's eval.prompts; the paper used 600)"),
+        judge: Optional[str] = typer.Option(None, "--judge", help="tldr: gold | openai | none (default: the run's "
+                                            "eval.judge)"),
+        temperature: Optional[float] = typer.Option(None, "--temperature", help="tldr: sampling temperature of the "
+                                                    "evaluated responses (default: the run's eval.temperature)"),
+        reward_model: Optional[str] = typer.Option(None, "--reward-model", help="tldr on a model: reward model "
+                                                   "directory or hub name (required)"),
+        reference: Optional[str] = typer.Option(None, "--reference", help="tldr on a model: the KL reference "
+                                                "(e.g. its SFT model; default: the model itself, KL 0)"),
+        source: Optional[str] = typer.Option(None, "--source", help="tldr on a model: data auto | hub | synthetic | "
+                                             "DIR"),
+        preset: Optional[str] = typer.Option(None, "--preset", help="tldr on a model: take prompt/generation/eval "
+                                             "settings from this preset"),
+        # judge endpoint (tldr with --judge openai, chat)
+        judge_model: Optional[str] = typer.Option(None, "--judge-model", help="judge model (else "
+                                                  "HARNESS_JUDGE_MODEL, else the run's eval.judge_model / gpt-4o)"),
+        judge_base_url: Optional[str] = typer.Option(None, "--judge-base-url", help="OpenAI-compatible endpoint "
+                                                     "(else HARNESS_JUDGE_BASE_URL, OPENAI_BASE_URL); the key only "
+                                                     "from HARNESS_JUDGE_API_KEY / OPENAI_API_KEY"),
+        # chat
+        alpaca_reference: Optional[str] = typer.Option(None, "--alpaca-reference", help="chat: AlpacaEval "
+                                                       "reference outputs .json/.jsonl (default: the hub's GPT-4 "
+                                                       "Turbo outputs)"),
+        annotator: Optional[str] = typer.Option(None, "--annotator", help="chat: alpaca_eval annotator (default "
+                                                "weighted_alpaca_eval_gpt4_turbo, needs logprobs)"),
+        mt_bench_questions: Optional[str] = typer.Option(None, "--mt-bench-questions", help="chat: FastChat "
+                                                         "question.jsonl (default: the hub's mt_bench_prompts)"),
+        mt_bench_references: Optional[str] = typer.Option(None, "--mt-bench-references", help="chat: FastChat "
+                                                          "reference_answer/gpt-4.jsonl"),
+        hub_cache_dir: Optional[str] = typer.Option(None, "--hub-cache-dir", help="chat: hub cache holding "
+                                                    "alpaca_eval's df_gamed.csv (offline LC win rate)"),
+        max_new_tokens: int = typer.Option(1024, "--max-new-tokens", min=1, help="chat: answer length cap"),
+        # open-llm
+        include_path: Optional[str] = typer.Option(None, "--include-path", help="open-llm: directory of task YAMLs "
+                                                   "(local shadows of the leaderboard tasks)"),
+        tasks: Optional[str] = typer.Option(None, "--tasks", help="open-llm: comma-separated subset of the six "
+                                            "tasks"),
+        # chat and open-llm
+        limit: Optional[int] = typer.Option(None, "--limit", min=1, help="chat: first N instructions and questions; "
+                                            "open-llm: N documents per task (smoke tests, not benchmark numbers)"),
+        device: Optional[str] = typer.Option(None, "--device", help="chat, open-llm: cpu | cuda (default: cuda when "
+                                             "available)"),
+    ) -> None:
+        """Evaluate a run's saved policy (or any model) on TL;DR, chat (AlpacaEval 2.0 + MT-Bench) or the Open LLM
+        Leaderboard tasks; writes <suite>.json and per-sample records into the run's evals/."""
+        from rich.console import Console
+
+        from evals import suites
+        from harness.tiny import cache_root
+
+        console = Console(stderr=True)
+        chosen = suites.parse_suites(suite)
+        tgt = suites.resolve_target(target, checkpoint, out)
+        tldr_only = {"--prompts": prompts, "--judge": judge, "--temperature": temperature,
+                     "--reward-model": reward_model, "--reference": reference, "--source": source, "--preset": preset}
+        if "tldr" not in chosen:
+            given = [flag for flag, v in tldr_only.items() if v is not None]
+            if given:
+                raise UserError(f"{', '.join(given)} only apply to --suite tldr")
+        judge_cache = None
+        if tgt.run_dir is not None and "chat" in chosen:
+            judge_cache = cache_root(suites.run_config(tgt.run_dir)[0].model.cache_dir) / "judge"
+        console.print(f"[bold]evaluating[/] {tgt.model} -> {tgt.out_dir}")
+        for name in chosen:
+            console.print(f"[bold]suite[/] {name}")
+            if name == "tldr":
+                result = suites.run_tldr(tgt, prompts=prompts, judge=judge, judge_model=judge_model,
+                                         judge_base_url=judge_base_url, temperature=temperature,
+                                         reward_model=reward_model, reference=reference, source=source, preset=preset,
+                                         log=console.print)
+            elif name == "chat":
+                result = suites.run_chat(tgt, judge_model=judge_model, judge_base_url=judge_base_url,
+                                         alpaca_reference=alpaca_reference, mt_bench_questions=mt_bench_questions,
+                                         mt_bench_references=mt_bench_references, limit=limit, annotator=annotator,
+                                         hub_cache_dir=hub_cache_dir, max_new_tokens=max_new_tokens, device=device,
+                                         cache_dir=judge_cache or cache_root(None) / "judge", log=console.print)
+            else:
+                task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+                result = suites.run_open_llm_suite(tgt, include_path=include_path, limit=limit, tasks=task_list,
+                                                   device=device, log=console.print)
+            console.print(suites.describe(name, result), markup=False, highlight=False)
+        console.print(f"[bold]written[/] {tgt.out_dir}")
