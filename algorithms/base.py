@@ -2,13 +2,19 @@
 
 An optimizer declares what it needs from the backbone and computes only what is unique to it:
   - `samples_per_prompt`, `epochs`, `minibatches`: how the backbone samples and iterates;
-  - `data`: "online" (sampled from pi_t) or "preference_pairs" (the task's offline (chosen, rejected) pairs);
+  - `data`: "online" (K samples from pi_t), "online_with_reference" (K samples from pi_t, then the data set's
+    human reference as response K+1, scored like a sample) or "preference_pairs" (the task's offline
+    (chosen, rejected) pairs, nothing sampled);
   - `needs_critic`: the backbone loads a critic (from the reward model) and passes its values;
+  - `needs_preference`: the backbone fills `batch.preference[p, i, j] = P(y_i > y_j)` from its preference model;
+  - `mask_post_eos`: True counts log-probs (and values) up to the first EOS; False counts every generated token
+    (the sampled tokens after EOS too, as in the REBEL authors' PPO); `batch.counted_mask` says which;
   - `logprob_temperature`: None means the sampling temperature (online), 1.0 for offline losses such as DPO;
   - `prepare(batch)`: once per iteration, before the epochs (advantages, baselines, labels), returns tensors
     indexed by prompt that travel with the batch through shuffling as `batch.extras`;
   - `loss(batch, new)`: the optimizer's math on a minibatch; returns (scalar loss, detached float stats).
-Generation, log-probs, rewards, KL, masks and budgets are the backbone's; an optimizer never computes them.
+Generation, log-probs, rewards, KL, masks and budgets are the backbone's; an optimizer never computes them
+(tests/algorithms/test_contract.py enforces it). The helpers below are plain tensor arithmetic shared by losses.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import pkgutil
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+import torch
 from torch import Tensor
 
 from harness.batch import Batch, PolicyOutput
@@ -36,8 +43,10 @@ class Algorithm:
     """optimizer steps per epoch"""
 
     name: ClassVar[str] = ""
-    data: ClassVar[Literal["online", "preference_pairs"]] = "online"
+    data: ClassVar[Literal["online", "online_with_reference", "preference_pairs"]] = "online"
     needs_critic: ClassVar[bool] = False
+    needs_preference: ClassVar[bool] = False
+    mask_post_eos: ClassVar[bool] = True
     logprob_temperature: ClassVar[float | None] = None
 
     def prepare(self, batch: Batch) -> dict[str, Tensor]:
@@ -48,6 +57,20 @@ class Algorithm:
 
     def hyperparameters(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of x over the True positions of mask (same shape)."""
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+    """(x - mean) / std over the True positions of mask (population variance); shift_mean=False keeps the mean."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    white = (x - mean) * torch.rsqrt(var + eps)
+    return white if shift_mean else white + mean
 
 
 def register(name: str):

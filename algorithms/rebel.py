@@ -25,6 +25,8 @@ def rebel_loss(logp_new: Tensor, logp_old: Tensor, reward: Tensor, eta: float) -
 @register("rebel")
 @dataclass
 class Rebel(Algorithm):
+    """REBEL: regress log-ratio differences of two on-policy samples onto their reward difference"""
+
     samples_per_prompt: int = 2
     """y and y' (the paper's pair)"""
     epochs: int = 4

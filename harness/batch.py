@@ -13,24 +13,34 @@ from torch import Tensor
 class Batch:
     """One iteration's data. P prompts, K responses each, Lq query tokens, Lr response tokens.
 
-    For online optimizers the responses were sampled from pi_t; for offline ones (DPO) they are the data set's
-    (chosen, rejected) pairs and `score`, `kl`, `reward` are None.
+    For online optimizers the responses were sampled from pi_t (with data "online_with_reference", the last of the
+    K is the data set's human reference); for offline ones (DPO) they are the data set's (chosen, rejected) pairs
+    and `score`, `kl`, `reward`, `token_reward` are None.
     """
 
     query: Tensor  # [P, Lq] left-padded prompt ids
-    response: Tensor  # [P, K, Lr] padded after the first EOS
-    mask: Tensor  # [P, K, Lr] bool, True up to and including the first EOS
-    logp_old: Tensor  # [P, K, Lr] per-token log-probs of pi_t (the policy at the start of the iteration), constants
+    response: Tensor  # [P, K, Lr] padded after the first EOS (the raw samples when logp_mask is set)
+    mask: Tensor  # [P, K, Lr] bool, True up to and including the first EOS: the response the RM scores
+    logp_old: Tensor | None  # [P, K, Lr] per-token log-probs of pi_t (the policy at the start of the iteration),
+    # constants; single-pass updates fill it (and kl, reward, token_reward) from their own forward before `prepare`
     logp_ref: Tensor  # [P, K, Lr] per-token log-probs of pi_ref, constants
     score: Tensor | None = None  # [P, K] reward-model score after the missing-EOS rule
     kl: Tensor | None = None  # [P, K] sequence KL estimate, sum of logp_old - logp_ref
     reward: Tensor | None = None  # [P, K] score - beta * kl
+    token_reward: Tensor | None = None  # [P, K, Lr] -beta * (logp_old - logp_ref) per counted token, + score at EOS
     values_old: Tensor | None = None  # [P, K, Lr] critic values at rollout time (algorithms with a critic)
+    logp_mask: Tensor | None = None  # [P, K, Lr] where log-probs count, when not `mask` (mask_post_eos=False: all)
+    preference: Tensor | None = None  # [P, K, K] P(y_i > y_j) from the preference model (needs_preference)
     extras: dict[str, Tensor] = field(default_factory=dict)  # per-prompt tensors an algorithm prepared, [P, ...]
 
     @property
     def num_prompts(self) -> int:
         return self.query.shape[0]
+
+    @property
+    def counted_mask(self) -> Tensor:
+        """[P, K, Lr] the tokens whose log-probs (and values) count: `mask`, or every token when logp_mask is set."""
+        return self.mask if self.logp_mask is None else self.logp_mask
 
     @property
     def samples_per_prompt(self) -> int:
@@ -61,4 +71,8 @@ class PolicyOutput:
     def logp(self) -> Tensor:
         """[P, K] masked sum over the response: logp(y) in PROTOCOL.md."""
         return self.logp_tokens.sum(-1)
+
+    def select(self, idx: Tensor) -> "PolicyOutput":
+        """The prompts `idx` (differentiable indexing, like Batch.select)."""
+        return PolicyOutput(self.logp_tokens[idx], None if self.values is None else self.values[idx])
 

@@ -10,9 +10,13 @@ from torch import Tensor
 from harness.batch import Batch, PolicyOutput
 from harness.models import Models
 from harness.rollout import sample, truncate_after_eos
-from harness.scoring import kl_penalised_reward, reward_scores, sequence_kl, sequence_logprobs, token_values
+from harness.scoring import (kl_penalised_reward, reward_scores, sequence_kl, sequence_logprobs, token_rewards,
+                             token_values)
+from harness.tasks.synthetic import Facts, bradley_terry_prob, gold_reward
 from harness.tasks.tldr import Example, truncate_prompt
-from harness.tokens import encode_responses, left_pad
+from harness.tokens import decode_responses, encode_responses, left_pad
+
+GOLD_BT_TEMPERATURE = 0.15  # the stand-in's simulated labellers' Bradley-Terry temperature (synthetic.generate)
 
 
 @dataclass
@@ -53,51 +57,130 @@ def _chunks(n: int, size: int):
 
 @torch.no_grad()
 def _score_flat(models: Models, query: Tensor, response: Tensor, mask: Tensor, temperature: float, chunk: int,
-                with_rewards: bool) -> dict[str, Tensor]:
-    """pi_t and pi_ref per-token log-probs (and RM scores, critic values) of flat [N] sequences, in chunks."""
+                with_rewards: bool, tokens: Tensor | None = None, logp_mask: Tensor | None = None,
+                with_policy: bool = True) -> dict[str, Tensor]:
+    """pi_t and pi_ref per-token log-probs (and RM scores, critic values) of [P*K] sequences, K per query, in chunks.
+
+    query is [P, Lq] (each prompt runs once per forward, shared by its K responses). The RM scores `response` (cut
+    after EOS) under `mask`; log-probs and values are of `tokens` under `logp_mask` (default: response and mask).
+    with_policy=False leaves out pi_t's log-probs and the critic's values (single-pass updates take them from the
+    update's own forward: `adopt_policy_forward`).
+    """
+    tokens = response if tokens is None else tokens
+    logp_mask = mask if logp_mask is None else logp_mask
+    K = len(response) // len(query)
     parts: dict[str, list[Tensor]] = {"logp_old": [], "logp_ref": [], "score": [], "values_old": []}
     pad = models.pad_id
-    for s in _chunks(len(query), chunk):
-        q, r, m = query[s], response[s], mask[s]
-        parts["logp_old"].append(sequence_logprobs(models.policy, q, r, m, pad, temperature).tokens)
+    for p in _chunks(len(query), max(1, chunk // K)):
+        q, s = query[p], slice(p.start * K, p.stop * K)
+        t, lm = tokens[s], logp_mask[s]
+        if with_policy:
+            parts["logp_old"].append(sequence_logprobs(models.policy, q, t, lm, pad, temperature, group=K).tokens)
         with models.as_reference() as ref:
-            parts["logp_ref"].append(sequence_logprobs(ref, q, r, m, pad, temperature).tokens)
+            parts["logp_ref"].append(sequence_logprobs(ref, q, t, lm, pad, temperature, group=K).tokens)
         if with_rewards:
-            parts["score"].append(reward_scores(models.reward_model, q, r, m, pad))
-        if models.critic is not None:
-            parts["values_old"].append(token_values(models.critic, q, r, m, pad))
+            parts["score"].append(reward_scores(models.reward_model, q.repeat_interleave(K, 0), response[s], mask[s],
+                                                pad))
+        if models.critic is not None and with_policy:
+            parts["values_old"].append(token_values(models.critic, q, t, lm, pad, group=K))
     return {k: torch.cat(v) for k, v in parts.items() if v}
+
+
+def gold_rewards(response: Tensor, mask: Tensor, examples: list[Example], tokenizer, eos_id: int) -> Tensor:
+    """Stand-in only: the gold reward of flat [P*K] responses, K consecutive per example; [P*K]."""
+    K = len(response) // len(examples)
+    eos = ((response == eos_id) & mask).any(-1).tolist()
+    texts = decode_responses(response, mask, tokenizer)
+    return torch.tensor([gold_reward(t, Facts(**examples[i // K].facts), terminated=e)
+                         for i, (t, e) in enumerate(zip(texts, eos))])
+
+
+def preference_probs(models: Models, examples: list[Example], response: Tensor, mask: Tensor,
+                     score: Tensor) -> Tensor:
+    """P(y_i > y_j) for the K responses of each prompt; [P, K, K].
+
+    The preference model: on the synthetic stand-in, the gold reward's Bradley-Terry probability (temperature of
+    the stand-in's simulated labellers); on real data, the reward model's Bradley-Terry probability
+    sigmoid(score_i - score_j), the form it was trained under.
+    """
+    P = len(examples)
+    if all(ex.facts for ex in examples):
+        gold = gold_rewards(response, mask, examples, models.tokenizer, models.eos_id).reshape(P, -1).tolist()
+        return torch.tensor([[[bradley_terry_prob(a, b, GOLD_BT_TEMPERATURE) for b in row] for a in row]
+                             for row in gold])
+    s = score.reshape(P, -1)
+    return torch.sigmoid(s[:, :, None] - s[:, None, :])
 
 
 def collect_online(models: Models, examples: list[Example], samples_per_prompt: int, max_prompt_tokens: int,
                    max_new_tokens: int, temperature: float, kl_coef: float, chunk: int, budget: Budget,
-                   generator: torch.Generator) -> Batch:
-    """Sample K responses per prompt from pi_t, cut at EOS, score them: the on-policy Batch."""
-    P, K = len(examples), samples_per_prompt
-    query = encode_queries(examples, models.tokenizer, max_prompt_tokens)
-    flat_query = query.repeat_interleave(K, dim=0)
+                   generator: torch.Generator, append_reference: bool = False, count_post_eos: bool = False,
+                   preferences: bool = False, with_policy: bool = True) -> Batch:
+    """Sample S responses per prompt from pi_t, cut at EOS, score them: the on-policy Batch.
+
+    append_reference: the example's human reference becomes response S+1 of its prompt, scored like a sample.
+    count_post_eos: log-probs and values count every sampled token, the ones after the first EOS too.
+    preferences: fill `batch.preference` from the preference model.
+    with_policy=False: pi_t's log-probs, the critic's values and the rewards that need them are left for
+    `adopt_policy_forward` (single-pass updates).
+    """
+    P, S = len(examples), samples_per_prompt
+    K = S + int(append_reference)
+    tok, eos, pad = models.tokenizer, models.eos_id, models.pad_id
+    query = encode_queries(examples, tok, max_prompt_tokens)
     with Timer(budget, "generation"):
-        raw = torch.cat([sample(models.policy, flat_query[s], max_new_tokens, temperature, models.pad_id, generator)
-                         for s in _chunks(len(flat_query), chunk)])
-        response, mask = truncate_after_eos(raw, models.eos_id, models.pad_id)
+        raw = torch.cat([sample(models.policy, query[p], max_new_tokens, temperature, pad, generator, group=S)
+                         for p in _chunks(P, max(1, chunk // S))])
+        response, mask = truncate_after_eos(raw, eos, pad)
+    tokens, logp_mask = (raw, torch.ones_like(mask)) if count_post_eos else (response, mask)
+    if append_reference:
+        ref, ref_mask = encode_responses([ex.reference for ex in examples], tok, max_new_tokens, eos, pad)
+
+        def with_ref(x: Tensor, r: Tensor) -> Tensor:  # [P*S, L] + [P, L] -> [P*K, L], the reference last
+            return torch.cat([x.reshape(P, S, -1), r[:, None]], 1).flatten(0, 1)
+
+        tokens, response, mask = with_ref(tokens, ref), with_ref(response, ref), with_ref(mask, ref_mask)
+        logp_mask = with_ref(logp_mask, torch.ones_like(ref_mask) if count_post_eos else ref_mask)
     with Timer(budget, "scoring"):
-        scored = _score_flat(models, flat_query, response, mask, temperature, chunk, with_rewards=True)
-    kl = sequence_kl(scored["logp_old"].sum(-1), scored["logp_ref"].sum(-1))
-    reward = kl_penalised_reward(scored["score"], kl, kl_coef)
+        scored = _score_flat(models, query, response, mask, temperature, chunk, with_rewards=True,
+                             tokens=tokens, logp_mask=logp_mask, with_policy=with_policy)
+        preference = preference_probs(models, examples, response, mask, scored["score"]) if preferences else None
     budget.prompts += P
-    budget.responses += P * K
+    budget.responses += P * S
     budget.rm_queries += P * K
 
-    def grouped(x: Tensor) -> Tensor:
-        return x.reshape(P, K, *x.shape[1:])
+    def grouped(x: Tensor | None) -> Tensor | None:
+        return None if x is None else x.reshape(P, K, *x.shape[1:])
 
-    return Batch(query=query, response=grouped(response), mask=grouped(mask), logp_old=grouped(scored["logp_old"]),
-                 logp_ref=grouped(scored["logp_ref"]), score=grouped(scored["score"]), kl=grouped(kl),
-                 reward=grouped(reward), values_old=grouped(scored["values_old"]) if "values_old" in scored else None)
+    batch = Batch(query=query, response=grouped(tokens), mask=grouped(mask), logp_old=grouped(scored.get("logp_old")),
+                  logp_ref=grouped(scored["logp_ref"]), score=grouped(scored["score"]),
+                  values_old=grouped(scored.get("values_old")), logp_mask=grouped(logp_mask) if count_post_eos else None,
+                  preference=preference)
+    if with_policy:
+        fill_rewards(batch, kl_coef)
+    return batch
+
+
+def fill_rewards(batch: Batch, kl_coef: float) -> None:
+    """The rewards that need pi_t's log-probs: sequence KL, r = score - beta * kl, and the per-token reward."""
+    batch.kl = sequence_kl(batch.logp_old.sum(-1), batch.logp_ref.sum(-1))
+    batch.reward = kl_penalised_reward(batch.score, batch.kl, kl_coef)
+    batch.token_reward = token_rewards(batch.score.flatten(), batch.flat("logp_old"), batch.flat("logp_ref"),
+                                       batch.flat("mask"), kl_coef).reshape(batch.logp_old.shape)
+
+
+def adopt_policy_forward(batch: Batch, new: PolicyOutput, kl_coef: float) -> None:
+    """Single-pass updates (one optimizer step on one forward per batch): pi_theta at that forward IS pi_t, so pi_t's
+    log-probs (and the critic's values) are that forward's, detached, bit for bit; then the rewards that need them."""
+    batch.logp_old = new.logp_tokens.detach()
+    if new.values is not None:
+        batch.values_old = new.values.detach()
+    if batch.score is not None:
+        fill_rewards(batch, kl_coef)
 
 
 def collect_pairs(models: Models, examples: list[Example], max_prompt_tokens: int, max_response_tokens: int,
-                  temperature: float, chunk: int, budget: Budget) -> Batch:
+                  temperature: float, chunk: int, budget: Budget, with_policy: bool = True) -> Batch:
     """The task's offline (chosen, rejected) pairs as a Batch with K = 2 (index 0 = chosen); nothing is sampled."""
     P = len(examples)
     query = encode_queries(examples, models.tokenizer, max_prompt_tokens)
@@ -107,19 +190,20 @@ def collect_pairs(models: Models, examples: list[Example], max_prompt_tokens: in
     response = torch.stack([chosen, rejected], 1)
     mask = torch.stack([chosen_mask, rejected_mask], 1)
     with Timer(budget, "scoring"):
-        scored = _score_flat(models, query.repeat_interleave(2, 0), response.flatten(0, 1), mask.flatten(0, 1),
-                             temperature, chunk, with_rewards=False)
+        scored = _score_flat(models, query, response.flatten(0, 1), mask.flatten(0, 1),
+                             temperature, chunk, with_rewards=False, with_policy=with_policy)
     budget.prompts += P
-    return Batch(query=query, response=response, mask=mask, logp_old=scored["logp_old"].reshape(P, 2, -1),
+    return Batch(query=query, response=response, mask=mask,
+                 logp_old=scored["logp_old"].reshape(P, 2, -1) if with_policy else None,
                  logp_ref=scored["logp_ref"].reshape(P, 2, -1))
 
 
 def policy_output(models: Models, batch: Batch, temperature: float) -> PolicyOutput:
     """pi_theta's per-token log-probs (with gradients) of the batch's responses, by the same function as pi_t's."""
     P, K = batch.num_prompts, batch.samples_per_prompt
-    q, r, m = batch.flat("query"), batch.flat("response"), batch.flat("mask")
-    logp = sequence_logprobs(models.policy, q, r, m, models.pad_id, temperature).tokens.reshape(P, K, -1)
+    q, r, m = batch.query, batch.flat("response"), batch.counted_mask.flatten(0, 1)
+    logp = sequence_logprobs(models.policy, q, r, m, models.pad_id, temperature, group=K).tokens.reshape(P, K, -1)
     values = None
     if models.critic is not None:
-        values = token_values(models.critic, q, r, m, models.pad_id).reshape(P, K, -1)
+        values = token_values(models.critic, q, r, m, models.pad_id, group=K).reshape(P, K, -1)
     return PolicyOutput(logp_tokens=logp, values=values)

@@ -36,11 +36,41 @@ class TokenLogprobs:
         return self.tokens.sum(-1)
 
 
+def response_outputs(model, query: Tensor, response: Tensor, pad_id: int, group: int = 1,
+                     field: str = "logits") -> Tensor:
+    """`field` of `model`'s output at the positions that predict each response token; [B, Lr, ...].
+
+    group == 1: one forward over [query | response] (B queries), keeping only the last Lr + 1 positions' logits.
+    group > 1: each of the B / group queries is shared by `group` consecutive responses (a pair or group of one
+    prompt): the query minus its last token runs once, its KV cache is repeated `group` times, and
+    [last query token | response] continues from it with the same attention mask and position ids as the single
+    forward (the same numbers up to float rounding; every output used comes from this second, unsliced call).
+    """
+    Lq, Lr = query.shape[1], response.shape[1]
+    if group == 1 or Lq < 2:
+        keep = {"logits_to_keep": Lr + 1} if field == "logits" else {}
+        out = model(**forward_inputs(query.repeat_interleave(group, 0), response, pad_id), **keep)
+        return getattr(out, field)[:, -(Lr + 1) : -1]
+    q_mask = (query != pad_id).long()
+    cache = model(input_ids=query[:, :-1], attention_mask=q_mask[:, :-1],
+                  position_ids=(q_mask[:, :-1].cumsum(1) - 1).clamp(min=0), use_cache=True,
+                  **({"logits_to_keep": 1} if field == "logits" else {})).past_key_values
+    cache.batch_repeat_interleave(group)
+    attention_mask = torch.cat([q_mask.repeat_interleave(group, 0), (response != pad_id).long()], 1)[:, :-1]
+    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)[:, Lq - 1 :]
+    ids = torch.cat([query[:, -1:].repeat_interleave(group, 0), response[:, :-1]], 1)
+    out = model(input_ids=ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache,
+                use_cache=True)
+    return getattr(out, field)
+
+
 def sequence_logprobs(model, query: Tensor, response: Tensor, response_mask: Tensor, pad_id: int,
-                      temperature: float, keep_logits: bool = False) -> TokenLogprobs:
-    """log pi(y_t | x, y_<t) / for each response token, from logits divided by `temperature`; [B, Lr]."""
-    inputs = forward_inputs(query, response, pad_id)
-    logits = model(**inputs).logits[:, query.shape[1] - 1 : -1].float() / temperature  # [B, Lr, V]
+                      temperature: float, keep_logits: bool = False, group: int = 1) -> TokenLogprobs:
+    """log pi(y_t | x, y_<t) / for each response token, from logits divided by `temperature`; [B, Lr].
+
+    group > 1: `query` is [B / group, Lq], each query shared by `group` consecutive responses (computed once).
+    """
+    logits = response_outputs(model, query, response, pad_id, group).float() / temperature  # [B, Lr, V]
     logp = torch.log_softmax(logits, dim=-1).gather(-1, response.unsqueeze(-1)).squeeze(-1)
     return TokenLogprobs(logp * response_mask, logits if keep_logits else None)
 
@@ -81,6 +111,16 @@ def kl_penalised_reward(score: Tensor, kl: Tensor, beta: float) -> Tensor:
     return score - beta * kl
 
 
+def token_rewards(score: Tensor, logp_policy: Tensor, logp_ref: Tensor, response_mask: Tensor, beta: float) -> Tensor:
+    """Per-token reward (PPO's shaping): -beta * (logp_pi - logp_ref) at each counted token (the per-token log-probs
+    are already zero elsewhere), plus the score at the response's last token (its EOS); [B, Lr].
+    Sums to `kl_penalised_reward(score, sequence_kl(...), beta)`."""
+    out = -beta * (logp_policy - logp_ref)
+    last = response_mask.sum(-1).clamp(min=1) - 1
+    out[torch.arange(len(out)), last] += score
+    return out
+
+
 def masked_mean(x: Tensor, mask: Tensor, dim=None) -> Tensor:
     mask = mask.to(x.dtype)
     if dim is None:
@@ -104,11 +144,12 @@ def pairwise_reward_loss(reward_model, query: Tensor, chosen: Tensor, chosen_mas
     return -F.logsigmoid(r_c - r_r).mean(), (r_c > r_r).float().mean()
 
 
-def token_values(critic, query: Tensor, response: Tensor, response_mask: Tensor, pad_id: int) -> Tensor:
+def token_values(critic, query: Tensor, response: Tensor, response_mask: Tensor, pad_id: int,
+                 group: int = 1) -> Tensor:
     """Critic value before each response token: the reward model's scalar head applied at every position; [B, Lr].
 
     The value of response token t is read at the position that predicts it (the previous token), like log-probs.
+    group > 1: `query` is shared by `group` consecutive responses, as in `sequence_logprobs`.
     """
-    inputs = forward_inputs(query, response, pad_id)
-    hidden = critic.base_model(**inputs).last_hidden_state[:, query.shape[1] - 1 : -1]
+    hidden = response_outputs(critic.base_model, query, response, pad_id, group, field="last_hidden_state")
     return critic.score(hidden).float().squeeze(-1) * response_mask

@@ -15,11 +15,10 @@ from algorithms.base import Algorithm
 from harness.batch import Batch
 from harness.config import RunConfig
 from harness.errors import UserError
-from harness.experience import Budget, Timer, collect_online, collect_pairs, policy_output
+from harness.experience import (Budget, Timer, adopt_policy_forward, collect_online, collect_pairs, gold_rewards,
+                                policy_output)
 from harness.models import Models
-from harness.tasks.synthetic import Facts, gold_reward
 from harness.tasks.tldr import Example
-from harness.tokens import decode_responses
 
 
 class TrainingDiverged(UserError):
@@ -56,6 +55,14 @@ class Trainer:
         self.cursor += P
         return picked
 
+    @property
+    def single_pass(self) -> bool:
+        """One forward and one optimizer step per batch: pi_t is pi_theta at that forward, so pi_t's log-probs come
+        from it (adopt_policy_forward) instead of a separate scoring forward of the policy."""
+        micro = self.cfg.train.micro_batch_prompts
+        return (self.algo.epochs == 1 and self.algo.minibatches == 1
+                and (micro is None or micro >= self.cfg.train.prompts_per_iteration))
+
     def collect(self, examples: list[Example]) -> Batch:
         g, t = self.cfg.generation, self.cfg.train
         chunk = 4 * (t.micro_batch_prompts or t.prompts_per_iteration) * self.algo.samples_per_prompt
@@ -63,14 +70,25 @@ class Trainer:
         try:
             if self.algo.data == "preference_pairs":
                 return collect_pairs(self.models, examples, self.cfg.task.max_prompt_tokens, g.max_new_tokens,
-                                     self.temperature, chunk, self.budget)
+                                     self.temperature, chunk, self.budget, with_policy=not self.single_pass)
             return collect_online(self.models, examples, self.algo.samples_per_prompt, self.cfg.task.max_prompt_tokens,
-                                  g.max_new_tokens, g.temperature, t.kl_coef, chunk, self.budget, self.generator)
+                                  g.max_new_tokens, g.temperature, t.kl_coef, chunk, self.budget, self.generator,
+                                  append_reference=self.algo.data == "online_with_reference",
+                                  count_post_eos=not self.algo.mask_post_eos,
+                                  preferences=self.algo.needs_preference, with_policy=not self.single_pass)
         finally:
             self.models.policy.train()
 
     def update(self, batch: Batch, iteration: int) -> dict[str, float]:
-        """E epochs x M minibatches over the batch's prompts, gradient accumulation over micro-batches."""
+        """The optimizer's `prepare`, then E epochs x M minibatches over the batch's prompts, gradient accumulation
+        over micro-batches. A single-pass update first adopts its own forward as pi_t's log-probs."""
+        first = None
+        if self.single_pass:
+            first = policy_output(self.models, batch, self.temperature)
+            adopt_policy_forward(batch, first, self.cfg.train.kl_coef)
+        if batch.reward is not None and not torch.isfinite(batch.reward).all():
+            raise TrainingDiverged(f"non-finite rewards at iteration {iteration}: check the reward model's outputs")
+        batch.extras = self.algo.prepare(batch)
         stats: dict[str, list[float]] = {}
         micro = self.cfg.train.micro_batch_prompts or batch.num_prompts
         for epoch in range(self.algo.epochs):
@@ -79,7 +97,8 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 for part in mb.split(micro):
                     sub = batch.select(part)
-                    loss, loss_stats = self.algo.loss(sub, policy_output(self.models, sub, self.temperature))
+                    new = first.select(part) if first is not None else policy_output(self.models, sub, self.temperature)
+                    loss, loss_stats = self.algo.loss(sub, new)
                     if not torch.isfinite(loss):
                         raise TrainingDiverged(
                             f"the {self.algo.name} loss became {loss.item()} at iteration {iteration}, epoch {epoch}; "
@@ -100,9 +119,6 @@ class Trainer:
         self.budget.timings = {}
         examples = self.next_prompts()
         batch = self.collect(examples)
-        if batch.reward is not None and not torch.isfinite(batch.reward).all():
-            raise TrainingDiverged(f"non-finite rewards at iteration {iteration}: check the reward model's outputs")
-        batch.extras = self.algo.prepare(batch)
         with Timer(self.budget, "update"):
             stats = self.update(batch, iteration)
         self.budget.wall_time_s += time.perf_counter() - start
@@ -121,11 +137,8 @@ def rollout_stats(batch: Batch, examples: list[Example], models: Models) -> dict
     out.update(score=batch.score.mean().item(), kl=batch.kl.mean().item(), reward=batch.reward.mean().item(),
                eos_rate=eos.float().mean().item())
     if all(ex.facts for ex in examples):  # stand-in only: how the gold reward moves during training
-        texts = decode_responses(batch.response.flatten(0, 1), batch.mask.flatten(0, 1), models.tokenizer)
-        K = batch.samples_per_prompt
-        golds = [gold_reward(t, Facts(**examples[i // K].facts), terminated=bool(e))
-                 for i, (t, e) in enumerate(zip(texts, eos.flatten().tolist()))]
-        out["gold"] = sum(golds) / len(golds)
+        out["gold"] = gold_rewards(batch.flat("response"), batch.flat("mask"), examples, models.tokenizer,
+                                   models.eos_id).mean().item()
     return out
 
 
