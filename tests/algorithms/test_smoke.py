@@ -1,0 +1,172 @@
+"""Each optimizer for a few iterations on the tiny-test preset: its loss behaves as its math says, its budget is
+the protocol's, and it moves the proxy reward-model score of held-out samples up from the SFT policy (DPO, which
+never samples: its implicit reward margin on held-out preference pairs grows)."""
+import math
+
+import pytest
+import torch
+
+from algorithms.base import make, names
+from harness.config import resolve
+from harness.experience import Budget, collect_pairs, encode_queries
+from harness.models import load_models
+from harness.rollout import sample, truncate_after_eos
+from harness.scoring import reward_scores
+from harness.train import Trainer
+
+ITERATIONS, PROMPTS, LR = 8, 16, 1e-4
+OFFLINE_ITERATIONS = 30  # DPO's iterations are cheap (no sampling) and its signal per pair is weak
+EVAL_PROMPTS = 128
+
+
+def _iterations(name):
+    return OFFLINE_ITERATIONS if make(name).data == "preference_pairs" else ITERATIONS
+
+
+def _cfg(cache, name):
+    return resolve("tiny-test", {"algo": name, "model": {"cache_dir": cache},
+                                 "train": {"iterations": _iterations(name), "prompts_per_iteration": PROMPTS,
+                                           "lr": LR}})
+
+
+@torch.no_grad()
+def held_out_rm_score(models, cfg, data) -> float:
+    """Mean RM score of one sample per held-out prompt (fixed seed, the run's temperature and length)."""
+    query = encode_queries(data.sft_eval[:EVAL_PROMPTS], models.tokenizer, cfg.task.max_prompt_tokens)
+    raw = sample(models.policy.eval(), query, cfg.generation.max_new_tokens, cfg.generation.temperature,
+                 models.pad_id, torch.Generator().manual_seed(1))
+    response, mask = truncate_after_eos(raw, models.eos_id, models.pad_id)
+    return reward_scores(models.reward_model, query, response, mask, models.pad_id).mean().item()
+
+
+@torch.no_grad()
+def held_out_dpo_margin(models, cfg, data) -> float:
+    """Mean implicit reward margin beta * h of the current policy on held-out (chosen, rejected) pairs."""
+    batch = collect_pairs(models, data.pref_eval[:64], cfg.task.max_prompt_tokens, cfg.generation.max_new_tokens,
+                          1.0, 256, Budget())
+    h = batch.logp_old.sum(-1) - batch.logp_ref.sum(-1)
+    return (make("dpo").beta * (h[:, 0] - h[:, 1])).mean().item()
+
+
+@pytest.fixture(scope="module")
+def sft_score(tiny_test_models, harness_cache):
+    _, _, data = tiny_test_models
+    cfg = _cfg(harness_cache, "rebel")
+    return held_out_rm_score(load_models(cfg.model, log=lambda *a: None), cfg, data)
+
+
+def _train(name, cache, data, args=None):
+    """A few iterations; returns (models, config, metrics lines, losses of every loss call per iteration)."""
+    cfg = _cfg(cache, name)
+    algo = make(name, args)
+    models = load_models(cfg.model, needs_critic=algo.needs_critic, log=lambda *a: None)
+    trainer = Trainer(cfg, algo, models, data.pref_train if algo.data == "preference_pairs" else data.sft_train,
+                      Budget())
+    calls, original = [], algo.loss
+
+    def recorded(batch, new):
+        loss, stats = original(batch, new)
+        calls[-1].append({"loss": loss.item(), **stats})
+        return loss, stats
+
+    algo.loss = recorded
+    lines = []
+    for i in range(1, cfg.train.iterations + 1):
+        calls.append([])
+        lines.append(trainer.iteration(i))
+    assert all(math.isfinite(line["loss"]) for line in lines)
+    return models, cfg, lines, calls
+
+
+def _first_last(calls, key="loss"):
+    return [c[0][key] for c in calls], [c[-1][key] for c in calls]
+
+
+CHECKS = {}
+
+
+def check(*algos):
+    def add(fn):
+        for a in algos:
+            CHECKS[a] = fn
+        return fn
+    return add
+
+
+@check("rebel", "rebel_hybrid", "rebel_preference")
+def _regression_error_shrinks_within_each_batch(calls, lines):
+    first, last = _first_last(calls)
+    assert sum(last) < sum(first)  # 4 epochs fit the relative-reward regression on each batch
+
+
+@check("iterative_dpo")
+def _starts_each_batch_at_log_two_then_fits(calls, lines):
+    first, last = _first_last(calls)
+    assert all(abs(f - math.log(2)) < 1e-5 for f in first)  # reference = pi_t: ratio one at the first step
+    assert sum(last) < sum(first)
+
+
+@check("rloo", "rloo_k4")
+def _surrogate_starts_at_zero_then_improves(calls, lines):
+    first, last = _first_last(calls)
+    assert all(abs(f) < 1e-5 for f in first)  # leave-one-out advantages sum to zero per prompt at ratio one
+    assert sum(last) < 0
+
+
+@check("ppo")
+def _policy_loss_starts_at_zero_and_the_critic_learns(calls, lines):
+    first, last = _first_last(calls, "ppo/policy_loss")
+    assert all(abs(f) < 1e-5 for f in first)  # whitened advantages have mean zero over valid tokens
+    vf_first, vf_last = _first_last(calls, "ppo/value_loss")
+    assert sum(vf_last) < sum(vf_first)
+
+
+@check("reinforce")
+def _baseline_tracks_rewards(calls, lines):
+    assert len(calls[0]) == 1  # one sample, one epoch, one step per batch
+    rewards = [line["reward"] for line in lines]
+    assert min(rewards) - 0.5 < calls[-1][0]["reinforce/baseline"] < max(rewards) + 0.5
+
+
+@check("dpo")
+def _dpo_loss_starts_at_log_two_and_falls(calls, lines):
+    first = [c[0]["loss"] for c in calls]
+    assert abs(first[0] - math.log(2)) < 1e-5 and sum(first[-3:]) / 3 < math.log(2)
+
+
+RESPONSES_PER_PROMPT = {"ppo": 1, "reinforce": 1, "rebel": 2, "iterative_dpo": 2, "rloo": 2, "rloo_k4": 4, "dpo": 0,
+                        "rebel_hybrid": 1, "rebel_preference": 3}
+
+
+@pytest.mark.parametrize("name", names())
+def test_optimizer_trains_on_the_tiny_preset(name, tiny_test_models, harness_cache, sft_score):
+    _, _, data = tiny_test_models
+    models, cfg, lines, calls = _train(name, harness_cache, data)
+    CHECKS[name](calls, lines)
+    algo = make(name)
+    last = lines[-1]
+    n = _iterations(name)
+    assert last["prompts"] == n * PROMPTS
+    assert last["responses"] == RESPONSES_PER_PROMPT[name] * n * PROMPTS
+    assert last["optimizer_steps"] == n * algo.epochs * algo.minibatches
+    if algo.data == "preference_pairs":
+        assert last["rm_queries"] == 0 and "time/generation_s" not in last
+        assert held_out_dpo_margin(models, cfg, data) > 0.03  # 0 at the start: policy == reference
+    else:
+        score = held_out_rm_score(models, cfg, data)
+        assert score > sft_score + 0.1, (score, sft_score)
+
+
+def test_ppo_unmasked_variant_counts_post_eos_tokens(tiny_test_models, harness_cache):
+    _, _, data = tiny_test_models
+    cfg = _cfg(harness_cache, "ppo")
+    algo = make("ppo", {"mask_post_eos": False})
+    models = load_models(cfg.model, needs_critic=True, log=lambda *a: None)
+    trainer = Trainer(cfg, algo, models, data.sft_train, Budget())
+    batch = trainer.collect(trainer.next_prompts())
+    assert batch.logp_mask.all() and not batch.mask.all()  # some responses ended before the last token
+    post_eos = ~batch.mask
+    assert (batch.logp_old[post_eos] != 0).all() and (batch.values_old[post_eos] != 0).any()
+    assert torch.allclose(batch.token_reward.sum(-1), batch.reward, atol=1e-5)
+    line = trainer.iteration(1)
+    assert math.isfinite(line["loss"])
