@@ -79,8 +79,7 @@ def _score_flat(models: Models, query: Tensor, response: Tensor, mask: Tensor, t
         with models.as_reference() as ref:
             parts["logp_ref"].append(sequence_logprobs(ref, q, t, lm, pad, temperature, group=K).tokens)
         if with_rewards:
-            parts["score"].append(reward_scores(models.reward_model, q.repeat_interleave(K, 0), response[s], mask[s],
-                                                pad))
+            parts["score"].append(reward_scores(models.reward_model, q, response[s], mask[s], pad, group=K))
         if models.critic is not None and with_policy:
             parts["values_old"].append(token_values(models.critic, q, t, lm, pad, group=K))
     return {k: torch.cat(v) for k, v in parts.items() if v}

@@ -37,8 +37,9 @@ class TokenLogprobs:
 
 
 def response_outputs(model, query: Tensor, response: Tensor, pad_id: int, group: int = 1,
-                     field: str = "logits") -> Tensor:
-    """`field` of `model`'s output at the positions that predict each response token; [B, Lr, ...].
+                     field: str = "logits", at_tokens: bool = False) -> Tensor:
+    """`field` of `model`'s output at the positions that predict each response token; [B, Lr, ...]
+    (at_tokens=True: at the response tokens themselves, one position later).
 
     group == 1: one forward over [query | response] (B queries), keeping only the last Lr + 1 positions' logits.
     group > 1: each of the B / group queries is shared by `group` consecutive responses (a pair or group of one
@@ -50,18 +51,19 @@ def response_outputs(model, query: Tensor, response: Tensor, pad_id: int, group:
     if group == 1 or Lq < 2:
         keep = {"logits_to_keep": Lr + 1} if field == "logits" else {}
         out = model(**forward_inputs(query.repeat_interleave(group, 0), response, pad_id), **keep)
-        return getattr(out, field)[:, -(Lr + 1) : -1]
+        return getattr(out, field)[:, -Lr:] if at_tokens else getattr(out, field)[:, -(Lr + 1) : -1]
     q_mask = (query != pad_id).long()
     cache = model(input_ids=query[:, :-1], attention_mask=q_mask[:, :-1],
                   position_ids=(q_mask[:, :-1].cumsum(1) - 1).clamp(min=0), use_cache=True,
                   **({"logits_to_keep": 1} if field == "logits" else {})).past_key_values
     cache.batch_repeat_interleave(group)
-    attention_mask = torch.cat([q_mask.repeat_interleave(group, 0), (response != pad_id).long()], 1)[:, :-1]
+    end = Lr + 1 if at_tokens else Lr  # the last response token predicts nothing: fed only when read at tokens
+    attention_mask = torch.cat([q_mask.repeat_interleave(group, 0), (response != pad_id).long()], 1)[:, : Lq + end - 1]
     position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)[:, Lq - 1 :]
-    ids = torch.cat([query[:, -1:].repeat_interleave(group, 0), response[:, :-1]], 1)
+    ids = torch.cat([query[:, -1:].repeat_interleave(group, 0), response[:, : end - 1]], 1)
     out = model(input_ids=ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache,
                 use_cache=True)
-    return getattr(out, field)
+    return getattr(out, field)[:, 1:] if at_tokens else getattr(out, field)
 
 
 def sequence_logprobs(model, query: Tensor, response: Tensor, response_mask: Tensor, pad_id: int,
@@ -75,15 +77,24 @@ def sequence_logprobs(model, query: Tensor, response: Tensor, response_mask: Ten
     return TokenLogprobs(logp * response_mask, logits if keep_logits else None)
 
 
-def reward_scores(reward_model, query: Tensor, response: Tensor, response_mask: Tensor, pad_id: int) -> Tensor:
+def reward_scores(reward_model, query: Tensor, response: Tensor, response_mask: Tensor, pad_id: int,
+                  group: int = 1) -> Tensor:
     """Reward-model score read at the response's EOS (its last real token); [B].
 
     The harness's reward models are sequence classifiers that pool the last non-pad token. Their `reward_bias`
     (config attribute, set so that human references average 0) is subtracted. A response without EOS gets
     MISSING_EOS_SCORE instead of its score (replaced, not penalised), the same rule for every optimizer.
+    group > 1: `query` is shared by `group` consecutive responses (run once, as in `sequence_logprobs`); the score
+    head is applied to the backbone's hidden state at the last real token, as the classifier's pooling does.
     """
-    inputs = forward_inputs(query, response, pad_id)
-    raw = reward_model(**inputs).logits.float().squeeze(-1)
+    if group == 1:
+        raw = reward_model(**forward_inputs(query, response, pad_id)).logits.float().squeeze(-1)
+    else:
+        hidden = response_outputs(reward_model.base_model, query, response, pad_id, group, "last_hidden_state",
+                                  at_tokens=True)
+        real = response != pad_id
+        last = (real * torch.arange(1, response.shape[1] + 1)).argmax(1)
+        raw = reward_model.score(hidden[torch.arange(len(hidden)), last]).float().squeeze(-1)
     score = raw - float(getattr(reward_model.config, "reward_bias", 0.0))
     return torch.where(has_eos(response, response_mask, reward_model.config.eos_token_id), score,
                        torch.full_like(score, MISSING_EOS_SCORE))
