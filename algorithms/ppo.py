@@ -2,7 +2,7 @@
 the TL;DR recipe of Huang et al. 2024, "The N+ implementation details of RLHF with PPO").
 
 Per-token reward (the backbone's `batch.token_reward`): r_t = -beta * (logp_t - logp_ref)_t, plus the score at EOS.
-GAE (gamma 1, lambda 0.95):  delta_t = r_t + gamma V_{t+1} - V_t,  A_t = delta_t + gamma lambda A_{t+1},  R_t = A_t + V_t;
+GAE (gamma 1, lambda 0.95): delta_t = r_t + gamma V_{t+1} - V_t, A_t = delta_t + gamma lambda A_{t+1}, R_t = A_t + V_t;
 advantages whitened over valid tokens. With rho_t = pi_theta / pi_t per token:
     policy loss = masked mean of max(-A rho, -A clip(rho, 1 - eps, 1 + eps))
     value loss  = 0.5 * masked mean of max((V - R)^2, (clip(V, V_old -+ eps_v) - R)^2)

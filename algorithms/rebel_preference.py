@@ -46,4 +46,5 @@ class PreferenceRebel(Algorithm):
         if self.kl_penalty:
             target = target + (batch.reward - batch.score)[:, :2]  # the backbone's -beta * kl
         loss, residual = rebel_loss(new.logp[:, :2], batch.logp_old.sum(-1)[:, :2], target, self.eta)
-        return loss, {"rebel_preference/mse": loss.item(), "rebel_preference/residual_abs": residual.abs().mean().item()}
+        return loss, {"rebel_preference/mse": loss.item(),
+                      "rebel_preference/residual_abs": residual.abs().mean().item()}

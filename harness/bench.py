@@ -4,10 +4,13 @@ TRL's RLOOTrainer and DPOTrainer on identical work, all in one process (paper Fi
 Time: every optimizer runs `warmup` untimed iterations, then `iterations` timed ones on the same preset, prompts per
 iteration and generation length; the phases are the backbone's Budget.timings. TRL is timed per optimizer step
 (a callback), its generation by wrapping `_generate_single_turn` and its scoring as the rest of
-`_generate_and_score_completions`.
-Memory: a thread samples this process's resident set size (/proc/self/statm) every millisecond; each contender's
-peak is its highest RSS minus the RSS just before its models were loaded (after gc and malloc_trim), so it counts
-its models, optimizer state, activations and allocator growth - the same way for us and for TRL.
+`_generate_and_score_completions`. Our matched run and TRL's alternate for `rounds` rounds (means of the rounds),
+so that a drift in the machine's load does not favour either side.
+Memory: `peak_memory_mb` is the peak of live tensor bytes recorded by torch.profiler (profile_memory) from before a
+contender loads its models through its warm-up iterations (the second one has the optimizer state alive): models,
+optimizer state, activations, KV caches - the same way for us and for TRL, and independent of what the C allocator
+retains, which makes it comparable across contenders run one after another in one process. `peak_rss_mb` is the
+resident-set growth over the same start (a thread samples /proc/self/statm every millisecond), for reference.
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ import gc
 import json
 import os
 import platform
+import shutil
+import tempfile
 import threading
 import time
 import warnings
@@ -32,8 +37,10 @@ from harness.tasks.tldr import Example
 from harness.train import Trainer
 
 PHASES = ("generation_s", "scoring_s", "update_s")
-MEMORY_METHOD = ("RSS sampled every 1 ms by a thread, peak minus the RSS before the contender's models were loaded "
-                 "(after gc.collect and malloc_trim)")
+MEMORY_METHOD = ("peak_memory_mb: peak of live tensor bytes (torch.profiler memory events, allocations minus frees) "
+                 "from before the contender's models are loaded through its warm-up iterations; peak_rss_mb: "
+                 "resident-set growth over the same start, sampled every 1 ms (includes what the C allocator "
+                 "keeps, noisy when contenders run one after another)")
 # TRL comparisons: (our optimizer, its settings for identical work, TRL trainer)
 TRL_PAIRS = {"rloo": ("rloo", {"epochs": 1}), "dpo": ("dpo", {})}
 
@@ -75,6 +82,40 @@ class PeakRss:
         return (max(self.peak, self.rss()) - self.baseline) / 2**20
 
 
+class TensorPeak:
+    """Peak bytes of live tensors (PyTorch's CPU allocator; CUDA's too on GPU) while active, from torch.profiler's
+    memory events (profile_memory=True): allocations minus frees in time order, highest running total. Independent
+    of what the C allocator keeps or returns to the system, so contenders run one after another in one process
+    measure the same way; profiled passes are never the timed ones (the profiler slows them)."""
+
+    def __init__(self):
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        self.prof = profile(activities=activities, profile_memory=True)
+        self.active = False
+
+    def start(self) -> "TensorPeak":
+        gc.collect()
+        self.prof.start()
+        self.active = True
+        return self
+
+    def stop(self) -> float:
+        """Stops (once) and returns the peak in MB above the start."""
+        if self.active:
+            self.prof.stop()
+            self.active = False
+            events = sorted((e.start_ns(), e.nbytes()) for e in self.prof.profiler.kineto_results.events()
+                            if e.name() == "[memory]")
+            running = self.peak = 0
+            for _, nbytes in events:
+                running += nbytes
+                self.peak = max(self.peak, running)
+            self.prof = None  # drop the event buffers
+        return self.peak / 2**20
+
+
 def _mean(rows: list[dict]) -> dict:
     out = {k: sum(r.get(k, 0.0) for r in rows) / len(rows) for k in (*PHASES, "total_s")}
     return {k: round(v, 4) for k, v in out.items()}
@@ -85,18 +126,21 @@ def bench_ours(name: str, cfg: RunConfig, data, iterations: int, warmup: int, rs
     """One optimizer: fresh models (the SFT policy), `warmup` + `iterations` iterations of the shared Trainer."""
     algo = make(name, args)
     rss.rebase()
+    tensors = TensorPeak().start()  # models, warm-up iterations (optimizer state included from the second on)
     models = load_models(cfg.model, needs_critic=algo.needs_critic, log=lambda *a: None)
     examples = data.pref_train if algo.data == "preference_pairs" else data.sft_train
     budget = Budget()
     trainer = Trainer(cfg, algo, models, examples, budget)
     rows = []
     for i in range(1, warmup + iterations + 1):
+        if i == warmup + 1:
+            tensors.stop()
         start = time.perf_counter()
         trainer.iteration(i)
         total = time.perf_counter() - start
         if i > warmup:
             rows.append({**{f"{k}_s": v for k, v in budget.timings.items()}, "total_s": total})
-    out = {**_mean(rows), "peak_memory_mb": round(rss.peak_mb(), 1),
+    out = {**_mean(rows), "peak_memory_mb": round(tensors.stop(), 1), "peak_rss_mb": round(rss.peak_mb(), 1),
            "responses_per_prompt": budget.responses / max(1, budget.prompts),
            "optimizer_steps_per_iteration": budget.optimizer_steps / (warmup + iterations)}
     del trainer, models
@@ -118,9 +162,10 @@ def _ordered(examples: list, cfg: RunConfig, n: int) -> list:
 class _StepTimer:
     """TrainerCallback timing each optimizer step, and wrappers timing TRL's generation and scoring."""
 
-    def __init__(self):
+    def __init__(self, stop_after: int, tensors: TensorPeak):
         self.rows: list[dict] = []
         self.current: dict = {}
+        self.stop_after, self.tensors = stop_after, tensors
 
     def callback(self):
         from transformers import TrainerCallback
@@ -129,6 +174,8 @@ class _StepTimer:
 
         class Callback(TrainerCallback):
             def on_step_begin(self, *a, **k):
+                if len(timer.rows) == timer.stop_after:
+                    timer.tensors.stop()  # memory over construction and warm-up steps; timed steps unprofiled
                 timer.current = {"generation_s": 0.0, "scoring_s": 0.0, "start": time.perf_counter()}
 
             def on_step_end(self, *a, **k):
@@ -154,24 +201,25 @@ class _StepTimer:
         setattr(obj, method, timed)
 
 
-def bench_trl(kind: str, cfg: RunConfig, data, iterations: int, warmup: int, rss: PeakRss, k: int,
-              out_dir: Path) -> dict:
+def bench_trl(kind: str, cfg: RunConfig, data, iterations: int, warmup: int, rss: PeakRss, k: int) -> dict:
     """TRL's RLOOTrainer (k samples, one update per batch) or DPOTrainer on the same model, tokenizer, prompts,
     generation length, batch and learning rate as ours."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
     rss.rebase()
+    tensors = TensorPeak().start()
     paths = resolve_paths(cfg.model, log=lambda *a: None)
     tok = load_tokenizer(paths["tokenizer"])
     policy = AutoModelForCausalLM.from_pretrained(paths["policy"], use_safetensors=True)
     g, t, P = cfg.generation, cfg.train, cfg.train.prompts_per_iteration
     steps = warmup + iterations
-    common = dict(output_dir=str(out_dir / f"trl-{kind}"), learning_rate=t.lr, adam_epsilon=t.adam_eps,
+    common = dict(output_dir=tempfile.mkdtemp(prefix=f"harness-bench-trl-{kind}-"), learning_rate=t.lr,
+                  adam_epsilon=t.adam_eps,
                   weight_decay=t.weight_decay, lr_scheduler_type="linear", warmup_steps=0, max_steps=steps,
                   report_to="none", logging_steps=10**6, save_strategy="no", disable_tqdm=True, use_cpu=True,
                   disable_dropout=True, seed=cfg.seed, dataloader_num_workers=0, gradient_accumulation_steps=1)
-    timer = _StepTimer()
+    timer = _StepTimer(stop_after=warmup, tensors=tensors)
     if kind == "rloo":
         from trl import RLOOConfig, RLOOTrainer
 
@@ -201,15 +249,25 @@ def bench_trl(kind: str, cfg: RunConfig, data, iterations: int, warmup: int, rss
     for quiet in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(quiet)
     trainer.add_callback(timer.callback())
-    trainer.train()
+    try:
+        trainer.train()
+    finally:
+        shutil.rmtree(common["output_dir"], ignore_errors=True)
     rows = timer.rows[warmup:]
-    out = {**_mean(rows), "peak_memory_mb": round(rss.peak_mb(), 1)}
+    out = {**_mean(rows), "peak_memory_mb": round(tensors.stop(), 1), "peak_rss_mb": round(rss.peak_mb(), 1)}
     del trainer, policy
     return out
 
 
+def _combine(runs: list[dict]) -> dict:
+    """Alternated rounds of one contender: mean seconds, highest peak memory."""
+    out = {k: (round(sum(r[k] for r in runs) / len(runs), 4) if k != "peak_memory_mb" else max(r[k] for r in runs))
+           for k in runs[0]}
+    return {**out, "rounds": len(runs)}
+
+
 def run_bench(cfg: RunConfig, iterations: int, warmup: int, algos: list[str] | None, with_trl: bool,
-              out_dir: Path, log=print) -> dict:
+              out_dir: Path, log=print, rounds: int = 2) -> dict:
     from harness import tasks
 
     import datasets
@@ -230,9 +288,12 @@ def run_bench(cfg: RunConfig, iterations: int, warmup: int, algos: list[str] | N
         if with_trl:
             for trl_name, (ours, args) in TRL_PAIRS.items():
                 k = make(ours, args).samples_per_prompt
-                log(f"timing {ours} {args} and TRL's {trl_name} trainer on identical work")
-                matched = bench_ours(ours, cfg, data, iterations, warmup, rss, args)
-                theirs = bench_trl(trl_name, cfg, data, iterations, warmup, rss, k, out_dir)
+                log(f"timing {ours} {args} and TRL's {trl_name} trainer on identical work, alternating, "
+                    f"{rounds} rounds")
+                runs = [(bench_ours(ours, cfg, data, iterations, warmup, rss, args),
+                         bench_trl(trl_name, cfg, data, iterations, warmup, rss, k))
+                        for _ in range(rounds)]
+                matched, theirs = (_combine([r[i] for r in runs]) for i in (0, 1))
                 result["trl"][trl_name] = theirs
                 result["ratios"][trl_name] = {
                     "time": round(matched["total_s"] / theirs["total_s"], 3),
@@ -246,6 +307,7 @@ def run_bench(cfg: RunConfig, iterations: int, warmup: int, algos: list[str] | N
         "device": "cuda" if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
         "trl": _version("trl"), "transformers": _version("transformers"), "python": platform.python_version(),
         "memory_method": MEMORY_METHOD, "time_unit": "seconds per iteration (mean over timed iterations)",
+        "trl_rounds": rounds if with_trl else 0,
         "trl_settings": "RLOO: k samples, num_iterations 1, min_new_tokens = max_new_tokens, beta = kl_coef; "
                         "DPO: precompute_ref_log_probs False, same batch of pairs; both: same lr, AdamW eps, "
                         "weight decay, linear decay, dropout off"}

@@ -50,6 +50,11 @@ def encode_queries(examples: list[Example], tokenizer, max_prompt_tokens: int) -
     return left_pad([truncate_prompt(ex, tokenizer, max_prompt_tokens) for ex in examples], tokenizer.pad_token_id)
 
 
+def _used_width(counted: Tensor) -> int:
+    """Columns up to the last counted token of any response: the rest is padding nobody attends to or scores."""
+    return int(counted.flatten(0, -2).any(0).nonzero().max()) + 1
+
+
 def _chunks(n: int, size: int):
     for start in range(0, n, size):
         yield slice(start, min(n, start + size))
@@ -140,6 +145,8 @@ def collect_online(models: Models, examples: list[Example], samples_per_prompt: 
 
         tokens, response, mask = with_ref(tokens, ref), with_ref(response, ref), with_ref(mask, ref_mask)
         logp_mask = with_ref(logp_mask, torch.ones_like(ref_mask) if count_post_eos else ref_mask)
+    width = _used_width(logp_mask)
+    tokens, response, mask, logp_mask = (x[:, :width] for x in (tokens, response, mask, logp_mask))
     with Timer(budget, "scoring"):
         scored = _score_flat(models, query, response, mask, temperature, chunk, with_rewards=True,
                              tokens=tokens, logp_mask=logp_mask, with_policy=with_policy)
@@ -153,7 +160,8 @@ def collect_online(models: Models, examples: list[Example], samples_per_prompt: 
 
     batch = Batch(query=query, response=grouped(tokens), mask=grouped(mask), logp_old=grouped(scored.get("logp_old")),
                   logp_ref=grouped(scored["logp_ref"]), score=grouped(scored["score"]),
-                  values_old=grouped(scored.get("values_old")), logp_mask=grouped(logp_mask) if count_post_eos else None,
+                  values_old=grouped(scored.get("values_old")),
+                  logp_mask=grouped(logp_mask) if count_post_eos else None,
                   preference=preference)
     if with_policy:
         fill_rewards(batch, kl_coef)
@@ -186,8 +194,9 @@ def collect_pairs(models: Models, examples: list[Example], max_prompt_tokens: in
     tok, eos, pad = models.tokenizer, models.eos_id, models.pad_id
     chosen, chosen_mask = encode_responses([ex.chosen for ex in examples], tok, max_response_tokens, eos, pad)
     rejected, rejected_mask = encode_responses([ex.rejected for ex in examples], tok, max_response_tokens, eos, pad)
-    response = torch.stack([chosen, rejected], 1)
     mask = torch.stack([chosen_mask, rejected_mask], 1)
+    width = _used_width(mask)
+    response, mask = torch.stack([chosen, rejected], 1)[..., :width], mask[..., :width]
     with Timer(budget, "scoring"):
         scored = _score_flat(models, query, response.flatten(0, 1), mask.flatten(0, 1),
                              temperature, chunk, with_rewards=False, with_policy=with_policy)

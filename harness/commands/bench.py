@@ -14,11 +14,12 @@ def register(app: typer.Typer) -> None:
     def bench_command(
         preset: str = typer.Option("tiny", "--preset", "-p", help="model/data preset (see `harness list`)"),
         iterations: int = typer.Option(3, "--iterations", "-n", min=1, help="timed iterations per optimizer"),
-        warmup: int = typer.Option(1, "--warmup", min=0, help="untimed iterations per optimizer before timing"),
+        warmup: int = typer.Option(2, "--warmup", min=1, help="untimed (memory-profiled) iterations before timing"),
         prompts: Optional[int] = typer.Option(None, "--prompts", min=1, help="prompts per iteration (default: preset)"),
         out: Path = typer.Option(Path("results/bench"), "--out", "-o", help="where bench.json and bench.png go"),
         algo: list[str] = typer.Option([], "--algo", "-a", help="only these optimizers (repeatable; default: all)"),
         trl: bool = typer.Option(True, "--trl/--no-trl", help="also time TRL's RLOOTrainer and DPOTrainer"),
+        rounds: int = typer.Option(2, "--rounds", min=1, help="alternated rounds of ours vs TRL"),
         threads: int = typer.Option(2, "--threads", min=1, help="torch CPU threads"),
         set_: list[str] = typer.Option([], "--set", help="override any config key: generation.max_new_tokens=53"),
     ) -> None:
@@ -38,6 +39,7 @@ def register(app: typer.Typer) -> None:
         for name in algo:
             make(name)  # unknown names fail here, in one line
         console = Console(stderr=True)
-        result = run_bench(cfg, iterations, warmup, list(algo) or None, trl, out, log=console.print)
+        result = run_bench(cfg, iterations, warmup, list(algo) or None, trl, out, log=console.print,
+                           rounds=rounds)
         Console(width=max(140, Console().width)).print(table(result))
         console.print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")

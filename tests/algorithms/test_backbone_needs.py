@@ -26,7 +26,9 @@ def test_reference_is_appended_as_the_last_response_and_scored(tiny_test_models)
     ref, ref_mask = encode_responses([ex.reference for ex in data.sft_train[:P]], models.tokenizer,
                                      cfg.generation.max_new_tokens, models.eos_id, models.pad_id)
     assert batch.response.shape[:2] == (P, 2)
-    assert torch.equal(batch.response[:, 1], ref) and torch.equal(batch.mask[:, 1], ref_mask)
+    width = batch.response.shape[-1]  # cut after the last token any response of the batch counts
+    assert torch.equal(batch.response[:, 1], ref[:, :width]) and torch.equal(batch.mask[:, 1], ref_mask[:, :width])
+    assert not ref_mask[:, width:].any()
     assert (batch.logp_old[:, 1] != 0).any() and batch.score[:, 1].abs().sum() > 0  # scored like a sample
     assert budget.responses == P and budget.rm_queries == 2 * P  # one sampled, two scored per prompt
 

@@ -74,7 +74,8 @@ def test_registry_holds_every_optimizer_with_a_docstring():
             "rebel_preference"} <= set(names())
     for name in names():
         assert REGISTRY[name].__doc__ and not REGISTRY[name].__doc__.startswith(REGISTRY[name].__name__ + "(")
-    cfg = resolve("tiny-test", {"algo": "rloo", "algo_args": {"samples_per_prompt": 4}})  # --set algo.samples_per_prompt=4
+    # what `--set algo.samples_per_prompt=4` resolves to
+    cfg = resolve("tiny-test", {"algo": "rloo", "algo_args": {"samples_per_prompt": 4}})
     assert make(cfg.algo, cfg.algo_args).samples_per_prompt == 4
 
 

@@ -58,7 +58,8 @@ def test_ppo_clipped_policy_and_value_losses_match_hand_computation():
     ratio = torch.tensor([1.5, 0.5, 3.0])
     adv = torch.tensor([1.0, 1.0, -2.0])
     mask = torch.tensor([True, True, False])  # the third token is padding: ignored
-    values, values_old, returns = torch.tensor([1.0, 0.0, 5.0]), torch.tensor([0.5, 0.5, 0.0]), torch.tensor([2.0, 0.0, 0.0])
+    values, values_old = torch.tensor([1.0, 0.0, 5.0]), torch.tensor([0.5, 0.5, 0.0])
+    returns = torch.tensor([2.0, 0.0, 0.0])
     policy, value, clipfrac = ppo_losses(ratio.log(), torch.zeros(3), adv, values, values_old, returns, mask, 0.2, 0.2)
     # token 1: max(-1.5, -1.2) = -1.2 (clipped) ; token 2: max(-0.5, -0.8) = -0.5
     assert math.isclose(policy.item(), (-1.2 - 0.5) / 2, rel_tol=1e-6)
@@ -121,7 +122,8 @@ def test_iterative_dpo_labels_by_reward_sign_against_pi_t_and_skips_ties():
     reward = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])  # y wins, y' wins, tie
     loss, margin = iterative_dpo_loss(logp_new, logp_old, reward, beta=1.0)
     # pair 1: s=+1, h=0.3 ; pair 2: s=-1, h=-0.2 -> s*h = 0.2 ; pair 3: no label, left out of the mean
-    expected = (-torch.nn.functional.logsigmoid(torch.tensor(0.3)) - torch.nn.functional.logsigmoid(torch.tensor(0.2))) / 2
+    logsig = torch.nn.functional.logsigmoid
+    expected = (-logsig(torch.tensor(0.3)) - logsig(torch.tensor(0.2))) / 2
     assert torch.isclose(loss, expected) and torch.allclose(margin[:2], torch.tensor([0.3, 0.2]))
     # the reference is pi_t: at ratio one the loss is exactly log 2
     loss, _ = iterative_dpo_loss(logp_old, logp_old, reward, beta=0.05)
