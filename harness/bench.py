@@ -348,7 +348,7 @@ def plot(result: dict, path: Path) -> None:
     ax1.legend(fontsize=8)
     ax2.bar(labels, [v["peak_memory_mb"] for _, v, _ in entries], color="C3",
             hatch=["//" if t else "" for _, _, t in entries])
-    ax2.set(ylabel="peak memory above baseline (MB, RSS)", title="Peak memory")
+    ax2.set(ylabel="peak live tensor memory (MB)", title="Peak memory (model load + warm-up)")
     for ax in (ax1, ax2):
         ax.tick_params(axis="x", rotation=40, labelsize=8)
     fig.tight_layout()
