@@ -12,7 +12,9 @@ An optimizer declares what it needs from the backbone and computes only what is 
   - `logprob_temperature`: None means the sampling temperature (online), 1.0 for offline losses such as DPO;
   - `prepare(batch)`: once per iteration, before the epochs (advantages, baselines, labels), returns tensors
     indexed by prompt that travel with the batch through shuffling as `batch.extras`;
-  - `loss(batch, new)`: the optimizer's math on a minibatch; returns (scalar loss, detached float stats).
+  - `loss(batch, new)`: the optimizer's math on a minibatch; returns (scalar loss, detached float stats);
+  - state kept across iterations (a moving baseline) lives in plain attributes set in `__post_init__`: checkpoints
+    save and restore them (`state_dict`), so nothing else is needed for exact resume.
 Generation, log-probs, rewards, KL, masks and budgets are the backbone's; an optimizer never computes them
 (tests/algorithms/test_contract.py enforces it). The helpers below are plain tensor arithmetic shared by losses.
 """
@@ -57,6 +59,15 @@ class Algorithm:
 
     def hyperparameters(self) -> dict:
         return dataclasses.asdict(self)
+
+    def state_dict(self) -> dict:
+        """State an optimizer keeps across iterations (plain attributes that are not settings, such as a moving
+        baseline): saved in checkpoints so that a resumed run continues exactly."""
+        settings = {f.name for f in dataclasses.fields(self)}
+        return {k: v for k, v in vars(self).items() if k not in settings}
+
+    def load_state_dict(self, state: dict) -> None:
+        vars(self).update(state)
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from harness.distributed import Runtime
 from harness.experience import encode_queries
 from harness.rollout import sample, truncate_after_eos
 from harness.scoring import exact_kl, has_eos, reward_scores, sequence_logprobs
@@ -18,39 +19,43 @@ KL_DEFINITION = "masked_sequence_sum"
 
 
 @torch.no_grad()
-def evaluate_tldr(policy, reference, reward_model, tokenizer, examples: list[Example], *, max_prompt_tokens: int,
-                  max_new_tokens: int, temperature: float, kl_temperature: float, judge=None, seed: int = 1234,
-                  chunk: int = 64) -> tuple[dict, list[dict]]:
-    """Metrics (means over `examples`) and per-sample records. `judge` may be None (win rate not computed)."""
+def score_responses(policy, reference, reward_model, tokenizer, examples: list[Example], *, max_prompt_tokens: int,
+                    max_new_tokens: int, temperature: float, kl_temperature: float, seed: int = 1234,
+                    chunk: int = 64) -> list[dict]:
+    """Sample one response per example at `temperature`; its text, RM score, KL (both estimates), length, EOS."""
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    generator = torch.Generator().manual_seed(seed)  # the same sampling noise for every policy evaluated
+    device = next(policy.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed)  # the same sampling noise for every policy evaluated
     was_training = policy.training
     policy.eval()
-    parts: dict[str, list] = {"response": [], "mask": [], "score": [], "kl": [], "kl_exact": []}
+    records: list[dict] = []
     for start in range(0, len(examples), chunk):
         batch = examples[start : start + chunk]
-        query = encode_queries(batch, tokenizer, max_prompt_tokens)
+        query = encode_queries(batch, tokenizer, max_prompt_tokens, device)
         raw = sample(policy, query, max_new_tokens, temperature, pad, generator)
         response, mask = truncate_after_eos(raw, eos, pad)
         pi = sequence_logprobs(policy, query, response, mask, pad, kl_temperature, keep_logits=True)
         ref = sequence_logprobs(reference, query, response, mask, pad, kl_temperature, keep_logits=True)
-        parts["response"].append(response)
-        parts["mask"].append(mask)
-        parts["score"].append(reward_scores(reward_model, query, response, mask, pad))
-        parts["kl"].append(pi.sum - ref.sum)
-        parts["kl_exact"].append(exact_kl(pi.logits, ref.logits, mask))
+        columns = {"response": decode_responses(response, mask, tokenizer),
+                   "score": reward_scores(reward_model, query, response, mask, pad).tolist(),
+                   "kl": (pi.sum - ref.sum).tolist(), "kl_exact": exact_kl(pi.logits, ref.logits, mask).tolist(),
+                   "length": mask.sum(-1).tolist(), "eos": has_eos(response, mask, eos).tolist()}
+        records += [dict(zip(columns, row)) for row in zip(*columns.values())]
     policy.train(was_training)
-    response, mask = torch.cat(parts["response"]), torch.cat(parts["mask"])
-    score, kl, kl_ex = (torch.cat(parts[k]) for k in ("score", "kl", "kl_exact"))
-    ended = has_eos(response, mask, eos).tolist()
-    texts = decode_responses(response, mask, tokenizer)
-    lengths = mask.sum(-1).tolist()
-    metrics = {"rm_score": score.mean().item(), "kl": kl.mean().item(), "kl_exact": kl_ex.mean().item(),
-               "response_length": sum(lengths) / len(lengths), "eos_rate": sum(ended) / len(ended),
+    return records
+
+
+def summarize(records: list[dict], examples: list[Example], *, temperature: float, kl_temperature: float,
+              judge=None) -> tuple[dict, list[dict]]:
+    """Metrics (means over `examples`) and per-sample records, with the judge's verdicts when there is a judge."""
+    mean = lambda key: sum(r[key] for r in records) / len(records)  # noqa: E731
+    metrics = {"rm_score": mean("score"), "kl": mean("kl"), "kl_exact": mean("kl_exact"),
+               "response_length": mean("length"), "eos_rate": mean("eos"),
                "n": len(examples), "temperature": temperature, "kl_temperature": kl_temperature,
                "kl_definition": KL_DEFINITION, "win_rate": None, "win_rate_judge": None, "gold_reward": None}
-    samples = [{"prompt": ex.prompt, "response": t, "reference": ex.reference, "score": s, "kl": k, "eos": e}
-               for ex, t, s, k, e in zip(examples, texts, score.tolist(), kl.tolist(), ended)]
+    texts, ended = [r["response"] for r in records], [r["eos"] for r in records]
+    samples = [{"prompt": ex.prompt, "response": r["response"], "reference": ex.reference, "score": r["score"],
+                "kl": r["kl"], "eos": r["eos"]} for ex, r in zip(examples, records)]
     if all(ex.facts for ex in examples):
         golds = [gold_reward(t, Facts(**ex.facts), terminated=e) for ex, t, e in zip(examples, texts, ended)]
         metrics["gold_reward"] = sum(golds) / len(golds)
@@ -64,3 +69,18 @@ def evaluate_tldr(policy, reference, reward_model, tokenizer, examples: list[Exa
         for rec, v in zip(samples, verdicts["per_sample"]):
             rec["judge"] = v
     return metrics, samples
+
+
+def evaluate_tldr(policy, reference, reward_model, tokenizer, examples: list[Example], *, max_prompt_tokens: int,
+                  max_new_tokens: int, temperature: float, kl_temperature: float, judge=None, seed: int = 1234,
+                  chunk: int = 64, runtime: Runtime | None = None) -> tuple[dict, list[dict]]:
+    """Metrics and per-sample records. `judge` may be None (win rate not computed). With several processes each
+    scores its share of the examples and rank 0 alone judges and returns the metrics (the others get ({}, []))."""
+    runtime = runtime or Runtime.single()
+    records = runtime.gather(score_responses(policy, reference, reward_model, tokenizer, runtime.split(examples),
+                                             max_prompt_tokens=max_prompt_tokens, max_new_tokens=max_new_tokens,
+                                             temperature=temperature, kl_temperature=kl_temperature, seed=seed,
+                                             chunk=chunk))
+    if not runtime.is_main:
+        return {}, []
+    return summarize(records, examples, temperature=temperature, kl_temperature=kl_temperature, judge=judge)

@@ -34,7 +34,7 @@ from harness.experience import Budget, encode_queries
 from harness.models import load_models, load_reward_model, load_tokenizer, resolve_paths
 from harness.store import write_json
 from harness.tasks.tldr import Example
-from harness.train import Trainer
+from harness.train import Trainer, data_order
 
 PHASES = ("generation_s", "scoring_s", "update_s")
 MEMORY_METHOD = ("peak_memory_mb: peak of live tensor bytes (torch.profiler memory events, allocations minus frees) "
@@ -155,8 +155,7 @@ def _prompt_texts(examples: list[Example], tokenizer, max_prompt_tokens: int) ->
 
 def _ordered(examples: list, cfg: RunConfig, n: int) -> list:
     """The first n examples in the Trainer's seeded order (the prompts our optimizers see)."""
-    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-    return [examples[i] for i in order[:n]]
+    return [examples[i] for i in data_order(len(examples), cfg.seed)[:n]]
 
 
 class _StepTimer:

@@ -77,6 +77,10 @@ class TrainSettings(Strict):
     weight_decay: float = 0.01
     kl_coef: float = Field(0.05, ge=0, description="beta in r = score - beta * kl")
     max_grad_norm: float | None = None
+    checkpoint_every: int = Field(10, ge=0, description="resume checkpoint every N iterations and at the end of "
+                                  "training (0: none, a killed run then starts over)")
+    keep_checkpoints: bool = Field(False, description="keep the last resume checkpoint (optimizer state included) "
+                                   "after the run completes")
 
 
 class EvalSettings(Strict):

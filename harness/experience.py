@@ -46,8 +46,9 @@ class Timer:
         self.budget.timings[self.phase] = self.budget.timings.get(self.phase, 0.0) + time.perf_counter() - self.t
 
 
-def encode_queries(examples: list[Example], tokenizer, max_prompt_tokens: int) -> Tensor:
-    return left_pad([truncate_prompt(ex, tokenizer, max_prompt_tokens) for ex in examples], tokenizer.pad_token_id)
+def encode_queries(examples: list[Example], tokenizer, max_prompt_tokens: int, device=None) -> Tensor:
+    ids = left_pad([truncate_prompt(ex, tokenizer, max_prompt_tokens) for ex in examples], tokenizer.pad_token_id)
+    return ids.to(device) if device is not None else ids
 
 
 def _used_width(counted: Tensor) -> int:
@@ -96,7 +97,7 @@ def gold_rewards(response: Tensor, mask: Tensor, examples: list[Example], tokeni
     eos = ((response == eos_id) & mask).any(-1).tolist()
     texts = decode_responses(response, mask, tokenizer)
     return torch.tensor([gold_reward(t, Facts(**examples[i // K].facts), terminated=e)
-                         for i, (t, e) in enumerate(zip(texts, eos))])
+                         for i, (t, e) in enumerate(zip(texts, eos))], device=response.device)
 
 
 def preference_probs(models: Models, examples: list[Example], response: Tensor, mask: Tensor,
@@ -111,7 +112,7 @@ def preference_probs(models: Models, examples: list[Example], response: Tensor, 
     if all(ex.facts for ex in examples):
         gold = gold_rewards(response, mask, examples, models.tokenizer, models.eos_id).reshape(P, -1).tolist()
         return torch.tensor([[[bradley_terry_prob(a, b, GOLD_BT_TEMPERATURE) for b in row] for a in row]
-                             for row in gold])
+                             for row in gold], device=response.device)
     s = score.reshape(P, -1)
     return torch.sigmoid(s[:, :, None] - s[:, None, :])
 
@@ -131,14 +132,15 @@ def collect_online(models: Models, examples: list[Example], samples_per_prompt: 
     P, S = len(examples), samples_per_prompt
     K = S + int(append_reference)
     tok, eos, pad = models.tokenizer, models.eos_id, models.pad_id
-    query = encode_queries(examples, tok, max_prompt_tokens)
+    query = encode_queries(examples, tok, max_prompt_tokens, models.device)
     with Timer(budget, "generation"):
         raw = torch.cat([sample(models.policy, query[p], max_new_tokens, temperature, pad, generator, group=S)
                          for p in _chunks(P, max(1, chunk // S))])
         response, mask = truncate_after_eos(raw, eos, pad)
     tokens, logp_mask = (raw, torch.ones_like(mask)) if count_post_eos else (response, mask)
     if append_reference:
-        ref, ref_mask = encode_responses([ex.reference for ex in examples], tok, max_new_tokens, eos, pad)
+        ref, ref_mask = (x.to(query.device) for x in
+                         encode_responses([ex.reference for ex in examples], tok, max_new_tokens, eos, pad))
 
         def with_ref(x: Tensor, r: Tensor) -> Tensor:  # [P*S, L] + [P, L] -> [P*K, L], the reference last
             return torch.cat([x.reshape(P, S, -1), r[:, None]], 1).flatten(0, 1)
@@ -190,13 +192,14 @@ def collect_pairs(models: Models, examples: list[Example], max_prompt_tokens: in
                   temperature: float, chunk: int, budget: Budget, with_policy: bool = True) -> Batch:
     """The task's offline (chosen, rejected) pairs as a Batch with K = 2 (index 0 = chosen); nothing is sampled."""
     P = len(examples)
-    query = encode_queries(examples, models.tokenizer, max_prompt_tokens)
+    query = encode_queries(examples, models.tokenizer, max_prompt_tokens, models.device)
     tok, eos, pad = models.tokenizer, models.eos_id, models.pad_id
     chosen, chosen_mask = encode_responses([ex.chosen for ex in examples], tok, max_response_tokens, eos, pad)
     rejected, rejected_mask = encode_responses([ex.rejected for ex in examples], tok, max_response_tokens, eos, pad)
     mask = torch.stack([chosen_mask, rejected_mask], 1)
     width = _used_width(mask)
-    response, mask = torch.stack([chosen, rejected], 1)[..., :width], mask[..., :width]
+    response = torch.stack([chosen, rejected], 1)[..., :width].to(query.device)
+    mask = mask[..., :width].to(query.device)
     with Timer(budget, "scoring"):
         scored = _score_flat(models, query, response.flatten(0, 1), mask.flatten(0, 1),
                              temperature, chunk, with_rewards=False, with_policy=with_policy)

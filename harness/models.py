@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -32,6 +33,10 @@ class Models:
     @property
     def eos_id(self) -> int:
         return self.tokenizer.eos_token_id
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.policy.parameters()).device
 
     @contextlib.contextmanager
     def as_reference(self):
@@ -66,10 +71,30 @@ def resolve_paths(settings: ModelSettings, log=print) -> dict[str, str]:
             "tokenizer": settings.tokenizer or settings.policy}
 
 
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def refuse_pickled(name: str, what: str) -> None:
+    """A local directory whose weights are only pickles gets a message that says why and what to do, rather than
+    transformers' "no file named model.safetensors": unpickling a checkpoint can run arbitrary code."""
+    path = Path(name)
+    if not path.is_dir() or any(path.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for pattern in PICKLED_WEIGHTS for p in path.glob(pattern))
+    if pickled:
+        raise UserError(f"{what} {name!r} holds only pickled weights ({', '.join(pickled[:3])}), which are never "
+                        f"loaded because unpickling can run code: convert them to safetensors "
+                        f"(save_pretrained(..., safe_serialization=True) where you trust the file)")
+
+
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as e:  # a typo in a path reads as a malformed hub name; say which setting it was
+        raise UserError(f"cannot load tokenizer {name!r} (model.tokenizer, default model.policy: a hub name or a "
+                        f"local directory): {str(e).splitlines()[0]}") from None
     if tok.pad_token is None:  # Pythia ships none; its embedding matrix has spare rows for one more token
         tok.add_special_tokens({"pad_token": "[PAD]"})
     if tok.eos_token_id is None:
@@ -100,6 +125,7 @@ def load_reward_model(name: str, tokenizer, dtype=torch.float32, frozen: bool = 
         rm = load_scalar_model(name, dtype)
         rm.config.eos_token_id, rm.config.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     else:
+        refuse_pickled(name, "reward model")
         try:
             rm = AutoModelForSequenceClassification.from_pretrained(name, num_labels=1, use_safetensors=True,
                                                                     dtype=dtype)
@@ -120,7 +146,8 @@ def train_only_last_layers(model: nn.Module, n: int) -> None:
         block.requires_grad_(True)
 
 
-def load_models(settings: ModelSettings, needs_critic: bool = False, log=print) -> Models:
+def load_models(settings: ModelSettings, needs_critic: bool = False, log=print,
+                device: torch.device | str | None = None) -> Models:
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -129,6 +156,7 @@ def load_models(settings: ModelSettings, needs_critic: bool = False, log=print) 
     paths = resolve_paths(settings, log=log)
     tokenizer = load_tokenizer(paths["tokenizer"])
     dtype = getattr(torch, settings.dtype)
+    refuse_pickled(paths["policy"], "policy")
     try:
         policy = AutoModelForCausalLM.from_pretrained(paths["policy"], use_safetensors=True, dtype=dtype)
     except OSError as e:
@@ -156,6 +184,10 @@ def load_models(settings: ModelSettings, needs_critic: bool = False, log=print) 
             if isinstance(module, nn.Dropout):
                 module.p = 0.0
     policy.train()
+    if device is not None:
+        for model in (policy, reference, reward_model, critic):
+            if model is not None:
+                model.to(device)
     return Models(policy=policy, reference=reference, reward_model=reward_model, tokenizer=tokenizer,
                   critic=critic, origin=paths)
 

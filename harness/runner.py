@@ -19,10 +19,11 @@ from harness.errors import UserError
 from harness.experience import Budget
 from harness.models import Models, load_models, peak_memory_mb
 from harness.store import RunDir, code_version, config_hash, read_json, write_json, write_jsonl
-from harness import tasks
+from harness import checkpoint, tasks
+from harness.distributed import Runtime
 from harness.tasks.tldr import TaskData
 from harness.tiny import cache_root
-from harness.train import Trainer
+from harness.train import Trainer, TrainingDiverged
 
 EVAL_KEYS = ("rm_score", "kl", "kl_exact", "win_rate", "gold_reward", "response_length")
 
@@ -47,38 +48,45 @@ def make_judge(cfg: RunConfig, data: TaskData):
     return None
 
 
-def evaluate(cfg: RunConfig, models: Models, data: TaskData, judge, policy=None) -> tuple[dict, list[dict]]:
-    """The end-of-run TL;DR evaluation of `policy` (default: the trained policy) on held-out prompts."""
+def evaluate(cfg: RunConfig, models: Models, data: TaskData, judge, policy=None,
+             runtime: Runtime | None = None) -> tuple[dict, list[dict]]:
+    """The end-of-run TL;DR evaluation of `policy` (default: the trained policy) on held-out prompts; with several
+    processes every rank scores its share and rank 0 gets the metrics (the others get ({}, []))."""
     with models.as_reference() as reference:
         if policy is None:
             policy = models.policy
         return evaluate_tldr(policy, reference, models.reward_model, models.tokenizer,
                              data.sft_eval[: cfg.eval.prompts], max_prompt_tokens=cfg.task.max_prompt_tokens,
                              max_new_tokens=cfg.generation.max_new_tokens, temperature=cfg.eval.temperature,
-                             kl_temperature=cfg.generation.temperature, judge=judge)
+                             kl_temperature=cfg.generation.temperature, judge=judge, runtime=runtime)
 
 
-def sft_baseline(cfg: RunConfig, models: Models, data: TaskData, judge, console: Console) -> dict:
+def sft_baseline(cfg: RunConfig, models: Models, data: TaskData, judge, console: Console,
+                 runtime: Runtime | None = None) -> dict:
     """The SFT policy's numbers on the same prompts, computed once per (models, data, eval settings) and cached."""
+    runtime = runtime or Runtime.single()
     key = config_hash({"models": {k: v for k, v in models.origin.items()}, "recipe": cfg.model.tiny.model_dump(),
                        "source": data.source, "eval": cfg.eval.model_dump(), "generation": cfg.generation.model_dump(),
                        "max_prompt_tokens": cfg.task.max_prompt_tokens, "judge": getattr(judge, "name", None)})
     path = cache_root(cfg.model.cache_dir) / "sft_baselines" / f"{key}.json"
-    if path.exists():
-        return read_json(path)
+    cached = runtime.broadcast(read_json(path) if runtime.is_main and path.exists() else None)
+    if cached is not None:
+        return cached
     console.print("Evaluating the SFT policy once for this preset (cached afterwards)")
     with models.as_reference() as reference:
-        metrics, _ = evaluate(cfg, models, data, judge, policy=reference)
-    write_json(path, metrics)
+        metrics, _ = evaluate(cfg, models, data, judge, policy=reference, runtime=runtime)
+    if runtime.is_main:
+        write_json(path, metrics)
     return metrics
 
 
-def _run_id(cfg: RunConfig) -> str:
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return cfg.run_id or f"{cfg.algo}-{cfg.task.name}-{cfg.preset}-s{cfg.seed}-{stamp}"
+def run_id(cfg: RunConfig, resolved_hash: str) -> str:
+    """Derived from the settings, so that the same command finds (and resumes) the same run directory."""
+    return cfg.run_id or f"{cfg.algo}-{cfg.task.name}-{cfg.preset}-s{cfg.seed}-{resolved_hash[:8]}"
 
 
-def describe(cfg: RunConfig, algo: Algorithm, models: Models, data: TaskData, judge, console: Console) -> None:
+def describe(cfg: RunConfig, algo: Algorithm, models: Models, data: TaskData, judge, console: Console,
+             runtime: Runtime) -> None:
     params = sum(p.numel() for p in models.policy.parameters())
     console.print(f"[bold]algorithm[/]  {algo.name} {algo.hyperparameters()}")
     console.print(f"[bold]model[/]      {cfg.model.policy} ({params / 1e6:.2f}M parameters) from {models.origin['policy']}"
@@ -91,62 +99,106 @@ def describe(cfg: RunConfig, algo: Algorithm, models: Models, data: TaskData, ju
     if judge is not None and judge.name == "gold":
         judge_note += " (the stand-in's programmatic gold reward)"
     console.print(f"[bold]judge[/]      {judge_note}")
+    console.print(f"[bold]compute[/]    {runtime.label}")
 
 
-def run(cfg: RunConfig, console: Console | None = None) -> Path:
-    console = console or Console(stderr=True)
+def open_run_dir(run_dir: RunDir, config: dict, runtime: Runtime) -> bool:
+    """Create the run directory, or find the same run's earlier attempt; True when that attempt completed."""
+    if runtime.is_main and run_dir.config.exists():
+        earlier = read_json(run_dir.config).get("config_hash")
+        if earlier != config["config_hash"]:
+            raise UserError(f"{run_dir.path} holds a run with other settings (config hash {earlier}, this one "
+                            f"{config['config_hash']}); choose another --run-id")
+    done = runtime.broadcast(run_dir.is_complete())
+    if runtime.is_main and not done:
+        run_dir.create(config)
+    runtime.barrier()
+    return done
+
+
+def run(cfg: RunConfig, console: Console | None = None, runtime: Runtime | None = None) -> Path:
+    """Train and evaluate one run; started again after a crash or kill, it resumes from its last checkpoint."""
+    runtime = runtime or Runtime.from_environment()
+    console = console or Console(stderr=True, quiet=not runtime.is_main)
     algo = make(cfg.algo, cfg.algo_args)
     torch.manual_seed(cfg.seed)
     source, data = tasks.load(cfg.task.name, cfg.task.source, cfg.task.dataset)
-    models = load_models(cfg.model, needs_critic=algo.needs_critic, log=console.print)
     judge = make_judge(cfg, data)
-    run_dir = RunDir(Path(cfg.output_dir) / _run_id(cfg))
-    if run_dir.is_complete():
-        raise UserError(f"run {run_dir.path} is already complete; choose another --run-id or delete it")
     resolved = cfg.model_dump()
     resolved["task"]["resolved_source"] = source
-    run_dir.create({**resolved, "config_hash": config_hash(resolved), "code_version": code_version(),
-                    "model_origin": models.origin})
-    describe(cfg, algo, models, data, judge, console)
+    chash = config_hash({k: v for k, v in resolved.items() if k not in ("output_dir", "run_id")})
+    run_dir = RunDir(Path(cfg.output_dir) / run_id(cfg, chash))
+    if open_run_dir(run_dir, {**resolved, "config_hash": chash, "code_version": code_version()}, runtime):
+        console.print(f"{run_dir.path} is already complete (same settings); its summary follows. To train again, "
+                      f"pass another --run-id or delete that directory.")
+        console.print(summary_table(read_json(run_dir.summary)))
+        return run_dir.path
+    models = load_models(cfg.model, needs_critic=algo.needs_critic, log=console.print, device=runtime.device)
+    if runtime.is_main:
+        write_json(run_dir.config, {**read_json(run_dir.config), "model_origin": models.origin})
+    describe(cfg, algo, models, data, judge, console, runtime)
     console.print(f"[bold]run dir[/]    {run_dir.path}")
-    sft = sft_baseline(cfg, models, data, judge, console)
+    sft = sft_baseline(cfg, models, data, judge, console, runtime)
     budget = Budget()
     trainer = Trainer(cfg, algo, models, data.pref_train if algo.data == "preference_pairs" else data.sft_train,
-                      budget)
+                      budget, runtime)
+    start = checkpoint.restore(run_dir.checkpoints, trainer, runtime)
+    if runtime.is_main:
+        run_dir.begin_attempt(start, code_version())
+    if start:
+        console.print(f"[bold]resumed[/]    from the checkpoint of iteration {start} in {run_dir.checkpoints}")
     started = dt.datetime.now().isoformat(timespec="seconds")
-    iteration = 0
+    iteration = start
     try:
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TextColumn("{task.fields[status]}"), console=console) as bar:
-            task = bar.add_task(f"{algo.name}", total=cfg.train.iterations, status="")
-            for iteration in range(1, cfg.train.iterations + 1):
+                      TextColumn("{task.fields[status]}"), console=console, disable=not runtime.is_main) as bar:
+            task = bar.add_task(f"{algo.name}", total=cfg.train.iterations, completed=start, status="")
+            for iteration in range(start + 1, cfg.train.iterations + 1):
                 line = trainer.iteration(iteration)
                 if cfg.eval.every and iteration % cfg.eval.every == 0 and iteration != cfg.train.iterations:
-                    metrics, _ = evaluate(cfg, models, data, judge)
-                    line.update({f"eval/{k}": metrics[k] for k in EVAL_KEYS})
-                run_dir.log(line)
+                    metrics, _ = evaluate(cfg, models, data, judge, runtime=runtime)
+                    line.update({f"eval/{k}": metrics[k] for k in EVAL_KEYS if k in metrics})
+                if runtime.is_main:
+                    run_dir.log(line)
+                every = cfg.train.checkpoint_every
+                if every and (iteration % every == 0 or iteration == cfg.train.iterations):
+                    checkpoint.save(run_dir.checkpoints, iteration, trainer, runtime)
                 bar.update(task, advance=1, status=_status(line))
-        final, samples = evaluate(cfg, models, data, judge)
+        final, samples = evaluate(cfg, models, data, judge, runtime=runtime)
     except BaseException as e:
-        write_json(run_dir.path / "failed.json", {"iteration": iteration, "error": f"{type(e).__name__}: {e}",
-                                                  "traceback": traceback.format_exc()})
+        last = checkpoint.latest(run_dir.checkpoints)
+        kept = (f"the last good checkpoint (iteration {last['iteration']}) is kept in {run_dir.checkpoints}: the same "
+                f"command resumes from it" if last else "no checkpoint was written (train.checkpoint_every)")
+        if runtime.is_main:
+            write_json(run_dir.path / "failed.json", {"iteration": iteration, "error": f"{type(e).__name__}: {e}",
+                                                      "checkpoint": last, "traceback": traceback.format_exc()})
+        if isinstance(e, TrainingDiverged):
+            raise TrainingDiverged(f"{e}; {kept}") from None
+        if isinstance(e, KeyboardInterrupt):
+            console.print(f"interrupted at iteration {iteration}; {kept}")
         raise
+    counters = trainer.counters()  # a collective: every rank takes part
+    if not runtime.is_main:
+        return run_dir.path
     if cfg.train.iterations:
-        run_dir.log({"iteration": iteration, **budget.counters(), "final": True,
+        run_dir.log({"iteration": iteration, **counters, "final": True,
                      **{f"eval/{k}": final[k] for k in EVAL_KEYS}})
     write_jsonl(run_dir.samples, samples)
     write_json(run_dir.evals / "tldr.json", final)  # the same file `harness eval RUN --suite tldr` writes
     save_policy(models, run_dir.checkpoints / "final")
     summary = {"run_id": run_dir.path.name, "status": "completed", "algorithm": algo.name,
                "algorithm_config": algo.hyperparameters(), "task": cfg.task.name, "data_source": source,
-               "preset": cfg.preset, "seed": cfg.seed, "config_hash": read_json(run_dir.config)["config_hash"],
-               "code_version": code_version(), "started_at": started,
+               "preset": cfg.preset, "seed": cfg.seed, "config_hash": chash,
+               "code_version": code_version(), "started_at": started, "resumed_from": start or None,
+               "processes": runtime.world_size,
                "finished_at": dt.datetime.now().isoformat(timespec="seconds"), "eval": final, "sft": sft,
-               "budget": {**budget.counters(), "peak_memory_mb": round(peak_memory_mb(), 1)},
+               "budget": {**counters, "peak_memory_mb": round(peak_memory_mb(), 1)},
                "comparison_key": {"task": cfg.task.name, "data_source": source, "preset": cfg.preset,
                                   "judge": final["win_rate_judge"], "eval_temperature": cfg.eval.temperature,
                                   "kl_definition": KL_DEFINITION}}
     write_json(run_dir.summary, summary)
+    if not cfg.train.keep_checkpoints:
+        checkpoint.remove_all(run_dir.checkpoints)
     console.print(summary_table(summary))
     return run_dir.path
 

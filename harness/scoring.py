@@ -93,8 +93,8 @@ def reward_scores(reward_model, query: Tensor, response: Tensor, response_mask: 
         hidden = response_outputs(reward_model.base_model, query, response, pad_id, group, "last_hidden_state",
                                   at_tokens=True)
         real = response != pad_id
-        last = (real * torch.arange(1, response.shape[1] + 1)).argmax(1)
-        raw = reward_model.score(hidden[torch.arange(len(hidden)), last]).float().squeeze(-1)
+        last = (real * torch.arange(1, response.shape[1] + 1, device=real.device)).argmax(1)
+        raw = reward_model.score(hidden[torch.arange(len(hidden), device=last.device), last]).float().squeeze(-1)
     score = raw - float(getattr(reward_model.config, "reward_bias", 0.0))
     return torch.where(has_eos(response, response_mask, reward_model.config.eos_token_id), score,
                        torch.full_like(score, MISSING_EOS_SCORE))
@@ -128,7 +128,7 @@ def token_rewards(score: Tensor, logp_policy: Tensor, logp_ref: Tensor, response
     Sums to `kl_penalised_reward(score, sequence_kl(...), beta)`."""
     out = -beta * (logp_policy - logp_ref)
     last = response_mask.sum(-1).clamp(min=1) - 1
-    out[torch.arange(len(out)), last] += score
+    out[torch.arange(len(out), device=out.device), last] += score
     return out
 
 

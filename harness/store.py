@@ -6,6 +6,8 @@ Layout of one run directory (the format `harness report` reads; see docs/run_for
   samples.jsonl    end-of-run evaluation samples
   summary.json     written last, only when the run completed: algorithm, task, data source, preset, seed,
                    eval metrics, the SFT baseline's, budget, status
+  attempts.jsonl   one line per start of the run (fresh or resumed) and per failure
+  checkpoints/     resume checkpoints while the run is going (harness/checkpoint.py), the final policy at the end
   evals/<suite>.json  results of `harness eval` suites
 """
 from __future__ import annotations
@@ -76,6 +78,12 @@ def write_jsonl(path: Path, records: Iterable[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True, default=_jsonable) + "\n" for r in records))
 
 
+def _now() -> str:
+    import datetime as dt
+
+    return dt.datetime.now().isoformat(timespec="seconds")
+
+
 def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -111,8 +119,28 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         write_json(self.config, config)
 
+    attempts = property(lambda self: self.path / "attempts.jsonl")
+
     def log(self, record: dict) -> None:
         append_jsonl(self.metrics, record)
+
+    def begin_attempt(self, resumed_from: int, code: str) -> None:
+        """A (re)start from iteration `resumed_from`: metrics lines logged after it are redone, so they move to
+        metrics.superseded.jsonl; an earlier failure record moves into attempts.jsonl. Nothing is deleted."""
+        failed = self.path / "failed.json"
+        if failed.exists():
+            append_jsonl(self.attempts, {"event": "failed", **{k: v for k, v in read_json(failed).items()
+                                                               if k != "traceback"}})
+            failed.unlink()
+        if self.metrics.exists():
+            records, _ = read_jsonl(self.metrics)
+            stale = [r for r in records if r.get("iteration", 0) > resumed_from or r.get("final")]
+            if stale:
+                for r in stale:
+                    append_jsonl(self.path / "metrics.superseded.jsonl", r)
+                write_jsonl(self.metrics, [r for r in records if r not in stale])
+        append_jsonl(self.attempts, {"event": "started", "resumed_from": resumed_from, "code_version": code,
+                                     "at": _now()})
 
     def is_complete(self) -> bool:
         return self.summary.exists()

@@ -1,19 +1,20 @@
 """The training loop: rollout -> score -> the optimizer's loss over epochs x minibatches -> step -> log.
 
 It never names an optimizer: what differs between them is declared on the Algorithm (algorithms/base.py).
+With several data-parallel processes (harness/distributed.py) each rank runs this loop on its shard of every
+iteration's prompts; gradients are averaged over ranks before each step and the logged line is reduced over ranks.
 """
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
 
 import torch
 
 from algorithms.base import Algorithm
 from harness.batch import Batch
 from harness.config import RunConfig
+from harness.distributed import Runtime, derived_seed
 from harness.errors import UserError
 from harness.experience import (Budget, Timer, adopt_policy_forward, collect_online, collect_pairs, gold_rewards,
                                 policy_output)
@@ -25,6 +26,11 @@ class TrainingDiverged(UserError):
     """NaN or inf in a loss or reward: the run stops; what was written so far stays."""
 
 
+def data_order(n: int, seed: int, epoch: int = 0) -> list[int]:
+    """The seeded order in which a run visits its n training examples in pass `epoch` (the same on every rank)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(derived_seed(seed, f"data-order/{epoch}"))).tolist()
+
+
 @dataclass
 class Trainer:
     cfg: RunConfig
@@ -32,28 +38,34 @@ class Trainer:
     models: Models
     train_examples: list[Example]
     budget: Budget
+    runtime: Runtime = field(default_factory=Runtime.single)
 
     def __post_init__(self):
-        t = self.cfg.train
+        t, rank = self.cfg.train, self.runtime.rank
         self.optimizer = torch.optim.AdamW(self.models.trainable_parameters(), lr=t.lr, eps=t.adam_eps,
                                            weight_decay=t.weight_decay)
         total = max(1, t.iterations * self.algo.epochs * self.algo.minibatches)
         # linear decay to 0, no warm-up (PROTOCOL.md)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: max(0.0, 1 - step / total))
-        self.generator = torch.Generator().manual_seed(self.cfg.seed)
-        self.order = torch.randperm(len(self.train_examples), generator=self.generator).tolist()
-        self.cursor = 0
+        self.runtime.shard(list(range(t.prompts_per_iteration)), "train.prompts_per_iteration")  # fail early
+        # Three random streams, each its own generator, so that none depends on how much another consumed:
+        # minibatch permutations and sampling differ per rank, the data order is shared by all ranks.
+        self.generator = torch.Generator().manual_seed(derived_seed(self.cfg.seed, "minibatches", rank))
+        self.sampler = torch.Generator(self.models.device).manual_seed(derived_seed(self.cfg.seed, "sampling", rank))
+        self.data_pass, self.cursor = 0, 0
+        self.order = data_order(len(self.train_examples), self.cfg.seed)
         self.temperature = self.algo.logprob_temperature or self.cfg.generation.temperature
 
     def next_prompts(self) -> list[Example]:
-        """The next P prompts of a seeded permutation of the training split (a new permutation per pass)."""
+        """This rank's shard of the next P prompts of a seeded permutation of the training split (a new
+        permutation per pass over it)."""
         P = self.cfg.train.prompts_per_iteration
         if self.cursor + P > len(self.order):
-            self.order = torch.randperm(len(self.train_examples), generator=self.generator).tolist()
-            self.cursor = 0
+            self.data_pass += 1
+            self.order, self.cursor = data_order(len(self.train_examples), self.cfg.seed, self.data_pass), 0
         picked = [self.train_examples[i] for i in self.order[self.cursor : self.cursor + P]]
         self.cursor += P
-        return picked
+        return self.runtime.shard(picked)
 
     @property
     def single_pass(self) -> bool:
@@ -61,18 +73,19 @@ class Trainer:
         from it (adopt_policy_forward) instead of a separate scoring forward of the policy."""
         micro = self.cfg.train.micro_batch_prompts
         return (self.algo.epochs == 1 and self.algo.minibatches == 1
-                and (micro is None or micro >= self.cfg.train.prompts_per_iteration))
+                and (micro is None or micro * self.runtime.world_size >= self.cfg.train.prompts_per_iteration))
 
     def collect(self, examples: list[Example]) -> Batch:
         g, t = self.cfg.generation, self.cfg.train
-        chunk = 4 * (t.micro_batch_prompts or t.prompts_per_iteration) * self.algo.samples_per_prompt
+        local_prompts = t.prompts_per_iteration // self.runtime.world_size
+        chunk = 4 * min(t.micro_batch_prompts or local_prompts, local_prompts) * self.algo.samples_per_prompt
         self.models.policy.eval()
         try:
             if self.algo.data == "preference_pairs":
                 return collect_pairs(self.models, examples, self.cfg.task.max_prompt_tokens, g.max_new_tokens,
                                      self.temperature, chunk, self.budget, with_policy=not self.single_pass)
             return collect_online(self.models, examples, self.algo.samples_per_prompt, self.cfg.task.max_prompt_tokens,
-                                  g.max_new_tokens, g.temperature, t.kl_coef, chunk, self.budget, self.generator,
+                                  g.max_new_tokens, g.temperature, t.kl_coef, chunk, self.budget, self.sampler,
                                   append_reference=self.algo.data == "online_with_reference",
                                   count_post_eos=not self.algo.mask_post_eos,
                                   preferences=self.algo.needs_preference, with_policy=not self.single_pass)
@@ -106,6 +119,7 @@ class Trainer:
                     (loss * len(part) / len(mb)).backward()
                     for k, v in {"loss": loss.item(), **loss_stats}.items():
                         stats.setdefault(k, []).append(v)
+                self.runtime.average_gradients(self.models.trainable_parameters())
                 if self.cfg.train.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(self.models.trainable_parameters(), self.cfg.train.max_grad_norm)
                 self.optimizer.step()
@@ -114,7 +128,8 @@ class Trainer:
         return {k: sum(v) / len(v) for k, v in stats.items()}
 
     def iteration(self, iteration: int) -> dict:
-        """One iteration; returns its metrics line (cumulative budget + this iteration's statistics)."""
+        """One iteration; returns its metrics line (cumulative budget + this iteration's statistics), reduced over
+        ranks: counters summed, statistics averaged."""
         start = time.perf_counter()
         self.budget.timings = {}
         examples = self.next_prompts()
@@ -122,10 +137,34 @@ class Trainer:
         with Timer(self.budget, "update"):
             stats = self.update(batch, iteration)
         self.budget.wall_time_s += time.perf_counter() - start
-        line = {"iteration": iteration, **self.budget.counters(), **stats, **rollout_stats(batch, examples, self.models),
+        stats = {**stats, **rollout_stats(batch, examples, self.models),
+                 **{f"time/{k}_s": round(v, 4) for k, v in self.budget.timings.items()}}
+        return {"iteration": iteration, **self.counters(), **self.runtime.mean(stats),
                 "lr": self.scheduler.get_last_lr()[0]}
-        line.update({f"time/{k}_s": round(v, 4) for k, v in self.budget.timings.items()})
-        return line
+
+    def counters(self) -> dict:
+        """The run's budget so far, over all ranks (wall time: this rank's)."""
+        local = self.budget.counters()
+        summed = self.runtime.sum({k: local[k] for k in ("prompts", "responses", "rm_queries")})
+        return {**local, **{k: int(v) for k, v in summed.items()}}
+
+    def state_dict(self) -> dict:
+        """Everything but the weights that a resumed run needs to continue exactly (this rank's part)."""
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "generator": self.generator.get_state(), "sampler": self.sampler.get_state(),
+                "data_pass": self.data_pass, "cursor": self.cursor, "algorithm": self.algo.state_dict(),
+                "budget": self.budget.counters()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        self.sampler.set_state(state["sampler"])
+        self.data_pass, self.cursor = state["data_pass"], state["cursor"]
+        self.order = data_order(len(self.train_examples), self.cfg.seed, self.data_pass)
+        self.algo.load_state_dict(state["algorithm"])
+        for k, v in state["budget"].items():
+            setattr(self.budget, k, v)
 
 
 def rollout_stats(batch: Batch, examples: list[Example], models: Models) -> dict[str, float]:
@@ -141,9 +180,3 @@ def rollout_stats(batch: Batch, examples: list[Example], models: Models) -> dict
                                    models.eos_id).mean().item()
     return out
 
-
-def finite_or_none(x: float | None) -> float | None:
-    return x if x is not None and math.isfinite(x) else None
-
-
-EvalHook = Callable[[int], dict]
