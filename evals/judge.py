@@ -136,7 +136,7 @@ class CompletionClient:
         except openai.AuthenticationError:
             raise _key_rejected(url) from None
         except openai.APIConnectionError as e:
-            raise UserError(f"judge: could not reach {url} ({type(e).__name__})") from None
+            raise UserError(f"judge: could not reach {url} ({type(e).__name__}); {_CHECK_URL}") from None
         except openai.APIStatusError:
             return
         if served and self.endpoint.model not in served:
@@ -180,8 +180,7 @@ class CompletionClient:
                 break
             except _RETRYABLE as e:
                 if attempt == self.max_retries:
-                    what = "could not reach" if isinstance(e, openai.APIConnectionError) else "kept failing at"
-                    raise UserError(f"judge: {what} {url} after {attempt + 1} attempts ({type(e).__name__})") from None
+                    raise _gave_up(url, attempt + 1, e) from None
                 delay = min(60.0, self.backoff_s * 2 ** attempt) * random.uniform(1.0, 1.25)
                 log.warning("judge request to %s failed (%s), retry %d/%d in %.1fs", url, type(e).__name__,
                             attempt + 1, self.max_retries, delay)
@@ -203,6 +202,16 @@ class CompletionClient:
             self._db.execute("INSERT OR REPLACE INTO completions VALUES (?, ?, ?, ?, ?, ?, ?)",
                              (key, self.endpoint.model, template_hash, answer, tokens_in, tokens_out, time.time()))
         return answer
+
+
+_CHECK_URL = ("check the base URL (HARNESS_JUDGE_BASE_URL, OPENAI_BASE_URL or --judge-base-url) and that "
+              "the server is up")
+
+
+def _gave_up(url: str, attempts: int, e: Exception) -> UserError:
+    if isinstance(e, openai.APIConnectionError):  # timeouts too
+        return UserError(f"judge: could not reach {url} after {attempts} attempts ({type(e).__name__}); {_CHECK_URL}")
+    return UserError(f"judge: kept failing at {url} after {attempts} attempts ({type(e).__name__}); try again later")
 
 
 def _key_rejected(url: str) -> UserError:

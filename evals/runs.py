@@ -99,7 +99,10 @@ def discover(paths: list[Path]) -> list[Path]:
 
 def _read_metrics(path: Path) -> tuple[list[dict] | None, list[str], str | None]:
     """(records, notes, fatal): a truncated *last* line is tolerated and noted; a bad line elsewhere is corruption."""
-    records, problems = read_jsonl(path)
+    try:
+        records, problems = read_jsonl(path)
+    except (OSError, ValueError) as e:  # bytes that are not UTF-8 (a damaged disk): skip the run, never raise
+        return None, [], f"unreadable metrics.jsonl ({type(e).__name__}: {e})"
     if any(not isinstance(r, dict) for r in records):
         return None, [], "corrupt metrics.jsonl (a line is not a JSON object)"
     if not problems:

@@ -24,8 +24,8 @@ def test_truncation_drops_the_end_of_the_post_and_keeps_tldr():
     # template words: "SUBREDDIT:", "r/tifu", "TITLE:", "t", "POST:", post..., "TL;DR:" -> 6 + post words
     ids = truncate_prompt(ex, WordTokenizer(), max_tokens=20)
     assert len(ids) == 20  # 14 post words kept
-    with pytest.raises(UserError, match="cannot hold even an empty post"):
-        truncate_prompt(ex, WordTokenizer(), max_tokens=5)
+    with pytest.raises(UserError, match="cannot hold even an empty post"):  # 5 words without the title
+        truncate_prompt(ex, WordTokenizer(), max_tokens=4)
 
 
 def test_truncation_with_a_real_tokenizer_keeps_the_tldr_marker(tiny_test_models):
