@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import traceback
 from pathlib import Path
@@ -44,7 +45,9 @@ def make_judge(cfg: RunConfig, data: TaskData):
     if choice == "openai":
         from evals.judge import OpenAIJudge
 
-        return OpenAIJudge(model=cfg.eval.judge_model, cache_dir=str(cache_root(cfg.model.cache_dir) / "judge"))
+        judge = OpenAIJudge(model=cfg.eval.judge_model, cache_dir=str(cache_root(cfg.model.cache_dir) / "judge"))
+        judge.client.preflight()  # an unreachable endpoint or unserved model fails now, not after training
+        return judge
     return None
 
 
@@ -52,13 +55,21 @@ def evaluate(cfg: RunConfig, models: Models, data: TaskData, judge, policy=None,
              runtime: Runtime | None = None) -> tuple[dict, list[dict]]:
     """The end-of-run TL;DR evaluation of `policy` (default: the trained policy) on held-out prompts; with several
     processes every rank scores its share and rank 0 gets the metrics (the others get ({}, []))."""
+    runtime = runtime or Runtime.single()
     with models.as_reference() as reference:
         if policy is None:
             policy = models.policy
-        return evaluate_tldr(policy, reference, models.reward_model, models.tokenizer,
-                             data.sft_eval[: cfg.eval.prompts], max_prompt_tokens=cfg.task.max_prompt_tokens,
-                             max_new_tokens=cfg.generation.max_new_tokens, temperature=cfg.eval.temperature,
-                             kl_temperature=cfg.generation.temperature, judge=judge, runtime=runtime)
+        metrics, samples = evaluate_tldr(policy, reference, models.reward_model, models.tokenizer,
+                                         data.sft_eval[: cfg.eval.prompts], max_prompt_tokens=cfg.task.max_prompt_tokens,
+                                         max_new_tokens=cfg.generation.max_new_tokens,
+                                         temperature=cfg.eval.temperature, kl_temperature=cfg.generation.temperature,
+                                         judge=judge, runtime=runtime)
+    bad = runtime.broadcast([k for k in ("rm_score", "kl", "kl_exact") if k in metrics
+                             and not math.isfinite(metrics[k])])
+    if bad:  # never written into a summary or the SFT-baseline cache
+        raise TrainingDiverged(f"evaluation gave non-finite {', '.join(bad)}: check the reward model's outputs "
+                               f"and the policy's weights")
+    return metrics, samples
 
 
 def sft_baseline(cfg: RunConfig, models: Models, data: TaskData, judge, console: Console,

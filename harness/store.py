@@ -54,11 +54,20 @@ def _jsonable(x: Any) -> Any:
 
 
 def append_jsonl(path: Path, record: dict) -> None:
-    """Append one line and fsync; a crash can at worst leave a truncated last line, which readers skip."""
+    """Append one line and fsync; a crash can at worst leave a truncated last line, which readers skip (a line
+    appended after such a fragment starts on a line of its own, so it is not lost with it)."""
+    path = Path(path)
+    torn = path.exists() and path.stat().st_size > 0 and _last_byte(path) != b"\n"
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, sort_keys=True, default=_jsonable) + "\n")
+        f.write(("\n" if torn else "") + json.dumps(record, sort_keys=True, default=_jsonable) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
 
 
 def read_jsonl(path: Path) -> tuple[list[dict], list[str]]:
