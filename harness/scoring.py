@@ -7,6 +7,7 @@ so the ratio pi_theta / pi_t is exactly 1 before the first update.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 MISSING_EOS_SCORE = -1.0
+
+
+def cache_keyword(model) -> str:
+    """The keyword under which this model's forward takes a KV cache: `cache` in recent transformers releases,
+    `past_key_values` before (now deprecated, with a warning on every call)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+
+
+def returned_cache(output):
+    """The KV cache a forward returned, under either name."""
+    return output["cache"] if "cache" in output else output.past_key_values
 
 
 def forward_inputs(query: Tensor, response: Tensor, pad_id: int) -> dict[str, Tensor]:
@@ -53,16 +66,16 @@ def response_outputs(model, query: Tensor, response: Tensor, pad_id: int, group:
         out = model(**forward_inputs(query.repeat_interleave(group, 0), response, pad_id), **keep)
         return getattr(out, field)[:, -Lr:] if at_tokens else getattr(out, field)[:, -(Lr + 1) : -1]
     q_mask = (query != pad_id).long()
-    cache = model(input_ids=query[:, :-1], attention_mask=q_mask[:, :-1],
-                  position_ids=(q_mask[:, :-1].cumsum(1) - 1).clamp(min=0), use_cache=True,
-                  **({"logits_to_keep": 1} if field == "logits" else {})).past_key_values
+    cache = returned_cache(model(input_ids=query[:, :-1], attention_mask=q_mask[:, :-1],
+                                 position_ids=(q_mask[:, :-1].cumsum(1) - 1).clamp(min=0), use_cache=True,
+                                 **({"logits_to_keep": 1} if field == "logits" else {})))
     cache.batch_repeat_interleave(group)
     end = Lr + 1 if at_tokens else Lr  # the last response token predicts nothing: fed only when read at tokens
     attention_mask = torch.cat([q_mask.repeat_interleave(group, 0), (response != pad_id).long()], 1)[:, : Lq + end - 1]
     position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)[:, Lq - 1 :]
     ids = torch.cat([query[:, -1:].repeat_interleave(group, 0), response[:, : end - 1]], 1)
-    out = model(input_ids=ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache,
-                use_cache=True)
+    out = model(input_ids=ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
+                **{cache_keyword(model): cache})
     return getattr(out, field)[:, 1:] if at_tokens else getattr(out, field)
 
 
