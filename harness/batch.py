@@ -31,6 +31,8 @@ class Batch:
     values_old: Tensor | None = None  # [P, K, Lr] critic values at rollout time (algorithms with a critic)
     logp_mask: Tensor | None = None  # [P, K, Lr] where log-probs count, when not `mask` (mask_post_eos=False: all)
     preference: Tensor | None = None  # [P, K, K] P(y_i > y_j) from the preference model (needs_preference)
+    sample_logp: Tensor | None = None  # [P, S, Lr] the rollout engine's log-probs of the S sampled responses'
+    # tokens, compared with logp_old (the trainer's forward) to measure the engine's drift; not used by losses
     extras: dict[str, Tensor] = field(default_factory=dict)  # per-prompt tensors an algorithm prepared, [P, ...]
 
     @property

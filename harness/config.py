@@ -66,6 +66,9 @@ class TaskSettings(Strict):
 class GenerationSettings(Strict):
     temperature: float = Field(0.1, gt=0, description="sampling temperature; also divides every training log-prob")
     max_new_tokens: int = Field(53, gt=0)
+    engine: Literal["auto", "hf", "vllm"] = Field("auto", description="rollout engine: the backbone's sampler (hf), "
+                                                  "vLLM, or auto (vLLM when installed and a GPU is present)")
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="GPU memory share for vLLM (colocated)")
 
 
 class TrainSettings(Strict):

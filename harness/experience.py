@@ -9,7 +9,7 @@ from torch import Tensor
 
 from harness.batch import Batch, PolicyOutput
 from harness.models import Models
-from harness.rollout import sample, truncate_after_eos
+from harness.rollout import HFEngine, truncate_after_eos
 from harness.scoring import (kl_penalised_reward, reward_scores, sequence_kl, sequence_logprobs, token_rewards,
                              token_values)
 from harness.tasks.synthetic import Facts, bradley_terry_prob, gold_reward
@@ -120,7 +120,7 @@ def preference_probs(models: Models, examples: list[Example], response: Tensor, 
 def collect_online(models: Models, examples: list[Example], samples_per_prompt: int, max_prompt_tokens: int,
                    max_new_tokens: int, temperature: float, kl_coef: float, chunk: int, budget: Budget,
                    generator: torch.Generator, append_reference: bool = False, count_post_eos: bool = False,
-                   preferences: bool = False, with_policy: bool = True) -> Batch:
+                   preferences: bool = False, with_policy: bool = True, engine=None) -> Batch:
     """Sample S responses per prompt from pi_t, cut at EOS, score them: the on-policy Batch.
 
     append_reference: the example's human reference becomes response S+1 of its prompt, scored like a sample.
@@ -128,14 +128,17 @@ def collect_online(models: Models, examples: list[Example], samples_per_prompt: 
     preferences: fill `batch.preference` from the preference model.
     with_policy=False: pi_t's log-probs, the critic's values and the rewards that need them are left for
     `adopt_policy_forward` (single-pass updates).
+    engine: the rollout engine (harness.rollout.HFEngine, the backbone's sampler, by default).
     """
     P, S = len(examples), samples_per_prompt
     K = S + int(append_reference)
     tok, eos, pad = models.tokenizer, models.eos_id, models.pad_id
     query = encode_queries(examples, tok, max_prompt_tokens, models.device)
+    engine = engine or HFEngine()
     with Timer(budget, "generation"):
-        raw = torch.cat([sample(models.policy, query[p], max_new_tokens, temperature, pad, generator, group=S)
-                         for p in _chunks(P, max(1, chunk // S))])
+        parts = [engine.generate(models.policy, query[p], max_new_tokens, temperature, pad, generator, S)
+                 for p in _chunks(P, max(1, chunk // S))]
+        raw, engine_logp = (torch.cat(x) for x in zip(*parts))
         response, mask = truncate_after_eos(raw, eos, pad)
     tokens, logp_mask = (raw, torch.ones_like(mask)) if count_post_eos else (response, mask)
     if append_reference:
@@ -164,7 +167,7 @@ def collect_online(models: Models, examples: list[Example], samples_per_prompt: 
                   logp_ref=grouped(scored["logp_ref"]), score=grouped(scored["score"]),
                   values_old=grouped(scored.get("values_old")),
                   logp_mask=grouped(logp_mask) if count_post_eos else None,
-                  preference=preference)
+                  preference=preference, sample_logp=engine_logp[:, :width].reshape(P, S, -1))
     if with_policy:
         fill_rewards(batch, kl_coef)
     return batch

@@ -19,6 +19,7 @@ from harness.errors import UserError
 from harness.experience import (Budget, Timer, adopt_policy_forward, collect_online, collect_pairs, gold_rewards,
                                 policy_output)
 from harness.models import Models
+from harness.rollout import logprob_drift, make_engine
 from harness.tasks.tldr import Example
 
 
@@ -55,6 +56,11 @@ class Trainer:
         self.data_pass, self.cursor = 0, 0
         self.order = data_order(len(self.train_examples), self.cfg.seed)
         self.temperature = self.algo.logprob_temperature or self.cfg.generation.temperature
+        g = self.cfg.generation
+        self.engine = None if self.algo.data == "preference_pairs" else make_engine(
+            g.engine, self.models.origin.get("policy", ""), self.cfg.model.dtype,
+            derived_seed(self.cfg.seed, "engine", rank), self.cfg.task.max_prompt_tokens + g.max_new_tokens,
+            g.vllm_gpu_memory_utilization)
 
     def next_prompts(self) -> list[Example]:
         """This rank's shard of the next P prompts of a seeded permutation of the training split (a new
@@ -84,11 +90,13 @@ class Trainer:
             if self.algo.data == "preference_pairs":
                 return collect_pairs(self.models, examples, self.cfg.task.max_prompt_tokens, g.max_new_tokens,
                                      self.temperature, chunk, self.budget, with_policy=not self.single_pass)
+            self.engine.sync(self.models.policy)
             return collect_online(self.models, examples, self.algo.samples_per_prompt, self.cfg.task.max_prompt_tokens,
                                   g.max_new_tokens, g.temperature, t.kl_coef, chunk, self.budget, self.sampler,
                                   append_reference=self.algo.data == "online_with_reference",
                                   count_post_eos=not self.algo.mask_post_eos,
-                                  preferences=self.algo.needs_preference, with_policy=not self.single_pass)
+                                  preferences=self.algo.needs_preference, with_policy=not self.single_pass,
+                                  engine=self.engine)
         finally:
             self.models.policy.train()
 
@@ -101,6 +109,10 @@ class Trainer:
             adopt_policy_forward(batch, first, self.cfg.train.kl_coef)
         if batch.reward is not None and not torch.isfinite(batch.reward).all():
             raise TrainingDiverged(f"non-finite rewards at iteration {iteration}: check the reward model's outputs")
+        drift = {}
+        if batch.sample_logp is not None:
+            S = batch.sample_logp.shape[1]
+            drift = logprob_drift(batch.sample_logp, batch.logp_old[:, :S], batch.counted_mask[:, :S])
         batch.extras = self.algo.prepare(batch)
         stats: dict[str, list[float]] = {}
         micro = self.cfg.train.micro_batch_prompts or batch.num_prompts
@@ -125,7 +137,7 @@ class Trainer:
                 self.optimizer.step()
                 self.scheduler.step()
                 self.budget.optimizer_steps += 1
-        return {k: sum(v) / len(v) for k, v in stats.items()}
+        return {**{k: sum(v) / len(v) for k, v in stats.items()}, **drift}
 
     def iteration(self, iteration: int) -> dict:
         """One iteration; returns its metrics line (cumulative budget + this iteration's statistics), reduced over

@@ -14,7 +14,7 @@ import torch
 
 import algorithms
 from algorithms.base import REGISTRY, make, names
-from harness import experience
+from harness import experience, rollout
 from harness.config import resolve
 from harness.experience import Budget
 from harness.models import load_models
@@ -92,14 +92,16 @@ class Recorder:
         mods += [(models.critic.base_model, "critic")] if models.critic is not None else []
         for module, role in mods:
             module.register_forward_pre_hook(lambda *a, role=role: self._hit(f"forward:{role}"))
-        for fn in ("sequence_logprobs", "reward_scores", "token_values", "sample"):
-            original = getattr(experience, fn)
+        # generation goes through the rollout engine (harness.rollout.HFEngine here), which calls rollout.sample
+        for owner, fn in ((experience, "sequence_logprobs"), (experience, "reward_scores"),
+                          (experience, "token_values"), (rollout, "sample")):
+            original = getattr(owner, fn)
 
             def wrapped(model, *a, _fn=fn, _orig=original, **k):
                 self.calls[f"{_fn}:{self.roles.get(id(model), 'critic')}"] += 1
                 return _orig(model, *a, **k)
 
-            monkeypatch.setattr(experience, fn, wrapped)
+            monkeypatch.setattr(owner, fn, wrapped)
 
     def _hit(self, key):
         self.calls[key] += 1
