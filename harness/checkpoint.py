@@ -3,7 +3,8 @@
 Layout under the run's `checkpoints/`:
   iter-000010/policy/     the policy (or its LoRA adapter) in Hugging Face format, safetensors
   iter-000010/critic/     the critic, for optimizers that have one
-  iter-000010/trainer.pt  optimizer and scheduler state (identical on every rank: gradients are averaged)
+  iter-000010/trainer.pt  optimizer and scheduler state (identical on every rank: gradients are averaged; under
+                          FSDP gathered to rank 0)
   iter-000010/rank-0.pt   each rank's random streams, data position, budget and optimizer-algorithm state
   latest.json             {"iteration": 10, "dir": "iter-000010", "world_size": 1}, replaced atomically
 A checkpoint is complete before latest.json points to it, and the previous one is deleted only after that, so a
@@ -23,33 +24,44 @@ from harness.errors import UserError
 from harness.store import read_json, write_json
 
 
-def save_weights(model: nn.Module, path: Path) -> None:
-    """Hugging Face format (a LoRA model saves its adapter), safetensors only; a model without
-    `save_pretrained` (a scalar-head reward model as critic) saves its state dict as safetensors."""
+def save_weights(model: nn.Module, path: Path, runtime: Runtime | None = None) -> None:
+    """Hugging Face format (a LoRA model saves its adapter), safetensors only, written by rank 0 (every rank must
+    call: under FSDP the full weights are gathered first). A model without `save_pretrained` (a scalar-head reward
+    model as critic) saves its state dict as safetensors."""
+    runtime = runtime or Runtime.single()
+    if hasattr(model, "peft_config"):  # an adapter (never sharded: LoRA runs are plain data parallel)
+        if runtime.is_main:
+            model.save_pretrained(path, safe_serialization=True)
+        return
+    state = runtime.full_state_dict(model)
+    if not runtime.is_main:
+        return
     if hasattr(model, "save_pretrained"):
-        model.save_pretrained(path, safe_serialization=True)
+        model.save_pretrained(path, state_dict=state, safe_serialization=True)
     else:
-        from safetensors.torch import save_model
+        from safetensors.torch import save_file
 
         path.mkdir(parents=True, exist_ok=True)
-        save_model(model, str(path / "model.safetensors"))
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path / "model.safetensors"))
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
-    """Load what `save_weights` wrote into `model` in place (same architecture, same LoRA setup). Through the
-    library's own loader, which knows how its files name the weights."""
+def load_weights(model: nn.Module, path: Path, runtime: Runtime | None = None) -> None:
+    """Load what `save_weights` wrote into `model` in place (same architecture, same LoRA setup), on every rank.
+    Hugging Face folders go through the library's own loader, which knows how its files name the weights."""
+    runtime = runtime or Runtime.single()
     if (path / "adapter_config.json").exists():
         from peft import load_peft_weights, set_peft_model_state_dict
 
         set_peft_model_state_dict(model, load_peft_weights(str(path), device="cpu"))
-    elif (path / "config.json").exists():
+        return
+    if (path / "config.json").exists():
         dtype = next(model.parameters()).dtype
-        saved = type(model).from_pretrained(path, use_safetensors=True, dtype=dtype)
-        model.load_state_dict(saved.state_dict())
+        state = type(model).from_pretrained(path, use_safetensors=True, dtype=dtype).state_dict()
     else:
-        from safetensors.torch import load_model
+        from safetensors.torch import load_file
 
-        load_model(model, str(path / "model.safetensors"))
+        state = load_file(str(path / "model.safetensors"))
+    runtime.load_full_state_dict(model, state)
 
 
 def latest(root: Path) -> dict | None:
@@ -67,9 +79,10 @@ def save(root: Path, iteration: int, trainer, runtime: Runtime) -> None:
     path = root / name
     if runtime.is_main:
         shutil.rmtree(path, ignore_errors=True)  # a half-written one from an earlier, killed attempt
-        save_weights(trainer.models.policy, path / "policy")
-        if trainer.models.critic is not None:
-            save_weights(trainer.models.critic, path / "critic")
+    runtime.barrier()
+    save_weights(trainer.models.policy, path / "policy", runtime)
+    if trainer.models.critic is not None:
+        save_weights(trainer.models.critic, path / "critic", runtime)
     runtime.barrier()
     state = trainer.state_dict()
     if runtime.is_main:
@@ -96,9 +109,9 @@ def restore(root: Path, trainer, runtime: Runtime) -> int:
         raise UserError(f"the checkpoint in {root} was written by {info['world_size']} processes; resume it with "
                         f"the same number (this run has {runtime.world_size})")
     path = root / info["dir"]
-    load_weights(trainer.models.policy, path / "policy")
+    load_weights(trainer.models.policy, path / "policy", runtime)
     if trainer.models.critic is not None:
-        load_weights(trainer.models.critic, path / "critic")
+        load_weights(trainer.models.critic, path / "critic", runtime)
     state = torch.load(path / "trainer.pt", weights_only=True, map_location="cpu")
     state.update(torch.load(path / f"rank-{runtime.rank}.pt", weights_only=True, map_location="cpu"))
     trainer.load_state_dict(state)

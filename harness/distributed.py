@@ -9,16 +9,20 @@ GPUs, gloo on CPUs):
     the backbone's shared-prefix forwards call a model twice per backward, which DDP's reducer does not allow),
     so every rank holds the same weights and optimizer state;
   - statistics and budget counters are reduced, evaluation is sharded and gathered, and rank 0 alone writes.
-With one process every collective is the identity, and nothing changes.
+With an FSDP accelerate config the trainable models are sharded instead (harness/fsdp.py) and FSDP averages the
+gradients. With one process every collective is the identity, and nothing changes.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 from functools import cached_property
 
 import torch
+from torch import nn
 
+from harness import fsdp
 from harness.errors import UserError
 
 BUCKET_ELEMENTS = 2**24  # gradients are all-reduced in flat buckets of this many elements (64 MB in fp32)
@@ -37,6 +41,7 @@ class Runtime:
     world_size: int = 1
     device: torch.device = torch.device("cpu")
     backend: str | None = None
+    fsdp: fsdp.FsdpSettings | None = None  # sharded (FSDP2) instead of replicated models
 
     @classmethod
     def single(cls, device: str = "cpu") -> "Runtime":
@@ -47,13 +52,14 @@ class Runtime:
         """The launcher's process group if there is one (accelerate launch, torchrun), else one process."""
         import os
 
+        sharding = fsdp.FsdpSettings.from_environment()
         if int(os.environ.get("WORLD_SIZE", "1")) == 1:
             return cls.single("cuda" if torch.cuda.is_available() else "cpu")
         from accelerate import PartialState
 
         state = PartialState(cpu=not torch.cuda.is_available())  # without cpu=True it would not form a CPU group
         return cls(rank=state.process_index, world_size=state.num_processes, device=state.device,
-                   backend=state.backend)
+                   backend=state.backend, fsdp=sharding)
 
     @property
     def is_main(self) -> bool:
@@ -110,9 +116,42 @@ class Runtime:
         if self.distributed:
             torch.distributed.barrier()
 
+    def prepare_models(self, models) -> None:
+        """Shard the trainable models (FSDP runs) before an optimizer is made over their parameters."""
+        if self.fsdp is not None:
+            for model in (models.policy, models.critic):
+                if model is not None:
+                    fsdp.shard(model, self.fsdp)
+
+    def gathered(self, *models: nn.Module | None):
+        """Sharded models' weights gathered for rollouts and evaluation (FSDP); nothing to do otherwise."""
+        return fsdp.gathered(*models) if self.fsdp is not None else contextlib.nullcontext()
+
+    def full_state_dict(self, model: nn.Module) -> dict:
+        """The model's whole state on rank 0 (a collective under FSDP; {} on the other ranks there)."""
+        return fsdp.full_state_dict(model) if self.fsdp is not None else model.state_dict()
+
+    def load_full_state_dict(self, model: nn.Module, state: dict) -> None:
+        if self.fsdp is not None:
+            fsdp.load_full_state_dict(model, state)
+        else:
+            model.load_state_dict(state)
+
+    def optimizer_state(self, modules: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+        """Optimizer state over `modules`' parameters: identical on every rank for data parallel, gathered to
+        rank 0 under FSDP (a collective)."""
+        return fsdp.optimizer_state(modules, optimizer) if self.fsdp is not None else optimizer.state_dict()
+
+    def load_optimizer_state(self, modules: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+        if self.fsdp is not None:
+            fsdp.load_optimizer_state(modules, optimizer, state)
+        else:
+            optimizer.load_state_dict(state)
+
     def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        """grad := mean over ranks of grad, for every parameter (a missing grad counts as zeros on that rank)."""
-        if not self.distributed:
+        """grad := mean over ranks of grad, for every parameter (a missing grad counts as zeros on that rank).
+        Under FSDP the gradients are already averaged (reduce-scattered) by the backward."""
+        if not self.distributed or self.fsdp is not None:
             return
         for p in params:
             if p.grad is None:
@@ -130,7 +169,8 @@ class Runtime:
     def label(self) -> str:
         if not self.distributed:
             return f"1 process on {self.device}"
-        return f"{self.world_size} data-parallel processes ({self.backend}) on {self.device.type}"
+        kind = "FSDP2-sharded" if self.fsdp is not None else "data-parallel"
+        return f"{self.world_size} {kind} processes ({self.backend}) on {self.device.type}"
 
 
 def _buckets(params: list[torch.nn.Parameter], size: int):

@@ -212,12 +212,18 @@ def collect_pairs(models: Models, examples: list[Example], max_prompt_tokens: in
                  logp_ref=scored["logp_ref"].reshape(P, 2, -1))
 
 
-def policy_output(models: Models, batch: Batch, temperature: float) -> PolicyOutput:
-    """pi_theta's per-token log-probs (with gradients) of the batch's responses, by the same function as pi_t's."""
+def policy_output(models: Models, batch: Batch, temperature: float, shared_prefix: bool = True) -> PolicyOutput:
+    """pi_theta's per-token log-probs (with gradients) of the batch's responses, by the same function as pi_t's.
+
+    shared_prefix=False: one forward per response, its prompt included (the same numbers up to float rounding).
+    FSDP needs it: the shared-prefix path feeds one forward's KV cache into a second forward, and FSDP's backward
+    hooks see only tensors a forward returns, not a cache object.
+    """
     P, K = batch.num_prompts, batch.samples_per_prompt
-    q, r, m = batch.query, batch.flat("response"), batch.counted_mask.flatten(0, 1)
-    logp = sequence_logprobs(models.policy, q, r, m, models.pad_id, temperature, group=K).tokens.reshape(P, K, -1)
+    r, m = batch.flat("response"), batch.counted_mask.flatten(0, 1)
+    q, group = (batch.query, K) if shared_prefix else (batch.flat("query"), 1)
+    logp = sequence_logprobs(models.policy, q, r, m, models.pad_id, temperature, group=group).tokens.reshape(P, K, -1)
     values = None
     if models.critic is not None:
-        values = token_values(models.critic, q, r, m, models.pad_id, group=K).reshape(P, K, -1)
+        values = token_values(models.critic, q, r, m, models.pad_id, group=group).reshape(P, K, -1)
     return PolicyOutput(logp_tokens=logp, values=values)

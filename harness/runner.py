@@ -56,7 +56,7 @@ def evaluate(cfg: RunConfig, models: Models, data: TaskData, judge, policy=None,
     """The end-of-run TL;DR evaluation of `policy` (default: the trained policy) on held-out prompts; with several
     processes every rank scores its share and rank 0 gets the metrics (the others get ({}, []))."""
     runtime = runtime or Runtime.single()
-    with models.as_reference() as reference:
+    with models.as_reference() as reference, runtime.gathered(models.policy):
         if policy is None:
             policy = models.policy
         metrics, samples = evaluate_tldr(policy, reference, models.reward_model, models.tokenizer,
@@ -145,6 +145,7 @@ def run(cfg: RunConfig, console: Console | None = None, runtime: Runtime | None 
         console.print(summary_table(read_json(run_dir.summary)))
         return run_dir.path
     models = load_models(cfg.model, needs_critic=algo.needs_critic, log=console.print, device=runtime.device)
+    runtime.prepare_models(models)
     if runtime.is_main:
         write_json(run_dir.config, {**read_json(run_dir.config), "model_origin": models.origin})
     describe(cfg, algo, models, data, judge, console, runtime)
@@ -188,7 +189,8 @@ def run(cfg: RunConfig, console: Console | None = None, runtime: Runtime | None 
         if isinstance(e, KeyboardInterrupt):
             console.print(f"interrupted at iteration {iteration}; {kept}")
         raise
-    counters = trainer.counters()  # a collective: every rank takes part
+    counters = trainer.counters()  # collectives: every rank takes part
+    save_policy(models, run_dir.checkpoints / "final", runtime)
     if not runtime.is_main:
         return run_dir.path
     if cfg.train.iterations:
@@ -196,7 +198,6 @@ def run(cfg: RunConfig, console: Console | None = None, runtime: Runtime | None 
                      **{f"eval/{k}": final[k] for k in EVAL_KEYS}})
     write_jsonl(run_dir.samples, samples)
     write_json(run_dir.evals / "tldr.json", final)  # the same file `harness eval RUN --suite tldr` writes
-    save_policy(models, run_dir.checkpoints / "final")
     summary = {"run_id": run_dir.path.name, "status": "completed", "algorithm": algo.name,
                "algorithm_config": algo.hyperparameters(), "task": cfg.task.name, "data_source": source,
                "preset": cfg.preset, "seed": cfg.seed, "config_hash": chash,
@@ -214,10 +215,12 @@ def run(cfg: RunConfig, console: Console | None = None, runtime: Runtime | None 
     return run_dir.path
 
 
-def save_policy(models: Models, path: Path) -> None:
+def save_policy(models: Models, path: Path, runtime: Runtime | None = None) -> None:
     """The trained policy (or its LoRA adapter) and tokenizer, safetensors only; `harness eval` loads it."""
-    models.policy.save_pretrained(path, safe_serialization=True)
-    models.tokenizer.save_pretrained(path)
+    runtime = runtime or Runtime.single()
+    checkpoint.save_weights(models.policy, path, runtime)
+    if runtime.is_main:
+        models.tokenizer.save_pretrained(path)
 
 
 def _status(line: dict) -> str:

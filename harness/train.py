@@ -56,6 +56,7 @@ class Trainer:
         self.data_pass, self.cursor = 0, 0
         self.order = data_order(len(self.train_examples), self.cfg.seed)
         self.temperature = self.algo.logprob_temperature or self.cfg.generation.temperature
+        self.shared_prefix = self.runtime.fsdp is None  # see experience.policy_output
         g = self.cfg.generation
         self.engine = None if self.algo.data == "preference_pairs" else make_engine(
             g.engine, self.models.origin.get("policy", ""), self.cfg.model.dtype,
@@ -82,21 +83,24 @@ class Trainer:
                 and (micro is None or micro * self.runtime.world_size >= self.cfg.train.prompts_per_iteration))
 
     def collect(self, examples: list[Example]) -> Batch:
+        """This iteration's scored batch: sampled by pi_t (online) or the task's pairs (offline)."""
         g, t = self.cfg.generation, self.cfg.train
         local_prompts = t.prompts_per_iteration // self.runtime.world_size
         chunk = 4 * min(t.micro_batch_prompts or local_prompts, local_prompts) * self.algo.samples_per_prompt
         self.models.policy.eval()
         try:
-            if self.algo.data == "preference_pairs":
-                return collect_pairs(self.models, examples, self.cfg.task.max_prompt_tokens, g.max_new_tokens,
-                                     self.temperature, chunk, self.budget, with_policy=not self.single_pass)
-            self.engine.sync(self.models.policy)
-            return collect_online(self.models, examples, self.algo.samples_per_prompt, self.cfg.task.max_prompt_tokens,
-                                  g.max_new_tokens, g.temperature, t.kl_coef, chunk, self.budget, self.sampler,
-                                  append_reference=self.algo.data == "online_with_reference",
-                                  count_post_eos=not self.algo.mask_post_eos,
-                                  preferences=self.algo.needs_preference, with_policy=not self.single_pass,
-                                  engine=self.engine)
+            with self.runtime.gathered(self.models.policy, self.models.critic):
+                if self.algo.data == "preference_pairs":
+                    return collect_pairs(self.models, examples, self.cfg.task.max_prompt_tokens, g.max_new_tokens,
+                                         self.temperature, chunk, self.budget, with_policy=not self.single_pass)
+                self.engine.sync(self.models.policy)
+                return collect_online(self.models, examples, self.algo.samples_per_prompt,
+                                      self.cfg.task.max_prompt_tokens, g.max_new_tokens, g.temperature, t.kl_coef,
+                                      chunk, self.budget, self.sampler,
+                                      append_reference=self.algo.data == "online_with_reference",
+                                      count_post_eos=not self.algo.mask_post_eos,
+                                      preferences=self.algo.needs_preference, with_policy=not self.single_pass,
+                                      engine=self.engine)
         finally:
             self.models.policy.train()
 
@@ -105,7 +109,7 @@ class Trainer:
         over micro-batches. A single-pass update first adopts its own forward as pi_t's log-probs."""
         first = None
         if self.single_pass:
-            first = policy_output(self.models, batch, self.temperature)
+            first = policy_output(self.models, batch, self.temperature, self.shared_prefix)
             adopt_policy_forward(batch, first, self.cfg.train.kl_coef)
         if batch.reward is not None and not torch.isfinite(batch.reward).all():
             raise TrainingDiverged(f"non-finite rewards at iteration {iteration}: check the reward model's outputs")
@@ -122,7 +126,8 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 for part in mb.split(micro):
                     sub = batch.select(part)
-                    new = first.select(part) if first is not None else policy_output(self.models, sub, self.temperature)
+                    new = (first.select(part) if first is not None
+                           else policy_output(self.models, sub, self.temperature, self.shared_prefix))
                     loss, loss_stats = self.algo.loss(sub, new)
                     if not torch.isfinite(loss):
                         raise TrainingDiverged(
@@ -160,15 +165,21 @@ class Trainer:
         summed = self.runtime.sum({k: local[k] for k in ("prompts", "responses", "rm_queries")})
         return {**local, **{k: int(v) for k, v in summed.items()}}
 
+    def trainable_modules(self) -> torch.nn.Module:
+        """The models the optimizer updates, under stable names (what sharded optimizer state is keyed by)."""
+        return torch.nn.ModuleDict({k: m for k, m in (("policy", self.models.policy), ("critic", self.models.critic))
+                                    if m is not None})
+
     def state_dict(self) -> dict:
         """Everything but the weights that a resumed run needs to continue exactly (this rank's part)."""
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+        return {"optimizer": self.runtime.optimizer_state(self.trainable_modules(), self.optimizer),
+                "scheduler": self.scheduler.state_dict(),
                 "generator": self.generator.get_state(), "sampler": self.sampler.get_state(),
                 "data_pass": self.data_pass, "cursor": self.cursor, "algorithm": self.algo.state_dict(),
                 "budget": self.budget.counters()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.runtime.load_optimizer_state(self.trainable_modules(), self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
         self.sampler.set_state(state["sampler"])

@@ -1,4 +1,5 @@
-"""Data parallel with 2 CPU processes (gloo) through `accelerate launch` and the shipped DDP config file."""
+"""Data parallel and FSDP2 sharding with 2 CPU processes (gloo) through `accelerate launch` and the shipped
+config files (configs/accelerate/ddp.yaml, fsdp.yaml)."""
 import json
 import os
 import socket
@@ -11,51 +12,69 @@ import torch
 
 from harness.distributed import Runtime, _buckets, derived_seed
 from harness.errors import UserError
+from harness.fsdp import FsdpSettings
 from harness.store import read_json, read_jsonl
-from tests.distributed.dpo_step import dpo_step
+from tests.distributed.worker import dpo_step, round_trip
 
 ROOT = Path(__file__).resolve().parent.parent
-DDP_CONFIG = ROOT / "configs" / "accelerate" / "ddp.yaml"
+CONFIGS = ROOT / "configs" / "accelerate"
+SETUPS = ["ddp", "fsdp"]
+SAME = ("loss", "score", "kl", "reward", "ppo/value_loss", "ppo/policy_loss", "prompts", "optimizer_steps", "lr")
 
 
-def launch(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+def launch(setup: str, *args: str) -> subprocess.CompletedProcess:
     with socket.socket() as s:  # a free port for the process group
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP_CONFIG),
-                           "--num_processes", "2", "--main_process_port", str(port), *args],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                           str(CONFIGS / f"{setup}.yaml"), "--num_processes", "2", "--main_process_port", str(port),
+                           *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
-def test_two_processes_take_the_same_step_as_one_on_the_global_batch(tiny_test_models, harness_cache, tmp_path):
-    """DPO reads fixed pairs, so the data-parallel step must equal the single-process step on the same 16 pairs:
-    disjoint halves of the batch, one loss (the mean of the halves'), identical weights on both ranks, and the
-    single process's weights."""
-    dpo_step(harness_cache, tmp_path / "one", Runtime.single())
-    done = launch("-m", "tests.distributed.dpo_step", harness_cache, str(tmp_path / "two"))
+@pytest.fixture(scope="module")
+def one_process(tiny_test_models, harness_cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one")
+    dpo_step(harness_cache, out, Runtime.single(), tiny_test_models[2])
+    return out
+
+
+@pytest.mark.parametrize("setup", SETUPS)
+def test_two_processes_step_like_one_and_resume_exactly(setup, one_process, tiny_test_models, harness_cache,
+                                                         tmp_path):
+    """DPO reads fixed pairs, so the 2-process step must equal the 1-process step on the same 16 pairs: disjoint
+    halves of the batch, one loss (the mean of the halves'), identical weights on both ranks, and the single
+    process's weights. Then a PPO checkpoint written by both ranks brings fresh models back to the same numbers."""
+    done = launch(setup, "-m", "tests.distributed.worker", harness_cache, str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
-    one = json.loads((tmp_path / "one" / "rank-0.json").read_text())
-    ranks = [json.loads((tmp_path / "two" / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    one = json.loads((one_process / "dpo-0.json").read_text())
+    ranks = [json.loads((tmp_path / f"dpo-{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert len(ranks[0]["prompts"]) == len(ranks[1]["prompts"]) == 8
     assert ranks[0]["prompts"] + ranks[1]["prompts"] == one["prompts"]  # shards of the same global batch
     for r in ranks:
         assert r["line"]["prompts"] == one["line"]["prompts"] == 16  # counters summed over ranks
         assert r["line"]["loss"] == pytest.approx(one["line"]["loss"], abs=1e-6)  # statistics averaged
-    w1 = torch.load(tmp_path / "one" / "weights-0.pt")
-    w2 = [torch.load(tmp_path / "two" / f"weights-{r}.pt") for r in (0, 1)]
+    w1 = torch.load(one_process / "weights-0.pt")
     before = tiny_test_models[1].policy.state_dict()
     assert any(not torch.equal(w1[n], before[n]) for n in w1)  # the step moved the weights
+    w2 = torch.load(tmp_path / "weights-0.pt")
     for name in w1:
-        assert torch.equal(w2[0][name], w2[1][name]), name  # gradients averaged: ranks stay identical
-        torch.testing.assert_close(w2[0][name], w1[name], atol=2e-6, rtol=1e-5)
+        torch.testing.assert_close(w2[name], w1[name], atol=2e-6, rtol=1e-5)
+    if setup == "ddp":  # replicated: both ranks hold the very same weights
+        w2b = torch.load(tmp_path / "weights-1.pt")
+        assert all(torch.equal(w2[n], w2b[n]) for n in w2)
+    for r in (0, 1):
+        trip = json.loads((tmp_path / f"round-trip-{r}.json").read_text())
+        assert trip["start"] == 1
+        assert {k: trip["resumed"][k] for k in SAME} == {k: trip["straight"][k] for k in SAME}
 
 
-def test_harness_run_under_accelerate_launch_writes_one_run(tiny_test_models, harness_cache, tmp_path):
-    done = launch("-m", "harness", "run", "--algo", "rebel", "--preset", "tiny-test", "--iterations", "2",
+@pytest.mark.parametrize("setup", SETUPS)
+def test_harness_run_under_accelerate_launch_writes_one_run(setup, tiny_test_models, harness_cache, tmp_path):
+    done = launch(setup, "-m", "harness", "run", "--algo", "rebel", "--preset", "tiny-test", "--iterations", "2",
                   "-o", str(tmp_path), "--run-id", "dp", "--set", f"model.cache_dir={harness_cache}",
-                  "--set", "eval.every=0", "--set", "eval.prompts=30")
+                  "--set", "eval.every=1", "--set", "eval.prompts=30", "--set", "train.checkpoint_every=1")
     assert done.returncode == 0, done.stderr[-3000:]
     assert [p.name for p in tmp_path.iterdir()] == ["dp"]  # rank 0 alone writes
     summary = read_json(tmp_path / "dp" / "summary.json")
@@ -64,11 +83,30 @@ def test_harness_run_under_accelerate_launch_writes_one_run(tiny_test_models, ha
     assert budget["prompts"] == 2 * 16 and budget["responses"] == 2 * 2 * 16  # the configured global batch
     assert budget["optimizer_steps"] == 2 * 4
     assert summary["eval"]["n"] == 30  # evaluation sharded over the ranks (15 + 15) and gathered
+    assert summary["eval"]["rm_score"] != summary["sft"]["rm_score"]  # the evaluated policy is the trained one
     samples, _ = read_jsonl(tmp_path / "dp" / "samples.jsonl")
     assert len(samples) == 30 and len({s["prompt"] for s in samples}) == 30
     lines, problems = read_jsonl(tmp_path / "dp" / "metrics.jsonl")
     assert not problems and [r["iteration"] for r in lines if not r.get("final")] == [1, 2]
-    assert "2 data-parallel processes (gloo)" in done.stderr
+    assert "eval/rm_score" in lines[0]
+    assert (tmp_path / "dp" / "checkpoints" / "final" / "model.safetensors").exists()
+    kind = "FSDP2-sharded" if setup == "fsdp" else "data-parallel"
+    assert f"2 {kind} processes (gloo)" in done.stderr
+
+
+def test_fsdp_settings_come_from_accelerate_and_deepspeed_is_refused(monkeypatch):
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    assert FsdpSettings.from_environment() is None
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(UserError, match="fsdp_version: 2"):
+        FsdpSettings.from_environment()
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    monkeypatch.setenv("FSDP_SHARDING_STRATEGY", "SHARD_GRAD_OP")
+    assert FsdpSettings.from_environment() == FsdpSettings(reshard_after_forward=False)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(UserError, match="DeepSpeed is not wired"):
+        FsdpSettings.from_environment()
 
 
 def test_batch_that_does_not_split_evenly_is_refused():

@@ -10,6 +10,7 @@ import torch
 from algorithms.base import make
 from harness.errors import UserError
 from harness.experience import Budget
+from harness.models import load_models
 from harness.rollout import HFEngine, logprob_drift, make_engine, sample
 from harness.train import Trainer
 
@@ -26,9 +27,15 @@ def test_drift_by_hand():
     assert out["rollout/sequence_logratio_abs"] == pytest.approx((0.1 + 0.2) / 2)
 
 
+def fresh(tiny_test_models):
+    """The session's config and data with models of this test's own (training must not touch the shared ones)."""
+    cfg, _, data = tiny_test_models
+    return cfg, load_models(cfg.model, log=lambda *a: None), data
+
+
 @pytest.mark.parametrize("algo", ["rebel", "reinforce", "rebel_hybrid"])  # pi_t from scoring / from the update
 def test_backbone_sampler_agrees_with_the_trainer_forward(algo, tiny_test_models):
-    cfg, models, data = tiny_test_models
+    cfg, models, data = fresh(tiny_test_models)
     trainer = Trainer(cfg, make(algo), models, data.sft_train, Budget())
     assert isinstance(trainer.engine, HFEngine)  # auto on a machine without a GPU
     line = trainer.iteration(1)
@@ -94,7 +101,7 @@ class FakeLLM:
 
 
 def test_vllm_engine_glue_against_a_stand_in(tiny_test_models, monkeypatch):
-    cfg, models, data = tiny_test_models
+    cfg, models, data = fresh(tiny_test_models)
     fake = types.ModuleType("vllm")
     fake.SamplingParams = lambda **kw: types.SimpleNamespace(**kw)
     fake.LLM = lambda model, **kw: FakeLLM(models.policy, model=model, **kw)
