@@ -141,15 +141,16 @@ class RunDir:
             append_jsonl(self.attempts, {"event": "failed", **{k: v for k, v in read_json(failed).items()
                                                                if k != "traceback"}})
             failed.unlink()
+        torn: list[str] = []
         if self.metrics.exists():
-            records, _ = read_jsonl(self.metrics)
+            records, torn = read_jsonl(self.metrics)  # torn: a line cut by the crash; it would sit mid-file
             stale = [r for r in records if r.get("iteration", 0) > resumed_from or r.get("final")]
-            if stale:
+            if stale or torn:
                 for r in stale:
                     append_jsonl(self.path / "metrics.superseded.jsonl", r)
                 write_jsonl(self.metrics, [r for r in records if r not in stale])
         append_jsonl(self.attempts, {"event": "started", "resumed_from": resumed_from, "code_version": code,
-                                     "at": _now()})
+                                     "at": _now(), **({"dropped": torn} if torn else {})})
 
     def is_complete(self) -> bool:
         return self.summary.exists()
