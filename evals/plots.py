@@ -30,8 +30,14 @@ class Figure:
 
 
 def _colours(labels: list[str]) -> dict[str, tuple]:
-    cmap = plt.get_cmap("tab10")
-    return {lab: cmap(i % 10) for i, lab in enumerate(sorted(set(labels)))}
+    """One distinct colour per label: tab10 up to 10 labels, else tab20's dark shades first, then its light ones
+    (tab10 alone would give two optimizers of a 12-row table the same colour)."""
+    names = sorted(set(labels))
+    if len(names) <= 10:
+        cmap = plt.get_cmap("tab10")
+        return {lab: cmap(i) for i, lab in enumerate(names)}
+    cmap, order = plt.get_cmap("tab20"), [*range(0, 20, 2), *range(1, 20, 2)]
+    return {lab: cmap(order[i % 20]) for i, lab in enumerate(names)}
 
 
 def _by_row(runs: list[Run], labels: dict) -> dict[tuple[str, str], list[Run]]:
