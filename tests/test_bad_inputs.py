@@ -546,3 +546,14 @@ def test_missing_model_directory_is_a_one_line_error(tiny_test_models, harness_c
         load_models(cfg.model, log=lambda *a: None)
     assert str(err.value).startswith("cannot load tokenizer '/no/such/policy' (model.tokenizer, default model.policy")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("line", ['"just a string"', "[1, 2]", "null", '{"messages": ["hi"]}', '{"prompt": ""}'])
+def test_bad_chat_rows_are_one_line_errors_with_file_and_line(tmp_path, line):
+    from harness.tasks.chat import load_chat
+
+    (tmp_path / "prompts_train.jsonl").write_text('{"prompt": "hello"}\n' + line + "\n")
+    (tmp_path / "prompts_eval.jsonl").write_text('{"prompt": "hi"}\n')
+    with pytest.raises(UserError) as err:
+        load_chat(str(tmp_path), None)
+    assert str(err.value).startswith(f"{tmp_path / 'prompts_train.jsonl'}:2: ") and "\n" not in str(err.value)

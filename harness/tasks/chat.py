@@ -37,7 +37,12 @@ def _nectar_messages(prompt: str) -> list[dict]:
 
 
 def example_from_row(row: dict, where: str) -> Example:
+    if not isinstance(row, dict):
+        raise UserError(f"{where}: a chat row must be a JSON object with a 'prompt' or 'messages'; fix or delete "
+                        f"that row")
     if isinstance(row.get("messages"), list) and row["messages"]:
+        if not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in row["messages"]):
+            raise UserError(f"{where}: every message needs a 'role' and a 'content' string; fix or delete that row")
         messages = [m for m in row["messages"] if m.get("role") != "assistant" or m is not row["messages"][-1]]
     elif isinstance(row.get("prompt"), str) and row["prompt"].strip():
         text = row["prompt"]
