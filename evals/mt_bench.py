@@ -52,6 +52,10 @@ def load_questions(source: str | Path = HUB_DATASET, reference_path: str | Path 
         rows = [json.loads(line) for line in Path(source).read_text(encoding="utf-8").splitlines() if line.strip()]
     else:
         import datasets
+
+        from harness.assets import Asset, require
+        require([Asset("MT-Bench questions and reference answers", "dataset", str(source), splits=("train",))],
+                "python -m harness prepare --suite chat")
         rows = list(datasets.load_dataset(str(source), split="train"))
     references = {}
     if reference_path is not None:  # FastChat: {"question_id", "choices": [{"turns": [...]}]}

@@ -1,10 +1,12 @@
 """The six Open LLM Leaderboard (v1) tasks through lm-eval: per-task score with its shot count, and their average.
 
-Online the harness runs lm-eval's built-in tasks unchanged. Shot counts differ per task while simple_evaluate's
-num_fewshot is global, so each task is one simple_evaluate call on the same loaded model. Offline (tests, air-gapped
-clusters), `write_shadow_tasks` writes same-named task YAMLs that include the built-in YAML and swap only the data
-source for local JSON/JSONL files: prompts, metrics and filters stay lm-eval's own. Pass their directory as
-`include_path`; lm-eval lets include_path tasks override built-ins of the same name.
+Online the harness runs lm-eval's built-in tasks unchanged; offline (HF_HUB_OFFLINE=1) they read the data sets
+from the datasets cache that `harness prepare --suite open-llm` filled, and a missing one is one line before the
+model loads. Shot counts differ per task while simple_evaluate's num_fewshot is global, so each task is one
+simple_evaluate call on the same loaded model. With local files instead of the hub's (tests), `write_shadow_tasks`
+writes same-named task YAMLs that include the built-in YAML and swap only the data source for local JSON/JSONL
+files: prompts, metrics and filters stay lm-eval's own. Pass their directory as `include_path`; lm-eval lets
+include_path tasks override built-ins of the same name.
 """
 from __future__ import annotations
 
@@ -73,6 +75,10 @@ def run_open_llm(model, output_dir: Path | str, tasks: list[str] | None = None, 
     unknown = [t for t in tasks if t not in LEADERBOARD]
     if unknown:
         raise UserError(f"unknown open-llm task(s) {unknown}; valid: {', '.join(LEADERBOARD)}")
+    from harness.assets import open_llm_assets, require
+
+    require(open_llm_assets(tasks, include_path), "python -m harness prepare --suite open-llm"
+            + (f" --tasks {','.join(tasks)}" if tasks != list(LEADERBOARD) else ""))  # before the model loads
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")  # HFLM's default is cuda even without one
     lm = HFLM(pretrained=str(model) if isinstance(model, (str, Path)) else model, tokenizer=tokenizer,
               device=device, batch_size=batch_size)

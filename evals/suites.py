@@ -178,7 +178,8 @@ def _tldr_judge(cfg, data, base_url: str | None):
         from evals.judge import OpenAIJudge
 
         judge = OpenAIJudge(model=cfg.eval.judge_model, base_url=base_url,
-                            cache_dir=str(cache_root(cfg.model.cache_dir) / "judge"))
+                            cache_dir=str(cache_root(cfg.model.cache_dir) / "judge"), order=cfg.eval.judge_order,
+                            template_path=cfg.eval.judge_template)
     else:
         judge = make_judge(cfg, data)
     if judge is not None and hasattr(judge, "client"):
@@ -238,7 +239,8 @@ def run_tldr(target: Target, *, prompts: int | None = None, judge: str | None = 
     except ValidationError as e:
         first = e.errors()[0]
         raise UserError(f"invalid value for eval.{first['loc'][0]}: {first['msg']}") from None
-    data = load_task(source)
+    _check_tldr_assets(target, settings, source, cfg, preset, log)  # before the data or any model loads
+    data = load_task(source, cfg.task.dataset, cfg.task.preference_dataset)
     judge_obj = _tldr_judge(cfg, data, judge_base_url)  # a bad key or endpoint fails here, before loading models
     models = load_eval_models(settings, None if target.model == settings.policy else target.model, log=log)
     metrics, samples = evaluate(cfg, models, data, judge_obj)
@@ -248,6 +250,21 @@ def run_tldr(target: Target, *, prompts: int | None = None, judge: str | None = 
     write_json(target.out_dir / "tldr.json", metrics)
     write_jsonl(target.out_dir / "tldr_samples.jsonl", samples)
     return metrics
+
+
+def _check_tldr_assets(target: Target, settings, source: str, cfg, preset: str | None, log: Callable) -> None:
+    from harness import assets
+
+    need = assets.model_asset("policy", target.model) + assets.model_asset("reference", settings.policy) + \
+        assets.model_asset("reward model", settings.reward_model) + assets.model_asset("tokenizer", settings.tokenizer)
+    if source == "hub":
+        need += assets.tldr_data(cfg.task.dataset, cfg.task.preference_dataset)
+    if target.run_dir is not None:
+        command = assets.prepare_command(config=target.run_dir, suites=["tldr"])
+    else:
+        command = assets.prepare_command(preset=preset, suites=["tldr"],
+                                         models=list(dict.fromkeys(a.name for a in need if a.kind == "model")))
+    assets.require(need, command, log=log)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -267,6 +284,7 @@ def run_chat(target: Target, *, judge_model: str | None = None, judge_base_url: 
     """Answer AlpacaEval's instructions and MT-Bench's questions with the target's chat template, judge them, and
     write chat.json ({"alpaca_eval": {...}, "mt_bench": {...}}) beside the modules' own files."""
     from evals.alpaca_eval import DEFAULT_ANNOTATOR, generate_outputs, load_reference_outputs, run_alpaca_eval
+    from evals.answer_cache import CachedAnswers, model_fingerprint
     from evals.chat_generate import chat_generator
     from evals.judge import CompletionClient, Endpoint
     from evals.mt_bench import HUB_DATASET, load_questions, run_mt_bench
@@ -278,14 +296,19 @@ def run_chat(target: Target, *, judge_model: str | None = None, judge_base_url: 
                        ("--mt-bench-references", mt_bench_references)):
         if path is not None and not Path(path).is_file():
             raise UserError(f"{flag}: no such file {path}")
+    check_suite_assets("chat", target, alpaca_reference=alpaca_reference, mt_bench_questions=mt_bench_questions,
+                       hub_cache_dir=hub_cache_dir, log=log)  # before any model loads or answer is generated
     references = load_reference_outputs(alpaca_reference, hub_cache_dir)[:limit]
     questions = load_questions(mt_bench_questions or HUB_DATASET, mt_bench_references)[:limit]
-    generate = chat_generator(target.model, device=device, max_new_tokens=max_new_tokens)
+    generate = CachedAnswers(target.out_dir / "chat_answers.jsonl", model_fingerprint(target.model, max_new_tokens),
+                             lambda: chat_generator(target.model, device=device, max_new_tokens=max_new_tokens))
     log(f"AlpacaEval 2.0: {len(references)} instructions, judge {endpoint.model} at {endpoint.base_url}")
     alpaca = run_alpaca_eval(generate_outputs(references, generate, target.name), alpaca_reference, target.out_dir,
                              endpoint=endpoint, annotator=annotator or DEFAULT_ANNOTATOR, hub_cache_dir=hub_cache_dir)
     log(f"MT-Bench: {len(questions)} questions, 2 turns each")
     mt_bench = run_mt_bench(questions, generate, client, target.out_dir)
+    if generate.reused:
+        log(f"reused {generate.reused} answers kept in {generate.path} (same model files and settings)")
     path = target.out_dir / "chat.json"
     chat = {"alpaca_eval": alpaca, "mt_bench": mt_bench_for_report(mt_bench), "model": target.model,
             "limit": limit, **_keep_base(path)}
@@ -303,6 +326,7 @@ def run_open_llm_suite(target: Target, *, include_path: str | None = None, limit
 
     if include_path is not None and not Path(include_path).is_dir():
         raise UserError(f"--include-path: no such directory {include_path}")
+    check_suite_assets("open-llm", target, include_path=include_path, tasks=tasks, log=log)
     path = target.out_dir / "open_llm.json"
     base = _keep_base(path)
     summary = run_open_llm(target.model, target.out_dir, tasks=tasks, include_path=include_path, limit=limit,
@@ -311,6 +335,32 @@ def run_open_llm_suite(target: Target, *, include_path: str | None = None, limit
         summary = {**summary, **base}
         write_json(path, summary)
     return summary
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# offline: what the chat and open-llm suites need, checked before anything loads
+
+def check_suite_assets(suite: str, target: Target, *, alpaca_reference: str | None = None,
+                       mt_bench_questions: str | None = None, hub_cache_dir: str | None = None,
+                       include_path: str | None = None, tasks: list[str] | None = None, log: Callable = print) -> None:
+    """One line naming a missing asset of the chat or open-llm suite and the `harness prepare` command for it."""
+    from harness import assets
+
+    model = assets.model_asset("evaluated model", target.model) if target.run_dir is None else []
+    fetch_models = [a.name for a in model if a.kind == "model"]
+    if suite == "chat":
+        command = assets.prepare_command(suites=["chat"], models=fetch_models)
+        assets.require(model, command, log=log)
+        into = f" --dir {Path(hub_cache_dir).parent}" if hub_cache_dir and Path(hub_cache_dir).name == "hub" else ""
+        assets.require(assets.chat_assets(alpaca_reference, mt_bench_questions), command + into,
+                       assets.Caches(hub=hub_cache_dir), log=log)  # prepare --dir D fills D/hub
+    elif suite == "open-llm":
+        if include_path is not None and not Path(include_path).is_dir():
+            raise UserError(f"--include-path: no such directory {include_path}")
+        command = assets.prepare_command(suites=["open-llm"], models=fetch_models) + \
+            (f" --tasks {','.join(tasks)}" if tasks else "") + \
+            (f" --include-path {include_path}" if include_path else "")
+        assets.require(model + assets.open_llm_assets(tasks, include_path), command, log=log)
 
 
 def describe(suite: str, result: dict) -> str:

@@ -83,6 +83,15 @@ def register(app: typer.Typer) -> None:
         judge_cache = None
         if tgt.run_dir is not None and "chat" in chosen:
             judge_cache = cache_root(suites.run_config(tgt.run_dir)[0].model.cache_dir) / "judge"
+        task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+        if "chat" in chosen:  # a missing judge key is the cheaper thing to fix: say it before the assets
+            from evals.judge import Endpoint
+
+            Endpoint.resolve(judge_model, judge_base_url)
+        for name in chosen:  # every suite's hub assets, before the first suite loads a model (tldr: in run_tldr)
+            suites.check_suite_assets(name, tgt, alpaca_reference=alpaca_reference,
+                                      mt_bench_questions=mt_bench_questions, hub_cache_dir=hub_cache_dir,
+                                      include_path=include_path, tasks=task_list, log=console.print)
         console.print(f"[bold]evaluating[/] {tgt.model} -> {tgt.out_dir}")
         for name in chosen:
             console.print(f"[bold]suite[/] {name}")
@@ -98,7 +107,6 @@ def register(app: typer.Typer) -> None:
                                          hub_cache_dir=hub_cache_dir, max_new_tokens=max_new_tokens, device=device,
                                          cache_dir=judge_cache or cache_root(None) / "judge", log=console.print)
             else:
-                task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
                 result = suites.run_open_llm_suite(tgt, include_path=include_path, limit=limit, tasks=task_list,
                                                    device=device, log=console.print)
             console.print(suites.describe(name, result), markup=False, highlight=False)
