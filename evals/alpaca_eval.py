@@ -9,7 +9,9 @@ How it is driven (see EVALS.md for why each point matters):
   only, the key reaches the client through OPENAI_API_KEY set for the duration of the call, so it is never written;
 - caching_path and save_weights_dir are explicit (otherwise it writes into site-packages), and the annotator's name
   carries the judge model so that cached annotations of one judge are never reused for another;
-- the LC metric always fetches df_gamed.csv from the hub: `hub_cache_dir` points it at a pre-seeded cache offline.
+- the LC metric always fetches df_gamed.csv through hf_hub_download, which offline reads the hub cache
+  (`harness prepare --suite chat` fills it; `hub_cache_dir` points at another one): both hub files are checked
+  before anything is judged, and a missing one is one line naming the prepare command.
 All rates are reported as fractions in [0, 1], like every other win rate in the harness (alpaca_eval prints percent).
 """
 from __future__ import annotations
@@ -24,12 +26,13 @@ from typing import Callable
 
 import yaml
 
-from evals.judge import Endpoint
+from evals.judge import Endpoint, client_defaults
 from harness.errors import UserError
 from harness.store import write_json, write_jsonl
 
 HUB_REPO = "tatsu-lab/alpaca_eval"
 HUB_REFERENCE_FILE = "alpaca_eval_gpt4_baseline.json"  # AlpacaEval 2.0: GPT-4 Turbo's outputs on the 805 instructions
+LC_WEIGHTS_FILE = "df_gamed.csv"  # alpaca_eval.metrics.glm_winrate fits the length-controlled win rate on it
 DEFAULT_ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"  # AlpacaEval 2.0's default annotator (needs logprobs)
 
 
@@ -37,6 +40,7 @@ def load_reference_outputs(path: str | Path | None = None, hub_cache_dir: str | 
     """Reference outputs from a .json list or .jsonl file, or (path None) the AlpacaEval 2.0 file from the hub."""
     if path is None:
         from huggingface_hub import hf_hub_download
+        _require_hub_file(HUB_REFERENCE_FILE, "AlpacaEval reference outputs", hub_cache_dir)
         path = hf_hub_download(HUB_REPO, HUB_REFERENCE_FILE, repo_type="dataset", cache_dir=hub_cache_dir)
     text = Path(path).read_text(encoding="utf-8")
     rows = [json.loads(line) for line in text.splitlines() if line.strip()] if str(path).endswith(".jsonl") \
@@ -55,8 +59,8 @@ def generate_outputs(references: list[dict], generate: Callable[[list[list[dict]
 
 
 def run_alpaca_eval(model_outputs: list[dict], reference_outputs_path: str | Path | None, output_dir: Path | str,
-                    endpoint: Endpoint | None = None, annotator: str = DEFAULT_ANNOTATOR, max_concurrency: int = 8,
-                    hub_cache_dir: str | Path | None = None) -> dict:
+                    endpoint: Endpoint | None = None, annotator: str = DEFAULT_ANNOTATOR,
+                    max_concurrency: int | None = None, hub_cache_dir: str | Path | None = None) -> dict:
     """Judge `model_outputs` ({instruction, output[, generator]}) against the references; write the summary
     `alpaca_eval.json`, the per-instruction `alpaca_eval_samples.jsonl`, and alpaca_eval's own files under
     `alpaca_eval/` (annotation cache, leaderboard, annotations) into output_dir."""
@@ -73,8 +77,10 @@ def run_alpaca_eval(model_outputs: list[dict], reference_outputs_path: str | Pat
     reference_json = work / "reference_outputs.json"
     reference_json.write_text(json.dumps(references, indent=1), encoding="utf-8")
     config_path = _write_annotator_config(work, annotator, endpoint, max_concurrency)
+    _require_hub_file(LC_WEIGHTS_FILE, "AlpacaEval LC weights", hub_cache_dir)  # before any judge call
 
-    with _env("OPENAI_API_KEY", endpoint.api_key), _attr(alpaca_eval.constants, "DEFAULT_CACHE_DIR", hub_cache_dir):
+    with _env("OPENAI_API_KEY", endpoint.api_key), _attr(alpaca_eval.constants, "DEFAULT_CACHE_DIR", hub_cache_dir), \
+            _no_verdict_is_a_user_error(work / "annotations_cache.json", annotator, endpoint, config_path):
         leaderboard, annotations = alpaca_eval.evaluate(
             model_outputs=model_outputs, reference_outputs=str(reference_json), annotators_config=str(config_path),
             name=generator, output_path=work, is_return_instead_of_print=True, precomputed_leaderboard=None,
@@ -94,6 +100,13 @@ def run_alpaca_eval(model_outputs: list[dict], reference_outputs_path: str | Pat
     write_json(Path(output_dir) / "alpaca_eval.json", summary)
     write_jsonl(Path(output_dir) / "alpaca_eval_samples.jsonl", records)
     return summary
+
+
+def _require_hub_file(filename: str, role: str, hub_cache_dir: str | Path | None) -> None:
+    from harness.assets import Asset, Caches, require
+
+    require([Asset(role, "file", HUB_REPO, filename, repo_type="dataset")], "python -m harness prepare --suite chat",
+            Caches(hub=str(hub_cache_dir) if hub_cache_dir else None))
 
 
 def _matching_references(references: list[dict], model_outputs: list[dict]) -> list[dict]:
@@ -118,15 +131,43 @@ def _write_annotator_config(work: Path, annotator: str, endpoint: Endpoint, max_
     if config.get("fn_completions") != "openai_completions":
         raise UserError(f"alpaca_eval annotator {annotator!r} does not call an OpenAI-compatible endpoint")
     client_config = work / "client_config.yaml"  # base URL only: the key is never written
-    client_config.write_text(yaml.safe_dump({"default": [{"base_url": endpoint.base_url, "max_retries": 6}]}))
+    concurrency, timeout = client_defaults(endpoint.base_url, max_concurrency)  # a local server: 1 at a time
+    client_config.write_text(yaml.safe_dump({"default": [{"base_url": endpoint.base_url, "max_retries": 6,
+                                                          "timeout": timeout}]}))
     config["prompt_template"] = str(builtin_dir / config["prompt_template"])
     config["completions_kwargs"].update(model_name=endpoint.model, client_config_path=str(client_config),
-                                        num_procs=max_concurrency, requires_chatml=True)
+                                        num_procs=concurrency, requires_chatml=True)
     name = f"{annotator}@{re.sub(r'[^A-Za-z0-9._-]+', '_', endpoint.model)}"
     path = work / "annotators" / name / "configs.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump({name: config}, sort_keys=False))
     return path
+
+
+@contextlib.contextmanager
+def _no_verdict_is_a_user_error(cache: Path, annotator: str, endpoint: Endpoint, config_path: Path):
+    """alpaca_eval's metrics crash (a pandas TypeError) when no annotation has a verdict: say that instead, and say
+    when the reason is likely the server's (no log-probabilities: transformers serve ignores `logprobs` silently)."""
+    try:
+        yield
+    except (TypeError, ValueError, ZeroDivisionError):
+        try:
+            rows = json.loads(cache.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise UserError(f"AlpacaEval failed before writing any annotation with annotator {annotator}") from None
+        if rows and not any(_is_verdict(r.get("preference")) for r in rows):
+            config = next(iter(yaml.safe_load(config_path.read_text()).values()))
+            why = (f"annotator {annotator} reads the verdict from log-probabilities, which this server may not "
+                   f"return: serve the judge where logprobs work (OpenAI, vLLM) or pass --annotator "
+                   f"alpaca_eval_gpt4 (a written verdict, not AlpacaEval 2.0's protocol)"
+                   if config["completions_kwargs"].get("logprobs") else "use a stronger judge")
+            raise UserError(f"AlpacaEval: judge {endpoint.model!r} at {endpoint.base_url} gave no readable verdict "
+                            f"for any of the {len(rows)} pairs (annotations in {cache}); {why}") from None
+        raise
+
+
+def _is_verdict(preference) -> bool:
+    return isinstance(preference, (int, float)) and not math.isnan(preference) and 1 <= preference <= 2
 
 
 def _record(annotation: dict) -> dict:

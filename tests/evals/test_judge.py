@@ -182,3 +182,101 @@ def test_rejected_key_is_a_user_error_without_the_key(tmp_path):
         with pytest.raises(UserError, match="rejected the API key") as err:
             make_judge(stub, tmp_path).win_rate(POSTS[:1], ["x"], ["y"])
     assert KEY not in str(err.value)
+
+
+# --- settings: order protocol, prompt template, cache location, local-server sizing (issues 10 and 11) -------------
+
+def test_random_order_judges_each_pair_once_in_a_seeded_order(tmp_path):
+    responses = [r + " Roommate apologised." for r in REFERENCES]
+    with OpenAIStub(longer_wins) as stub:
+        judge = make_judge(stub, tmp_path, order="random", seed=3)
+        result = judge.win_rate(POSTS, responses, REFERENCES)
+        shown = [summaries(r.body) for r in stub.requests]
+    assert result["calls"] == len(POSTS) and result["order"] == "random"
+    assert result["win_rate"] == 1.0 and result["position_consistency"] is None  # one order: unmeasured
+    # the order comes from the seed and the pair: recomputed by hand for each pair
+    firsts = [judge.policy_first(p, r, ref) for p, r, ref in zip(POSTS, responses, REFERENCES)]
+    assert sorted(shown) == sorted((r, ref) if f else (ref, r) for r, ref, f in zip(responses, REFERENCES, firsts))
+    assert 0 < sum(firsts) < len(POSTS)  # both orders occur on six pairs with this seed
+    assert result["a_rate"] == pytest.approx(sum(firsts) / len(POSTS))  # the longer one wins, wherever it stands
+
+
+def test_random_order_with_an_always_a_judge_shows_its_bias_in_the_a_rate(tmp_path):
+    with OpenAIStub(lambda body: "Preferred: A") as stub:
+        result = make_judge(stub, tmp_path, order="random").win_rate(POSTS, REFERENCES, REFERENCES)
+    assert result["a_rate"] == 1.0 and result["parse_failures"] == 0
+    assert result["wins"] == sum(s["shown"] == "ab" for s in result["per_sample"])
+
+
+def test_unknown_order_is_a_user_error():
+    with pytest.raises(UserError, match="valid: both, random"):
+        OpenAIJudge(base_url="http://127.0.0.1:9/v1", order="shuffled")
+
+
+def test_default_template_file_is_todays_wording():
+    from evals.judge import DEFAULT_TEMPLATE_PATH, read_template
+    assert DEFAULT_TEMPLATE_PATH.name == "tldr_judge.txt" and read_template() == TLDR_TEMPLATE
+    assert DEFAULT_TEMPLATE_PATH.read_text().startswith("Which of the following summaries does a better job")
+
+
+def test_a_users_template_file_is_used_and_keys_its_own_cache(tmp_path):
+    mine = tmp_path / "mine.txt"
+    mine.write_text('Post: {post}\nSummary A:\n{a}\n\nSummary B:\n{b}\n\nFirst write {"json": "braces stay"}\n')
+    with OpenAIStub(longer_wins) as stub:
+        default = make_judge(stub, tmp_path).win_rate(POSTS[:1], [NULL_OUTPUT], REFERENCES[:1])
+        custom = make_judge(stub, tmp_path, template_path=mine).win_rate(POSTS[:1], [NULL_OUTPUT], REFERENCES[:1])
+        sent = user_text(stub.requests[-1].body)
+    assert custom["cache_hits"] == 0 and custom["calls"] == 2  # another template: nothing reused
+    assert custom["prompt_hash"] != default["prompt_hash"] and custom["template"] == str(mine)
+    assert sent.startswith(f"Post: {POSTS[0]}\n") and '{"json": "braces stay"}' in sent
+    with OpenAIStub(longer_wins) as stub:  # the order protocol is part of the key too
+        again = make_judge(stub, tmp_path, order="random").win_rate(POSTS[:1], [NULL_OUTPUT], REFERENCES[:1])
+    assert again["cache_hits"] == 0
+
+
+def test_a_template_without_placeholders_names_them(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("Which is better, A or B?")
+    with pytest.raises(UserError, match=r"lacks \{post\}, \{a\}, \{b\}"):
+        OpenAIJudge(base_url="http://127.0.0.1:9/v1", template_path=bad)
+    with pytest.raises(UserError, match="cannot read it"):
+        OpenAIJudge(base_url="http://127.0.0.1:9/v1", template_path=tmp_path / "missing.txt")
+
+
+def test_judge_cache_honours_harness_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "hc"))
+    judge = OpenAIJudge(model="m", base_url="http://127.0.0.1:9/v1")
+    assert judge.client.cache_path == tmp_path / "hc" / "judge" / "judge_cache.sqlite"
+
+
+def test_local_servers_get_one_request_at_a_time_and_a_long_timeout(monkeypatch):
+    local = CompletionClient(Endpoint("m", "http://127.0.0.1:9/v1", KEY), cache_dir="/tmp")
+    remote = CompletionClient(Endpoint("m", "https://api.example.com/v1", KEY), cache_dir="/tmp")
+    assert (local.max_concurrency, local.timeout) == (1, 900.0)
+    assert (remote.max_concurrency, remote.timeout) == (8, 120.0)
+    monkeypatch.setenv("HARNESS_JUDGE_TIMEOUT", "30")
+    monkeypatch.setenv("HARNESS_JUDGE_CONCURRENCY", "2")
+    assert CompletionClient(Endpoint("m", "http://localhost:9/v1", KEY), cache_dir="/tmp").max_concurrency == 2
+    monkeypatch.setenv("HARNESS_JUDGE_TIMEOUT", "soon")
+    with pytest.raises(UserError, match="HARNESS_JUDGE_TIMEOUT a number of seconds"):
+        CompletionClient(Endpoint("m", "http://localhost:9/v1", KEY), cache_dir="/tmp")
+
+
+def test_a_slow_local_server_is_slow_not_unreachable_and_is_asked_once(tmp_path):
+    with OpenAIStub.like_transformers_serve(longer_wins, delay_s=1.0) as stub:
+        judge = OpenAIJudge(model="/models/judge", base_url=stub.base_url, cache_dir=tmp_path, timeout=0.2)
+        with pytest.raises(UserError, match=r"is up \(it lists its models\) but did not answer within 0.2 s") as err:
+            judge.win_rate(POSTS[:2], ["x", "y"], ["z", "w"])
+        assert len(stub.requests) == 1  # no retry, no second request queued behind the abandoned one
+    assert "slow, not unreachable" in str(err.value) and "(1 attempt, " in str(err.value)
+
+
+def test_what_transformers_serve_rejects_is_one_line_in_its_own_words(tmp_path):
+    with OpenAIStub.like_transformers_serve(longer_wins) as stub:
+        other = CompletionClient(Endpoint("gpt-4o", stub.base_url, KEY), cache_dir=tmp_path)
+        with pytest.raises(UserError, match="answered 400 for model 'gpt-4o': Server is pinned to '/models/judge'"):
+            other.complete_many([[{"role": "user", "content": "hi"}]], "t")
+        stub.known_fields = stub.known_fields - {"temperature"}  # a server whose schema lacks a field we send
+        served = CompletionClient(Endpoint("/models/judge", stub.base_url, KEY), cache_dir=tmp_path)
+        with pytest.raises(UserError, match=r"answered 422 .*Unexpected fields in the request: \{'temperature'\}"):
+            served.complete_many([[{"role": "user", "content": "hi"}]], "t")
