@@ -6,6 +6,11 @@ iteration and generation length; the phases are the backbone's Budget.timings. T
 (a callback), its generation by wrapping `_generate_single_turn` and its scoring as the rest of
 `_generate_and_score_completions`. Our matched run and TRL's alternate for `rounds` rounds (means of the rounds),
 so that a drift in the machine's load does not favour either side.
+Identical work: both contenders compute in float32 without autocast (TRL's configs default to bf16=True, an
+emulated 100x-slower path on AVX2-only CPUs), with the same thread count, and with activation checkpointing off
+or on for both (`checkpointing`); every such setting is read back from each contender and stored under
+`work_settings` in bench.json. Efficiency (harness/efficiency.py, docs/bench.md): tokens/s, MFU and the decode
+bandwidth bound per phase, against the matmul peak and bandwidth measured in this process.
 Memory: `peak_memory_mb` is the peak of live tensor bytes recorded by torch.profiler (profile_memory) from before a
 contender loads its models through its warm-up iterations (the second one has the optimizer state alive): models,
 optimizer state, activations, KV caches - the same way for us and for TRL, and independent of what the C allocator
@@ -14,14 +19,11 @@ resident-set growth over the same start (a thread samples /proc/self/statm every
 """
 from __future__ import annotations
 
-import ctypes
-import gc
 import json
 import os
 import platform
 import shutil
 import tempfile
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -30,6 +32,7 @@ import torch
 
 from algorithms.base import make, names
 from harness.config import RunConfig
+from harness.efficiency import PeakRss, PhaseCounter, TensorPeak, efficiency, machine_peaks, our_phases
 from harness.experience import Budget, encode_queries
 from harness.models import load_models, load_reward_model, load_tokenizer, resolve_paths
 from harness.store import write_json
@@ -43,77 +46,9 @@ MEMORY_METHOD = ("peak_memory_mb: peak of live tensor bytes (torch.profiler memo
                  "keeps, noisy when contenders run one after another)")
 # TRL comparisons: (our optimizer, its settings for identical work, TRL trainer)
 TRL_PAIRS = {"rloo": ("rloo", {"epochs": 1}), "dpo": ("dpo", {})}
-
-
-class PeakRss:
-    """Highest resident set size seen since `rebase()`, in MB above the RSS at that moment."""
-
-    def __init__(self, interval: float = 0.001):
-        self.page = os.sysconf("SC_PAGE_SIZE")
-        self.interval, self.baseline, self.peak = interval, 0, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def rss(self) -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * self.page
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, self.rss())
-
-    def __enter__(self) -> "PeakRss":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def rebase(self) -> None:
-        gc.collect()
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed heap back so the next baseline is honest
-        except OSError:
-            pass
-        self.baseline = self.peak = self.rss()
-
-    def peak_mb(self) -> float:
-        return (max(self.peak, self.rss()) - self.baseline) / 2**20
-
-
-class TensorPeak:
-    """Peak bytes of live tensors (PyTorch's CPU allocator; CUDA's too on GPU) while active, from torch.profiler's
-    memory events (profile_memory=True): allocations minus frees in time order, highest running total. Independent
-    of what the C allocator keeps or returns to the system, so contenders run one after another in one process
-    measure the same way; profiled passes are never the timed ones (the profiler slows them)."""
-
-    def __init__(self):
-        from torch.profiler import ProfilerActivity, profile
-
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-        self.prof = profile(activities=activities, profile_memory=True)
-        self.active = False
-
-    def start(self) -> "TensorPeak":
-        gc.collect()
-        self.prof.start()
-        self.active = True
-        return self
-
-    def stop(self) -> float:
-        """Stops (once) and returns the peak in MB above the start."""
-        if self.active:
-            self.prof.stop()
-            self.active = False
-            events = sorted((e.start_ns(), e.nbytes()) for e in self.prof.profiler.kineto_results.events()
-                            if e.name() == "[memory]")
-            running = self.peak = 0
-            for _, nbytes in events:
-                running += nbytes
-                self.peak = max(self.peak, running)
-            self.prof = None  # drop the event buffers
-        return self.peak / 2**20
+CHECKPOINTING = {"off": (False,), "on": (True,), "both": (False, True)}
+OUR_LOGPROBS = "logits at response positions only (logits_to_keep), then a full log_softmax; not chunked"
+TRL_LOGPROBS = "TRL's fused LM head: tiled log-probs without the full logits (always on in TRL's RLOO/DPO)"
 
 
 def _mean(rows: list[dict]) -> dict:
@@ -121,8 +56,12 @@ def _mean(rows: list[dict]) -> dict:
     return {k: round(v, 4) for k, v in out.items()}
 
 
+def _weight_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
 def bench_ours(name: str, cfg: RunConfig, data, iterations: int, warmup: int, rss: PeakRss,
-               args: dict | None = None) -> dict:
+               args: dict | None = None, checkpointing: bool = False, peaks: dict | None = None) -> dict:
     """One optimizer: fresh models (the SFT policy), `warmup` + `iterations` iterations of the shared Trainer."""
     algo = make(name, args)
     rss.rebase()
@@ -131,18 +70,36 @@ def bench_ours(name: str, cfg: RunConfig, data, iterations: int, warmup: int, rs
     examples = data.pref_train if algo.data == "preference_pairs" else data.sft_train
     budget = Budget()
     trainer = Trainer(cfg, algo, models, examples, budget)
+    if checkpointing:
+        for m in (models.policy, models.critic):
+            if m is not None:
+                m.activation_checkpointing_enable()  # transformers' default: non-reentrant, as TRL's
+        trainer.shared_prefix = False  # checkpointed blocks drop the KV cache a shared-prefix forward continues from
+    counter = PhaseCounter().watch(models.policy, models.reference, models.reward_model, models.critic)
     rows = []
-    for i in range(1, warmup + iterations + 1):
-        if i == warmup + 1:
-            tensors.stop()
-        start = time.perf_counter()
-        trainer.iteration(i)
-        total = time.perf_counter() - start
-        if i > warmup:
-            rows.append({**{f"{k}_s": v for k, v in budget.timings.items()}, "total_s": total})
-    out = {**_mean(rows), "peak_memory_mb": round(tensors.stop(), 1), "peak_rss_mb": round(rss.peak_mb(), 1),
+    with our_phases(counter):
+        for i in range(1, warmup + iterations + 1):
+            if i == warmup + 1:
+                tensors.stop()
+                counter.reset()
+            start = time.perf_counter()
+            trainer.iteration(i)
+            total = time.perf_counter() - start
+            if i > warmup:
+                rows.append({**{f"{k}_s": v for k, v in budget.timings.items()}, "total_s": total})
+    counter.close()
+    mean = _mean(rows)
+    precision = models.precision
+    out = {**mean, "peak_memory_mb": round(tensors.stop(), 1), "peak_rss_mb": round(rss.peak_mb(), 1),
            "responses_per_prompt": budget.responses / max(1, budget.prompts),
-           "optimizer_steps_per_iteration": budget.optimizer_steps / (warmup + iterations)}
+           "optimizer_steps_per_iteration": budget.optimizer_steps / (warmup + iterations),
+           "work_settings": {"compute_dtype": precision.compute_name, "autocast": precision.compute != torch.float32,
+                             "frozen_dtype": precision.frozen_name, "activation_checkpointing": checkpointing,
+                             "padding_free": False, "shared_prefix_forward": trainer.shared_prefix,
+                             "log_probs": OUR_LOGPROBS, "torch_threads": torch.get_num_threads()}}
+    if peaks:
+        out["efficiency"] = efficiency(counter.counts, mean, peaks, precision.compute_name,
+                                       _weight_bytes(models.policy), iterations)
     del trainer, models
     return out
 
@@ -159,12 +116,13 @@ def _ordered(examples: list, cfg: RunConfig, n: int) -> list:
 
 
 class _StepTimer:
-    """TrainerCallback timing each optimizer step, and wrappers timing TRL's generation and scoring."""
+    """TrainerCallback timing each optimizer step, and wrappers timing TRL's generation and scoring (and telling the
+    token counter which phase runs: outside both wrappers a TRL step is in its update)."""
 
-    def __init__(self, stop_after: int, tensors: TensorPeak):
+    def __init__(self, stop_after: int, tensors: TensorPeak, counter: PhaseCounter):
         self.rows: list[dict] = []
         self.current: dict = {}
-        self.stop_after, self.tensors = stop_after, tensors
+        self.stop_after, self.tensors, self.counter = stop_after, tensors, counter
 
     def callback(self):
         from transformers import TrainerCallback
@@ -175,6 +133,7 @@ class _StepTimer:
             def on_step_begin(self, *a, **k):
                 if len(timer.rows) == timer.stop_after:
                     timer.tensors.stop()  # memory over construction and warm-up steps; timed steps unprofiled
+                    timer.counter.reset()
                 timer.current = {"generation_s": 0.0, "scoring_s": 0.0, "start": time.perf_counter()}
 
             def on_step_end(self, *a, **k):
@@ -192,7 +151,8 @@ class _StepTimer:
             before = self.current.get(minus, 0.0) if minus else 0.0
             start = time.perf_counter()
             try:
-                return original(*a, **k)
+                with self.counter.during(phase.removesuffix("_s")):
+                    return original(*a, **k)
             finally:
                 spent = time.perf_counter() - start - ((self.current.get(minus, 0.0) - before) if minus else 0.0)
                 self.current[phase] = self.current.get(phase, 0.0) + spent
@@ -200,9 +160,24 @@ class _StepTimer:
         setattr(obj, method, timed)
 
 
-def bench_trl(kind: str, cfg: RunConfig, data, iterations: int, warmup: int, rss: PeakRss, k: int) -> dict:
+def _trl_work_settings(trainer) -> dict:
+    """What TRL actually ran with, read back from the trainer (not from what was asked)."""
+    args, model = trainer.args, trainer.model
+    forward = getattr(model.forward, "__func__", model.forward)
+    fused = getattr(getattr(forward, "__code__", None), "co_name", "") == "_fused_forward"
+    return {"compute_dtype": "bfloat16" if args.bf16 else "float16" if args.fp16 else "float32",
+            "autocast": trainer.accelerator.mixed_precision != "no", "bf16": args.bf16, "fp16": args.fp16,
+            "accelerate_mixed_precision": trainer.accelerator.mixed_precision,
+            "activation_checkpointing": bool(getattr(model, "is_activation_checkpointing", False)),
+            "activation_checkpointing_kwargs": args.gradient_checkpointing_kwargs,
+            "padding_free": bool(getattr(trainer, "padding_free", getattr(args, "padding_free", False))),
+            "log_probs": TRL_LOGPROBS if fused else "full logits", "torch_threads": torch.get_num_threads()}
+
+
+def bench_trl(kind: str, cfg: RunConfig, data, iterations: int, warmup: int, rss: PeakRss, k: int,
+              checkpointing: bool = False, peaks: dict | None = None) -> dict:
     """TRL's RLOOTrainer (k samples, one update per batch) or DPOTrainer on the same model, tokenizer, prompts,
-    generation length, batch and learning rate as ours."""
+    generation length, batch, learning rate, precision (float32, no autocast) and checkpointing as ours."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
@@ -217,8 +192,11 @@ def bench_trl(kind: str, cfg: RunConfig, data, iterations: int, warmup: int, rss
                   adam_epsilon=t.adam_eps,
                   weight_decay=t.weight_decay, lr_scheduler_type="linear", warmup_steps=0, max_steps=steps,
                   report_to="none", logging_steps=10**6, save_strategy="no", disable_tqdm=True, use_cpu=True,
-                  disable_dropout=True, seed=cfg.seed, dataloader_num_workers=0, gradient_accumulation_steps=1)
-    timer = _StepTimer(stop_after=warmup, tensors=tensors)
+                  disable_dropout=True, seed=cfg.seed, dataloader_num_workers=0, gradient_accumulation_steps=1,
+                  # TRL defaults to bf16=True and gradient_checkpointing=True: not the work ours does
+                  bf16=False, fp16=False, gradient_checkpointing=checkpointing)
+    counter = PhaseCounter(default_phase="update")
+    timer = _StepTimer(stop_after=warmup, tensors=tensors, counter=counter)
     if kind == "rloo":
         from trl import RLOOConfig, RLOOTrainer
 
@@ -233,16 +211,18 @@ def bench_trl(kind: str, cfg: RunConfig, data, iterations: int, warmup: int, rss
                               reward_processing_classes=tok, train_dataset=Dataset.from_dict({"prompt": prompts}))
         timer.wrap(trainer, "_generate_single_turn", "generation_s")
         timer.wrap(trainer, "_generate_and_score_completions", "scoring_s", minus="generation_s")
+        counter.watch(trainer.model, getattr(trainer, "ref_model", None), *trainer.reward_funcs)
     else:
         from trl import DPOConfig, DPOTrainer
 
         pairs = _ordered(data.pref_train, cfg, P * steps)
         prompts = _prompt_texts(pairs, tok, cfg.task.max_prompt_tokens)
-        args = DPOConfig(**common, per_device_train_batch_size=P, beta=make("dpo").beta,
+        args = DPOConfig(**common, per_device_train_batch_size=P, beta=make("dpo").beta, padding_free=False,
                          max_length=cfg.task.max_prompt_tokens + g.max_new_tokens, precompute_ref_log_probs=False)
         ds = Dataset.from_dict({"prompt": prompts, "chosen": [ex.chosen for ex in pairs],
                                 "rejected": [ex.rejected for ex in pairs]})
         trainer = DPOTrainer(model=policy, args=args, processing_class=tok, train_dataset=ds)
+        counter.watch(trainer.model, getattr(trainer, "ref_model", None))
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     for quiet in (PrinterCallback, ProgressCallback):
@@ -252,64 +232,90 @@ def bench_trl(kind: str, cfg: RunConfig, data, iterations: int, warmup: int, rss
         trainer.train()
     finally:
         shutil.rmtree(common["output_dir"], ignore_errors=True)
+        counter.close()
     rows = timer.rows[warmup:]
-    out = {**_mean(rows), "peak_memory_mb": round(tensors.stop(), 1), "peak_rss_mb": round(rss.peak_mb(), 1)}
+    mean = _mean(rows)
+    out = {**mean, "peak_memory_mb": round(tensors.stop(), 1), "peak_rss_mb": round(rss.peak_mb(), 1),
+           "work_settings": _trl_work_settings(trainer)}
+    if peaks:
+        out["efficiency"] = efficiency(counter.counts, mean, peaks, out["work_settings"]["compute_dtype"],
+                                       _weight_bytes(policy), iterations)
     del trainer, policy
     return out
 
 
 def _combine(runs: list[dict]) -> dict:
-    """Alternated rounds of one contender: mean seconds, highest peak memory."""
-    out = {k: (round(sum(r[k] for r in runs) / len(runs), 4) if k != "peak_memory_mb" else max(r[k] for r in runs))
-           for k in runs[0]}
-    return {**out, "rounds": len(runs)}
+    """Alternated rounds of one contender: mean of every number (nested ones too), highest peak memory, the first
+    round's value of anything else (settings, identical in every round)."""
+    def merge(values: list, key: str = ""):
+        first = values[0]
+        if isinstance(first, dict):
+            return {k: merge([v[k] for v in values], k) for k in first}
+        if isinstance(first, (int, float)) and not isinstance(first, bool):
+            return max(values) if key == "peak_memory_mb" else round(sum(values) / len(values), 4)
+        return first
+
+    return {**merge(runs), "rounds": len(runs)}
 
 
 def run_bench(cfg: RunConfig, iterations: int, warmup: int, algos: list[str] | None, with_trl: bool,
-              out_dir: Path, log=print, rounds: int = 2) -> dict:
+              out_dir: Path, log=print, rounds: int = 2, checkpointing: str = "off") -> dict:
+    """Every optimizer in `algos` (None: all; [] none), then ours vs TRL for each TRL_PAIRS entry with activation
+    checkpointing off / on / both (`checkpointing`), alternating for `rounds` rounds."""
     from harness import tasks
 
     import datasets
+    import transformers
 
     warnings.filterwarnings("ignore")
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
+    transformers.logging.set_verbosity_error()  # e.g. "caching is incompatible with gradient checkpointing"
     _, data = tasks.load(cfg.task.name, cfg.task.source, cfg.task.dataset)
     load_models(cfg.model, log=log)  # builds the preset if needed, outside any measurement
-    algos = algos or names()
+    algos = names() if algos is None else algos
+    peaks = machine_peaks(torch.get_num_threads())
+    log(f"machine: matmul {peaks['matmul_gflops']} GFLOP/s, copy bandwidth {peaks['memory_bandwidth_gbs']} GB/s "
+        f"({peaks['device']})")
     result: dict = {"optimizers": {}, "trl": {}, "ratios": {}}
     with PeakRss() as rss:
         log("warm-up (untimed): one rebel run")
         bench_ours("rebel", cfg, data, 1, 1, rss)
         for name in algos:
             log(f"timing {name}")
-            result["optimizers"][name] = bench_ours(name, cfg, data, iterations, warmup, rss)
-        if with_trl:
+            result["optimizers"][name] = bench_ours(name, cfg, data, iterations, warmup, rss, peaks=peaks)
+        for ck in CHECKPOINTING[checkpointing] if with_trl else ():
             for trl_name, (ours, args) in TRL_PAIRS.items():
+                key = f"{trl_name}+checkpointing" if ck else trl_name
                 k = make(ours, args).samples_per_prompt
-                log(f"timing {ours} {args} and TRL's {trl_name} trainer on identical work, alternating, "
-                    f"{rounds} rounds")
-                runs = [(bench_ours(ours, cfg, data, iterations, warmup, rss, args),
-                         bench_trl(trl_name, cfg, data, iterations, warmup, rss, k))
+                log(f"timing {ours} {args} and TRL's {trl_name} trainer on identical work (float32, activation "
+                    f"checkpointing {'on' if ck else 'off'}), alternating, {rounds} rounds")
+                runs = [(bench_ours(ours, cfg, data, iterations, warmup, rss, args, ck, peaks),
+                         bench_trl(trl_name, cfg, data, iterations, warmup, rss, k, ck, peaks))
                         for _ in range(rounds)]
                 matched, theirs = (_combine([r[i] for r in runs]) for i in (0, 1))
-                result["trl"][trl_name] = theirs
-                result["ratios"][trl_name] = {
+                result["trl"][key] = theirs
+                result["ratios"][key] = {
                     "time": round(matched["total_s"] / theirs["total_s"], 3),
                     "memory": round(matched["peak_memory_mb"] / theirs["peak_memory_mb"], 3),
-                    "ours": {"algorithm": ours, "settings": args, **matched}}
+                    "time_by_round": [round(a["total_s"] / b["total_s"], 3) for a, b in runs],
+                    "activation_checkpointing": ck, "ours": {"algorithm": ours, "settings": args, **matched}}
+    result["machine"] = peaks
     result["setup"] = {
         "preset": cfg.preset, "iterations": iterations, "warmup_iterations": warmup,
         "prompts_per_iteration": cfg.train.prompts_per_iteration, "max_new_tokens": cfg.generation.max_new_tokens,
         "max_prompt_tokens": cfg.task.max_prompt_tokens, "temperature": cfg.generation.temperature,
         "lr": cfg.train.lr, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "device": "cuda" if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
-        "trl": _version("trl"), "transformers": _version("transformers"), "python": platform.python_version(),
+        "trl": _version("trl"), "transformers": _version("transformers"), "accelerate": _version("accelerate"),
+        "python": platform.python_version(), "cpu": peaks["cpu"],
         "memory_method": MEMORY_METHOD, "time_unit": "seconds per iteration (mean over timed iterations)",
-        "trl_rounds": rounds if with_trl else 0,
+        "trl_rounds": rounds if with_trl else 0, "activation_checkpointing": checkpointing,
         "trl_settings": "RLOO: k samples, num_iterations 1, min_new_tokens = max_new_tokens, beta = kl_coef; "
-                        "DPO: precompute_ref_log_probs False, same batch of pairs; both: same lr, AdamW eps, "
-                        "weight decay, linear decay, dropout off"}
+                        "DPO: precompute_ref_log_probs False, padding_free False, same batch of pairs; both: "
+                        "bf16 False, fp16 False, gradient_checkpointing as ours, same lr, AdamW eps, weight decay, "
+                        "linear decay, dropout off, same torch threads (one process); each contender's "
+                        "work_settings are read back from it"}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "bench.json", result)
     plot(result, out_dir / "bench.png")
@@ -333,7 +339,7 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     entries = [(n, v, False) for n, v in result["optimizers"].items()]
-    entries += [(f"{r['ours']['algorithm']} (as TRL)", r["ours"], False) for r in result["ratios"].values()]
+    entries += [(f"{r['ours']['algorithm']} (as TRL {n})", r["ours"], False) for n, r in result["ratios"].items()]
     entries += [(f"TRL {n}", v, True) for n, v in result["trl"].items()]
     labels = [n for n, _, _ in entries]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
@@ -364,12 +370,17 @@ def table(result: dict):
                       f"{s['max_new_tokens']} new tokens, mean of {s['iterations']} iterations after "
                       f"{s['warmup_iterations']} warm-up")
     for col in ("optimizer", "resp/prompt", "generation s", "scoring s", "update s", "total s", "peak MB",
-                "vs TRL time", "vs TRL memory"):
+                "decode tok/s", "of BW bound", "update tok/s", "update MFU", "vs TRL time", "vs TRL memory"):
         tab.add_column(col, justify="right" if col != "optimizer" else "left")
 
     def row(name, v, ratio=None):
+        e = v.get("efficiency", {})
+        gen, upd = e.get("generation", {}), e.get("update", {})
         tab.add_row(name, f"{v['responses_per_prompt']:g}" if "responses_per_prompt" in v else "",
                     *(f"{v[k]:.3f}" for k in (*PHASES, "total_s")), f"{v['peak_memory_mb']:.0f}",
+                    f"{gen['tokens_per_s']:.0f}" if gen else "",
+                    f"{100 * gen['fraction_of_bandwidth_bound']:.1f}%" if gen else "",
+                    f"{upd['tokens_per_s']:.0f}" if upd else "", f"{100 * upd['mfu']:.1f}%" if upd else "",
                     f"{ratio['time']:.2f}x" if ratio else "", f"{ratio['memory']:.2f}x" if ratio else "")
 
     for name, v in result["optimizers"].items():
@@ -377,5 +388,8 @@ def table(result: dict):
     for trl_name, r in result["ratios"].items():
         row(f"{r['ours']['algorithm']} {json.dumps(r['ours']['settings'])}", r["ours"], r)
         row(f"TRL {trl_name}", result["trl"][trl_name])
-    tab.caption = f"memory: {s['memory_method']}"
+    m = result.get("machine", {})
+    tab.caption = (f"machine ({m.get('device')}): matmul {m.get('matmul_gflops')} GFLOP/s, copy bandwidth "
+                   f"{m.get('memory_bandwidth_gbs')} GB/s; MFU = 6 N tokens / s / matmul peak of the compute dtype (docs/bench.md); "
+                   f"memory: {s['memory_method']}")
     return tab

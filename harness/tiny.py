@@ -6,7 +6,9 @@ temp dir, then renamed), so an interrupted build is simply redone.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import random
 import shutil
@@ -16,16 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from rich.progress import Progress
 
 from harness.config import TinyRecipe
-from harness.scoring import cross_entropy_on_response, pairwise_reward_loss, reward_scores
+from harness.scoring import cross_entropy_on_response, response_outputs, reward_scores
+from harness.errors import UserError
 from harness.store import config_hash, write_json
 from harness.tasks import synthetic
-from harness.tasks.tldr import TaskData, load_task, truncate_prompt
+from harness.tasks.tldr import TaskData, format_prompt, load_task, truncate_prompt
 from harness.tokens import encode_responses, left_pad
 
-BUILD_VERSION = 1
+BUILD_VERSION = 2  # 2: batches without all-padding columns, each RM pair's prompt run once (same numbers, rounded)
 EOS, PAD = "<|endoftext|>", "<|padding|>"
 
 
@@ -48,18 +52,41 @@ def ensure_tiny(recipe: TinyRecipe, cache_dir: str | None = None, log=print) -> 
     if (final / "build_info.json").exists():
         return TinyPaths(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    log(f"Building the tiny preset (first use; cached afterwards) in {final}")
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".building-"))
-    try:
-        build(recipe, TinyPaths(tmp), log)
-        if final.exists():  # a concurrent build finished first; keep theirs
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with _build_lock(final.parent / f".tiny-{key}.lock", log):  # one build per key at a time, others wait for it
+        if (final / "build_info.json").exists():
+            return TinyPaths(final)
+        log(f"Building the tiny preset (first use; cached afterwards) in {final}")
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".building-"))
+        try:
+            build(recipe, TinyPaths(tmp), log)
+            if final.exists():  # a concurrent build (without the lock: another file system) finished first
+                shutil.rmtree(tmp)
+            else:
+                os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return TinyPaths(final)
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path, log):
+    """An exclusive advisory lock (POSIX flock; none where fcntl is missing), released when the process ends."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"Waiting for another process building the same tiny preset ({path.name})")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def train_tokenizer(data: TaskData, vocab_size: int):
@@ -74,8 +101,14 @@ def train_tokenizer(data: TaskData, vocab_size: int):
 
 
 def _encode(examples, tokenizer, recipe: TinyRecipe, fields: tuple[str, ...]):
-    query = left_pad([truncate_prompt(ex, tokenizer, recipe.max_prompt_tokens) for ex in examples],
-                     tokenizer.pad_token_id)
+    # One batched tokenizer call for every prompt that fits; only the rare longer ones take truncate_prompt's
+    # per-example cut (the same ids either way: truncate_prompt returns the plain encoding when it fits).
+    texts = [format_prompt(ex.subreddit, ex.title, ex.post) if ex.messages is None else None for ex in examples]
+    plain = tokenizer([t or "" for t in texts], add_special_tokens=False)["input_ids"]
+    prompts = [ids if t is not None and len(ids) <= recipe.max_prompt_tokens
+               else truncate_prompt(ex, tokenizer, recipe.max_prompt_tokens)
+               for ex, t, ids in zip(examples, texts, plain)]
+    query = left_pad(prompts, tokenizer.pad_token_id)
     responses = []  # ids, mask, ids, mask, ... in the order of `fields`
     for f in fields:
         responses += encode_responses([getattr(ex, f) for ex in examples], tokenizer, recipe.max_response_tokens,
@@ -83,34 +116,107 @@ def _encode(examples, tokenizer, recipe: TinyRecipe, fields: tuple[str, ...]):
     return query, *responses
 
 
-def _batches(n: int, batch: int, steps: int, rng: torch.Generator):
-    order = torch.randperm(n, generator=rng)
-    pos = 0
-    for _ in range(steps):
-        if pos + batch > n:
-            order, pos = torch.randperm(n, generator=rng), 0
-        yield order[pos : pos + batch]
-        pos += batch
+def _batches(lengths: torch.Tensor, batch: int, steps: int, rng: torch.Generator, bucket: int = 0):
+    """Seeded shuffled batches. bucket 0: consecutive slices of a random permutation (a new one when it runs out).
+    bucket > 1: each run of `bucket` batches is sorted by length before it is cut, and those batches go in random
+    order, so that `_trim` removes most of the padding (batches of similar length; not the same batches)."""
+    n, out = len(lengths), []
+    if n < batch:
+        raise UserError(f"the tiny recipe's batch ({batch}) is larger than its data ({n} rows): lower it")
+    if bucket <= 1:
+        order, pos = torch.randperm(n, generator=rng), 0
+        for _ in range(steps):
+            if pos + batch > n:
+                order, pos = torch.randperm(n, generator=rng), 0
+            out.append(order[pos : pos + batch])
+            pos += batch
+        return out
+    while len(out) < steps:
+        order = torch.randperm(n, generator=rng)
+        for start in range(0, n - batch + 1, batch * bucket):
+            chunk = order[start : start + batch * bucket]
+            chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
+            cut = [chunk[i : i + batch] for i in range(0, len(chunk) - batch + 1, batch)]
+            out += [cut[i] for i in torch.randperm(len(cut), generator=rng).tolist()]
+    return out[:steps]
 
 
-def _optimizer(model, lr: float, steps: int):
+def _trim(idx, query: torch.Tensor, *responses: torch.Tensor, pad: int):
+    """Rows `idx` without the columns that are padding in every row: the left of the (left-padded) queries and the
+    right of the (right-padded) responses, mask included. Positions come from the mask, so the numbers are unchanged."""
+    q = query[idx]
+    q = q[:, int((q != pad).any(0).float().argmax()) :]
+    rows = [r[idx] for r in responses]
+    width = max(int(m.sum(1).max()) for m in rows[1::2])
+    return q, *(r[:, :width] for r in rows)
+
+
+def _lengths(query: torch.Tensor, pad: int, *masks: torch.Tensor) -> torch.Tensor:
+    return (query != pad).sum(1) + sum(m.sum(1) for m in masks)
+
+
+def _optimizer(model, lr: float, steps: int, schedule: str = "linear"):
+    """AdamW, linear warm-up over the first 5% of the steps, then linear or cosine decay to 0."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 1 - s / steps) + 0.0)
-    return opt, sched
+
+    def factor(s: int) -> float:
+        if schedule == "linear":
+            return min(1.0, (s + 1) / warmup) * max(0.0, 1 - s / steps)
+        if s < warmup:
+            return (s + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warmup) / max(1, steps - warmup))))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def pair_loss(rm, query, chosen, chosen_mask, rejected, rejected_mask, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bradley-Terry loss and accuracy as scoring.pairwise_reward_loss, with each prompt run once for its two
+    responses (the shared-prefix forward of reward_scores' group=2): about 40% fewer tokens per pair."""
+    B = len(query)
+    both = torch.stack([chosen, rejected], 1).reshape(2 * B, -1)
+    mask = torch.stack([chosen_mask, rejected_mask], 1).reshape(2 * B, -1)
+    hidden = response_outputs(rm.base_model, query, both, pad, 2, "last_hidden_state", at_tokens=True)
+    last = mask.sum(1) - 1  # the last real token (EOS, or the cut end), where the classifier pools
+    r = rm.score(hidden[torch.arange(2 * B), last]).float().view(B, 2)
+    return -F.logsigmoid(r[:, 0] - r[:, 1]).mean(), (r[:, 0] > r[:, 1]).float().mean()
+
+
+def _train(model, loss_fn, tensors, lengths, steps: int, batch: int, lr: float, rng, name: str, pad: int,
+           recipe: TinyRecipe) -> None:
+    opt, sched = _optimizer(model, lr, steps, recipe.schedule)
+    model.train()
+    with Progress(transient=True) as bar:
+        task = bar.add_task(name, total=steps)
+        for idx in _batches(lengths, batch, steps, rng, recipe.length_buckets):
+            out = loss_fn(model, *_trim(idx, *tensors, pad=pad), pad)
+            loss = out[0] if isinstance(out, tuple) else out
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step(), sched.step(), opt.zero_grad()
+            bar.update(task, advance=1, description=f"{name} loss {loss.item():.3f}")
+    model.eval()
 
 
 def build(recipe: TinyRecipe, out: TinyPaths, log=print) -> None:
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, GPTNeoXForSequenceClassification
 
-    t0 = time.time()
+    t0 = clock = time.time()
+    seconds: dict[str, float] = {}  # where the build's time goes (build_info["seconds"])
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        seconds[name] = round(time.time() - clock, 1)
+        clock = time.time()
+
     torch.manual_seed(recipe.seed)
     random.seed(recipe.seed)
     rng = torch.Generator().manual_seed(recipe.seed)
     data = load_task("synthetic")
+    lap("data")
     tokenizer = train_tokenizer(data, recipe.vocab_size)
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    lap("tokenizer")
     config = GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=recipe.hidden_size,
                            num_hidden_layers=recipe.layers, num_attention_heads=recipe.heads,
                            intermediate_size=4 * recipe.hidden_size,
@@ -119,24 +225,18 @@ def build(recipe: TinyRecipe, out: TinyPaths, log=print) -> None:
                            eos_token_id=eos, bos_token_id=eos, pad_token_id=pad)
     policy = GPTNeoXForCausalLM(config)
     info: dict = {"recipe": recipe.model_dump(), "build_version": BUILD_VERSION,
-                  "parameters": sum(p.numel() for p in policy.parameters())}
+                  "parameters": sum(p.numel() for p in policy.parameters()), "torch_threads": torch.get_num_threads()}
 
     # SFT: cross-entropy of the reference summary given the prompt.
-    query, ref, ref_mask = _encode(data.sft_train, tokenizer, recipe, ("reference",))
-    opt, sched = _optimizer(policy, recipe.sft_lr, recipe.sft_steps)
-    policy.train()
-    with Progress(transient=True) as bar:
-        task = bar.add_task("SFT", total=recipe.sft_steps)
-        for idx in _batches(len(query), recipe.sft_batch, recipe.sft_steps, rng):
-            loss = cross_entropy_on_response(policy, query[idx], ref[idx], ref_mask[idx], pad)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-            opt.step(), sched.step(), opt.zero_grad()
-            bar.update(task, advance=1, description=f"SFT loss {loss.item():.3f}")
-    policy.eval()
+    sft = _encode(data.sft_train, tokenizer, recipe, ("reference",))
+    lap("encode_sft")
+    _train(policy, cross_entropy_on_response, sft, _lengths(sft[0], pad, sft[2]), recipe.sft_steps,
+           recipe.sft_batch, recipe.sft_lr, rng, "SFT", pad, recipe)
+    lap("sft_train")
     eq, eref, emask = _encode(data.sft_eval[:512], tokenizer, recipe, ("reference",))
     with torch.no_grad():
         info["sft_eval_loss"] = cross_entropy_on_response(policy, eq, eref, emask, pad).item()
+    lap("sft_eval")
     info["sft_seconds"] = round(time.time() - t0, 1)
     log(f"  SFT done: held-out loss {info['sft_eval_loss']:.3f} ({info['sft_seconds']} s)")
     policy.save_pretrained(out.policy, safe_serialization=True)
@@ -146,26 +246,21 @@ def build(recipe: TinyRecipe, out: TinyPaths, log=print) -> None:
     t1 = time.time()
     rm = GPTNeoXForSequenceClassification.from_pretrained(out.policy, num_labels=1)
     torch.nn.init.zeros_(rm.score.weight)
-    query, ch, ch_m, rj, rj_m = _encode(data.pref_train, tokenizer, recipe, ("chosen", "rejected"))
-    opt, sched = _optimizer(rm, recipe.rm_lr, recipe.rm_steps)
-    rm.train()
-    with Progress(transient=True) as bar:
-        task = bar.add_task("reward model", total=recipe.rm_steps)
-        for idx in _batches(len(query), recipe.rm_batch, recipe.rm_steps, rng):
-            loss, acc = pairwise_reward_loss(rm, query[idx], ch[idx], ch_m[idx], rj[idx], rj_m[idx], pad)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(rm.parameters(), 1.0)
-            opt.step(), sched.step(), opt.zero_grad()
-            bar.update(task, advance=1, description=f"reward model loss {loss.item():.3f}")
-    rm.eval()
+    pref = _encode(data.pref_train, tokenizer, recipe, ("chosen", "rejected"))
+    lap("encode_pairs")
+    _train(rm, pair_loss, pref, _lengths(pref[0], pad, pref[2], pref[4]), recipe.rm_steps, recipe.rm_batch,
+           recipe.rm_lr, rng, "reward model", pad, recipe)
+    lap("rm_train")
     info.update(_reward_model_report(rm, data, tokenizer, recipe))
     rm.config.reward_bias = info["reward_bias"]
+    lap("rm_eval")
     info["rm_seconds"] = round(time.time() - t1, 1)
     log(f"  reward model done: held-out pair accuracy {info['rm_pair_accuracy']:.2f}, agreement with the gold "
         f"reward {info['rm_gold_rank_correlation']:.2f} (Spearman) ({info['rm_seconds']} s)")
     rm.save_pretrained(out.reward_model, safe_serialization=True)
     tokenizer.save_pretrained(out.reward_model)
     info["total_seconds"] = round(time.time() - t0, 1)
+    info["seconds"] = seconds
     write_json(out.info, info)
 
 

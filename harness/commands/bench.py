@@ -20,6 +20,9 @@ def register(app: typer.Typer) -> None:
         algo: list[str] = typer.Option([], "--algo", "-a", help="only these optimizers (repeatable; default: all)"),
         trl: bool = typer.Option(True, "--trl/--no-trl", help="also time TRL's RLOOTrainer and DPOTrainer"),
         rounds: int = typer.Option(2, "--rounds", min=1, help="alternated rounds of ours vs TRL"),
+        checkpointing: str = typer.Option("both", "--checkpointing", help="activation checkpointing in the TRL "
+                                          "comparison, for both contenders: off, on or both"),
+        no_optimizers: bool = typer.Option(False, "--trl-only", help="only the TRL comparison (no per-optimizer table)"),
         threads: int = typer.Option(2, "--threads", min=1, help="torch CPU threads"),
         set_: list[str] = typer.Option([], "--set", help="override any config key: generation.max_new_tokens=53"),
     ) -> None:
@@ -28,7 +31,8 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from algorithms.base import make
-        from harness.bench import run_bench, table
+        from harness.bench import CHECKPOINTING, run_bench, table
+        from harness.errors import UserError
 
         torch.set_num_threads(threads)
         overrides = parse_overrides(set_)
@@ -38,8 +42,10 @@ def register(app: typer.Typer) -> None:
         cfg = resolve(preset, overrides)
         for name in algo:
             make(name)  # unknown names fail here, in one line
+        if checkpointing not in CHECKPOINTING:
+            raise UserError(f"--checkpointing must be one of {', '.join(CHECKPOINTING)}, got {checkpointing!r}")
         console = Console(stderr=True)
-        result = run_bench(cfg, iterations, warmup, list(algo) or None, trl, out, log=console.print,
-                           rounds=rounds)
-        Console(width=max(140, Console().width)).print(table(result))
+        result = run_bench(cfg, iterations, warmup, [] if no_optimizers else list(algo) or None, trl, out,
+                           log=console.print, rounds=rounds, checkpointing=checkpointing)
+        Console(width=max(220, Console().width)).print(table(result))
         console.print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
