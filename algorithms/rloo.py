@@ -4,7 +4,8 @@
     loss = mean( max(-A_i rho_i, -A_i clip(rho_i, 1 - eps, 1 + eps)) ),   rho_i = pi_theta(y_i) / pi_t(y_i)
 The ratio is 1 on the first pass over a batch, where this is plain -A_i * logp_theta(y_i) in value and gradient;
 the clip matters from the second epoch (or minibatch) on. `rloo` has k = 2; `rloo_k4` (or algo.samples_per_prompt=4)
-has k = 4.
+has k = 4. One update per batch by default: the paper's hyperparameter table lists inner epochs (4) only for PPO,
+iterative DPO and REBEL; `--set algo.epochs=4` is the clipped multi-epoch variant (docs/fidelity.md).
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ class RLOO(Algorithm):
 
     samples_per_prompt: int = 2
     """k"""
-    epochs: int = 4
+    epochs: int = 1
+    """one update per batch (paper table); more epochs make the clip matter"""
     minibatches: int = 1
     clip: float = 0.2
 

@@ -10,7 +10,7 @@ import torch
 from harness.distributed import Runtime
 from harness.experience import encode_queries
 from harness.rollout import sample, truncate_after_eos
-from harness.scoring import exact_kl, has_eos, reward_scores, sequence_logprobs
+from harness.scoring import ScoreRule, exact_kl, has_eos, reward_scores, sequence_logprobs
 from harness.tasks.synthetic import Facts, gold_reward
 from harness.tasks.tldr import Example
 from harness.tokens import decode_responses
@@ -21,7 +21,7 @@ KL_DEFINITION = "masked_sequence_sum"
 @torch.no_grad()
 def score_responses(policy, reference, reward_model, tokenizer, examples: list[Example], *, max_prompt_tokens: int,
                     max_new_tokens: int, temperature: float, kl_temperature: float, seed: int = 1234,
-                    chunk: int = 64) -> list[dict]:
+                    chunk: int = 64, rule: ScoreRule = ScoreRule(missing_eos_score=None)) -> list[dict]:
     """Sample one response per example at `temperature`; its text, RM score, KL (both estimates), length, EOS."""
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     device = next(policy.parameters()).device
@@ -37,7 +37,7 @@ def score_responses(policy, reference, reward_model, tokenizer, examples: list[E
         pi = sequence_logprobs(policy, query, response, mask, pad, kl_temperature, keep_logits=True)
         ref = sequence_logprobs(reference, query, response, mask, pad, kl_temperature, keep_logits=True)
         columns = {"response": decode_responses(response, mask, tokenizer),
-                   "score": reward_scores(reward_model, query, response, mask, pad).tolist(),
+                   "score": reward_scores(reward_model, query, response, mask, pad, rule=rule).tolist(),
                    "kl": (pi.sum - ref.sum).tolist(), "kl_exact": exact_kl(pi.logits, ref.logits, mask).tolist(),
                    "length": mask.sum(-1).tolist(), "eos": has_eos(response, mask, eos).tolist()}
         records += [dict(zip(columns, row)) for row in zip(*columns.values())]
@@ -73,14 +73,15 @@ def summarize(records: list[dict], examples: list[Example], *, temperature: floa
 
 def evaluate_tldr(policy, reference, reward_model, tokenizer, examples: list[Example], *, max_prompt_tokens: int,
                   max_new_tokens: int, temperature: float, kl_temperature: float, judge=None, seed: int = 1234,
-                  chunk: int = 64, runtime: Runtime | None = None) -> tuple[dict, list[dict]]:
+                  chunk: int = 64, runtime: Runtime | None = None,
+                  rule: ScoreRule = ScoreRule(missing_eos_score=None)) -> tuple[dict, list[dict]]:
     """Metrics and per-sample records. `judge` may be None (win rate not computed). With several processes each
     scores its share of the examples and rank 0 alone judges and returns the metrics (the others get ({}, []))."""
     runtime = runtime or Runtime.single()
     records = runtime.gather(score_responses(policy, reference, reward_model, tokenizer, runtime.split(examples),
                                              max_prompt_tokens=max_prompt_tokens, max_new_tokens=max_new_tokens,
                                              temperature=temperature, kl_temperature=kl_temperature, seed=seed,
-                                             chunk=chunk))
+                                             chunk=chunk, rule=rule))
     if not runtime.is_main:
         return {}, []
     return summarize(records, examples, temperature=temperature, kl_temperature=kl_temperature, judge=judge)

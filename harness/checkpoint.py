@@ -29,14 +29,15 @@ def save_weights(model: nn.Module, path: Path, runtime: Runtime | None = None) -
     call: under FSDP the full weights are gathered first). A model without `save_pretrained` (a scalar-head reward
     model as critic) saves its state dict as safetensors."""
     runtime = runtime or Runtime.single()
-    if hasattr(model, "peft_config"):  # an adapter (never sharded: LoRA runs are plain data parallel)
+    injected = hasattr(model, "peft_config") and not hasattr(model, "disable_adapter")  # a LoRA critic: by name
+    if hasattr(model, "peft_config") and not injected:  # an adapter (never sharded: LoRA runs are plain data parallel)
         if runtime.is_main:
             model.save_pretrained(path, safe_serialization=True)
         return
     state = runtime.full_state_dict(model)
     if not runtime.is_main:
         return
-    if hasattr(model, "save_pretrained"):
+    if hasattr(model, "save_pretrained") and not injected:
         model.save_pretrained(path, state_dict=state, safe_serialization=True)
     else:
         from safetensors.torch import save_file

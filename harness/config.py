@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from harness.errors import UserError
 from harness.tasks import TASKS
@@ -33,6 +33,9 @@ class TinyRecipe(Strict):
     rm_steps: int = 400
     rm_batch: int = 32
     rm_lr: float = 5e-4
+    schedule: Literal["linear", "cosine"] = Field("linear", description="after a 5% warm-up, decay to 0")
+    length_buckets: int = Field(0, ge=0, description="0: random batches; N > 1: batches of similar length drawn "
+                                "from runs of N batches (less padding; harness/tiny.py)")
     seed: int = 0
 
 
@@ -40,7 +43,9 @@ class LoraSettings(Strict):
     r: int = 1024
     alpha: int = 2048
     dropout: float = 0.0
-    target_modules: list[str] | str = "all-linear"
+    target_modules: list[str] | str | None = Field(
+        None, description="None: PEFT's default for the architecture, as the REBEL authors (no target_modules: "
+        "query_key_value on GPT-NeoX, q_proj/v_proj on Llama); 'all-linear'; or a list of module names")
 
 
 class ModelSettings(Strict):
@@ -50,16 +55,36 @@ class ModelSettings(Strict):
     lora: LoraSettings | None = None
     reference: Literal["frozen_copy", "adapter_disabled"] = "frozen_copy"
     trainable_layers: int | None = Field(None, gt=0, description="train only the last N transformer blocks")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    train_head: bool = Field(False, description="with trainable_layers: the final norm and an untied output layer "
+                             "train too (the REBEL authors' chat scripts)")
+    frozen_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="storage dtype of the frozen models (reference, reward model, LoRA base weights); trained "
+        "weights are always float32 (harness/precision.py); falls back to float32 where it would run emulated")
+    compute_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "float32", description="dtype of the forward passes (autocast); auto: bfloat16 where the device runs it "
+        "natively (CUDA with bf16, or a CPU whose start-up matmul probe shows bf16 at least as fast as fp32)")
     size_hint: float | None = Field(None, description="parameter count, for the dry run's memory estimate offline")
     tiny: TinyRecipe = TinyRecipe()
     cache_dir: str | None = Field(None, description="where built presets live (default $HARNESS_CACHE or ~/.cache/harness)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_dtype_name(cls, data):
+        """`model.dtype` is the older name of frozen_dtype; the built-in presets use the new one, so a `dtype` comes
+        from the user (--set, an own preset) and wins."""
+        if isinstance(data, dict) and "dtype" in data:
+            data = {**data, "frozen_dtype": data["dtype"]}
+            del data["dtype"]
+        return data
 
 
 class TaskSettings(Strict):
     name: str = "tldr"
     source: str = Field("auto", description="auto | hub | synthetic | a local directory")
-    dataset: str | None = Field(None, description="hub data set of the chat task")
+    dataset: str | None = Field(None, description="hub data set of prompts (tldr: SFT prompts and references; chat: "
+                                "prompts); None: the task's default")
+    preference_dataset: str | None = Field(None, description="hub data set of preference pairs (tldr); None: the "
+                                           "task's default")
     max_prompt_tokens: int = Field(512, gt=8)
 
 
@@ -77,9 +102,18 @@ class TrainSettings(Strict):
     micro_batch_prompts: int | None = Field(None, gt=0, description="gradient accumulation: prompts per forward")
     lr: float = Field(3e-6, ge=0)
     adam_eps: float = 1e-5
+    adam_betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.01
     kl_coef: float = Field(0.05, ge=0, description="beta in r = score - beta * kl")
+    missing_eos_score: float = Field(-1.0, description="the score of a sampled response without EOS (replaces "
+                                     "its reward-model score)")
+    reward_scale: float = Field(1.0, gt=0, description="multiplies reward-model scores (the authors' UltraFeedback "
+                                "script divides by 1000)")
     max_grad_norm: float | None = None
+    lr_schedule: Literal["linear", "cosine"] = Field("linear", description="decay to 0, no warm-up")
+    lr_decay: Literal["per_iteration", "per_step"] = Field(
+        "per_iteration", description="linear decay to 0 once per iteration, constant over its epochs and minibatches "
+        "(the REBEL/N+ code's anneal_lr), or after every optimizer step")
     checkpoint_every: int = Field(10, ge=0, description="resume checkpoint every N iterations and at the end of "
                                   "training (0: none, a killed run then starts over)")
     keep_checkpoints: bool = Field(False, description="keep the last resume checkpoint (optimizer state included) "
@@ -88,10 +122,28 @@ class TrainSettings(Strict):
 
 class EvalSettings(Strict):
     prompts: int = Field(600, gt=0)
+    split: Literal["test", "validation"] = Field("test", description="held-out split the prompts are drawn from "
+                                                 "(paper: test)")
+    selection: Literal["random", "first"] = Field("random", description="a seeded random subset of the split "
+                                                  "(paper: 600 random test prompts) or its first N rows")
+    selection_seed: int = Field(0, description="seed of the random subset: the same prompts for every run and seed")
     temperature: float = Field(0.01, gt=0)
     every: int = Field(0, ge=0, description="held-out evaluation every N iterations (0: at the end only)")
+    missing_eos_penalty: bool = Field(False, description="replace the RM score of an evaluated response without "
+                                      "EOS by train.missing_eos_score (the authors' evaluation reports raw scores)")
     judge: Literal["auto", "gold", "openai", "none"] = "auto"
     judge_model: str = "gpt-4o"
+    judge_order: Literal["both", "random"] = Field("both", description="both: judge A/B and B/A, disagreement is a "
+                                                   "tie (stricter); random: one seeded random order per pair (N+ code)")
+    judge_template: str | None = Field(None, description="a prompt template file with {post}, {a}, {b} "
+                                       "(default: evals/templates/tldr_judge.txt)")
+
+
+class LogSettings(Strict):
+    trackers: list[str] | str | None = Field(
+        "none", description="experiment trackers that also get every metrics line (accelerate.tracking names: "
+        "tensorboard, wandb (offline), mlflow, ...; a list or comma string; auto: tensorboard when installed; "
+        "none); metrics.jsonl stays the source of truth (harness/trackers.py)")
 
 
 class RunConfig(Strict):
@@ -104,6 +156,7 @@ class RunConfig(Strict):
     generation: GenerationSettings = GenerationSettings()
     train: TrainSettings = TrainSettings()
     eval: EvalSettings = EvalSettings()
+    log: LogSettings = LogSettings()
     seed: int = 0
     output_dir: str = "results/runs"
     run_id: str | None = None
@@ -151,7 +204,12 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 
 def resolve(preset: str = "tiny", overrides: dict | None = None) -> RunConfig:
-    data = deep_merge(_load_preset_dict(preset), overrides or {})
+    """The preset, then its `per_algo` section for the chosen optimizer (a schedule that differs by optimizer, such
+    as offline DPO's batch 64 for one pass over the pairs), then the command line's overrides."""
+    data = _load_preset_dict(preset)
+    per_algo = data.pop("per_algo", None) or {}
+    algo = (overrides or {}).get("algo", data.get("algo", RunConfig.model_fields["algo"].default))
+    data = deep_merge(deep_merge(data, per_algo.get(algo, {})), overrides or {})
     data["preset"] = preset
     try:
         cfg = RunConfig.model_validate(data)

@@ -10,8 +10,8 @@ from torch import Tensor
 from harness.batch import Batch, PolicyOutput
 from harness.models import Models
 from harness.rollout import HFEngine, truncate_after_eos
-from harness.scoring import (kl_penalised_reward, reward_scores, sequence_kl, sequence_logprobs, token_rewards,
-                             token_values)
+from harness.scoring import (ScoreRule, kl_penalised_reward, reward_scores, sequence_kl, sequence_logprobs,
+                             token_rewards, token_values)
 from harness.tasks.synthetic import Facts, bradley_terry_prob, gold_reward
 from harness.tasks.tldr import Example, truncate_prompt
 from harness.tokens import decode_responses, encode_responses, left_pad
@@ -64,7 +64,7 @@ def _chunks(n: int, size: int):
 @torch.no_grad()
 def _score_flat(models: Models, query: Tensor, response: Tensor, mask: Tensor, temperature: float, chunk: int,
                 with_rewards: bool, tokens: Tensor | None = None, logp_mask: Tensor | None = None,
-                with_policy: bool = True) -> dict[str, Tensor]:
+                with_policy: bool = True, rule: ScoreRule = ScoreRule()) -> dict[str, Tensor]:
     """pi_t and pi_ref per-token log-probs (and RM scores, critic values) of [P*K] sequences, K per query, in chunks.
 
     query is [P, Lq] (each prompt runs once per forward, shared by its K responses). The RM scores `response` (cut
@@ -85,7 +85,8 @@ def _score_flat(models: Models, query: Tensor, response: Tensor, mask: Tensor, t
         with models.as_reference() as ref:
             parts["logp_ref"].append(sequence_logprobs(ref, q, t, lm, pad, temperature, group=K).tokens)
         if with_rewards:
-            parts["score"].append(reward_scores(models.reward_model, q, response[s], mask[s], pad, group=K))
+            parts["score"].append(reward_scores(models.reward_model, q, response[s], mask[s], pad, group=K,
+                                                rule=rule))
         if models.critic is not None and with_policy:
             parts["values_old"].append(token_values(models.critic, q, t, lm, pad, group=K))
     return {k: torch.cat(v) for k, v in parts.items() if v}
@@ -120,7 +121,8 @@ def preference_probs(models: Models, examples: list[Example], response: Tensor, 
 def collect_online(models: Models, examples: list[Example], samples_per_prompt: int, max_prompt_tokens: int,
                    max_new_tokens: int, temperature: float, kl_coef: float, chunk: int, budget: Budget,
                    generator: torch.Generator, append_reference: bool = False, count_post_eos: bool = False,
-                   preferences: bool = False, with_policy: bool = True, engine=None) -> Batch:
+                   preferences: bool = False, with_policy: bool = True, engine=None,
+                   rule: ScoreRule = ScoreRule()) -> Batch:
     """Sample S responses per prompt from pi_t, cut at EOS, score them: the on-policy Batch.
 
     append_reference: the example's human reference becomes response S+1 of its prompt, scored like a sample.
@@ -129,6 +131,7 @@ def collect_online(models: Models, examples: list[Example], samples_per_prompt: 
     with_policy=False: pi_t's log-probs, the critic's values and the rewards that need them are left for
     `adopt_policy_forward` (single-pass updates).
     engine: the rollout engine (harness.rollout.HFEngine, the backbone's sampler, by default).
+    rule: how reward-model outputs become scores (scale, missing-EOS replacement).
     """
     P, S = len(examples), samples_per_prompt
     K = S + int(append_reference)
@@ -154,7 +157,7 @@ def collect_online(models: Models, examples: list[Example], samples_per_prompt: 
     tokens, response, mask, logp_mask = (x[:, :width] for x in (tokens, response, mask, logp_mask))
     with Timer(budget, "scoring"):
         scored = _score_flat(models, query, response, mask, temperature, chunk, with_rewards=True,
-                             tokens=tokens, logp_mask=logp_mask, with_policy=with_policy)
+                             tokens=tokens, logp_mask=logp_mask, with_policy=with_policy, rule=rule)
         preference = preference_probs(models, examples, response, mask, scored["score"]) if preferences else None
     budget.prompts += P
     budget.responses += P * S

@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from harness.config import ModelSettings
+from harness.config import LoraSettings, ModelSettings
 from harness.errors import UserError
+from harness.precision import Precision, resolve_precision
 
 
 @dataclass
@@ -25,6 +26,11 @@ class Models:
     tokenizer: object
     critic: nn.Module | None = None
     origin: dict = field(default_factory=dict)  # what was loaded from where, for the run's record
+    precision: Precision = field(default_factory=Precision)  # compute / frozen dtypes (harness/precision.py)
+
+    def autocast(self):
+        """The context of every forward pass: bf16 autocast when the run computes in bf16, else nothing."""
+        return self.precision.autocast(self.device)
 
     @property
     def pad_id(self) -> int:
@@ -95,7 +101,9 @@ def load_tokenizer(name: str):
     except (OSError, ValueError) as e:  # a typo in a path reads as a malformed hub name; say which setting it was
         raise UserError(f"cannot load tokenizer {name!r} (model.tokenizer, default model.policy: a hub name or a "
                         f"local directory): {str(e).splitlines()[0]}") from None
-    if tok.pad_token is None:  # Pythia ships none; its embedding matrix has spare rows for one more token
+    # Pythia ships no pad. Chat models often reuse EOS (SmolLM2: <|im_end|>), but the backbone masks pads by id, which
+    # would hide every end-of-turn in a chat prompt and the response's EOS: give them a pad of their own too.
+    if tok.pad_token is None or tok.pad_token_id in (tok.eos_token_id, tok.bos_token_id):
         tok.add_special_tokens({"pad_token": "[PAD]"})
     if tok.eos_token_id is None:
         raise UserError(f"tokenizer {name!r} has no EOS token: responses could never terminate")
@@ -135,8 +143,52 @@ def load_reward_model(name: str, tokenizer, dtype=torch.float32, frozen: bool = 
     return _frozen(rm) if frozen else rm
 
 
-def train_only_last_layers(model: nn.Module, n: int) -> None:
-    """Freeze everything but the last `n` transformer blocks (the paper's chat setting trains the last 4)."""
+def lora_config(lora: LoraSettings, model_type: str | None, task_type: str | None = "CAUSAL_LM"):
+    """The one PEFT LoraConfig of a run (policy, critic, dry run). target_modules None is PEFT's default for the
+    architecture, looked up here rather than by PEFT: the authors build one LoraConfig without target_modules, PEFT
+    fills in the policy's default (query_key_value on GPT-NeoX) and the same object then configures the critic, a
+    reward model whose own config PEFT would not recognise."""
+    from peft import LoraConfig
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+
+    targets = lora.target_modules
+    if targets is None:
+        if model_type not in PEFT_DEFAULTS:
+            raise UserError(f"model.lora.target_modules: PEFT has no default for architecture {model_type!r}; set "
+                            f"a list of module names (e.g. [q_proj, v_proj]) or 'all-linear'")
+        targets = list(PEFT_DEFAULTS[model_type])
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                      bias="none", task_type=task_type)
+
+
+def add_critic_lora(critic: nn.Module, lora: LoraSettings) -> nn.Module:
+    """LoRA on the critic's backbone with the policy's settings; only the adapters train (the authors'
+    get_peft_model(critic) with bias='none' and no task type: the scalar head stays frozen). The module keeps its
+    interface (`base_model`, `score`, `config.reward_bias`), the adapters injected in place."""
+    from peft import inject_adapter_in_model
+
+    config = lora_config(lora, getattr(critic.base_model.config, "model_type", None), task_type=None)
+    critic = inject_adapter_in_model(config, critic)
+    for name, p in critic.named_parameters():
+        p.requires_grad_("lora_" in name)
+    return critic
+
+
+def fp32_master(model: nn.Module) -> nn.Module:
+    """Every trainable weight in float32: a bf16 weight rounds a 3e-6 AdamW step away (harness/precision.py)."""
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    return model
+
+
+FINAL_NORMS = ("model.norm", "gpt_neox.final_layer_norm", "transformer.ln_f", "model.final_layernorm")
+
+
+def train_only_last_layers(model: nn.Module, n: int, head: bool = False) -> None:
+    """Freeze everything but the last `n` transformer blocks (the paper's chat setting trains the last 4) and, with
+    `head`, the final norm and the output layer, as the REBEL authors' chat scripts do; an output layer tied to the
+    input embeddings stays frozen there (theirs: "frozen only if tied"), so the embeddings never train."""
     blocks = next((m for m in model.modules() if isinstance(m, nn.ModuleList)
                    and len(m) == model.config.num_hidden_layers), None)
     if blocks is None:
@@ -144,6 +196,23 @@ def train_only_last_layers(model: nn.Module, n: int) -> None:
     model.requires_grad_(False)
     for block in blocks[-n:]:
         block.requires_grad_(True)
+    if not head:
+        return
+    norm = next((model.get_submodule(name) for name in FINAL_NORMS if _has_submodule(model, name)), None)
+    if norm is None:
+        raise UserError("model.train_head: cannot find this architecture's final norm; set model.train_head=false")
+    norm.requires_grad_(True)
+    out = model.get_output_embeddings()
+    if out is not None and out.weight is not model.get_input_embeddings().weight:
+        out.requires_grad_(True)
+
+
+def _has_submodule(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+        return True
+    except AttributeError:
+        return False
 
 
 def load_models(settings: ModelSettings, needs_critic: bool = False, log=print,
@@ -155,30 +224,33 @@ def load_models(settings: ModelSettings, needs_critic: bool = False, log=print,
     hf_logging.disable_progress_bar()
     paths = resolve_paths(settings, log=log)
     tokenizer = load_tokenizer(paths["tokenizer"])
-    dtype = getattr(torch, settings.dtype)
+    precision = resolve_precision(settings.compute_dtype, settings.frozen_dtype, device or "cpu")
+    # A LoRA model's base weights are frozen: stored at the frozen dtype, its adapters in float32 (fp32_master).
+    # A full or last-layers model is float32 throughout (its frozen blocks feed trained ones outside autocast too).
+    base_dtype = precision.frozen if settings.lora is not None else torch.float32
     refuse_pickled(paths["policy"], "policy")
     try:
-        policy = AutoModelForCausalLM.from_pretrained(paths["policy"], use_safetensors=True, dtype=dtype)
+        policy = AutoModelForCausalLM.from_pretrained(paths["policy"], use_safetensors=True, dtype=base_dtype)
     except OSError as e:
         raise UserError(f"cannot load policy {paths['policy']!r}: {str(e).splitlines()[0]}") from None
     _fit_vocab(policy, tokenizer)
-    if settings.trainable_layers:
-        train_only_last_layers(policy, settings.trainable_layers)
     reference = None
-    if settings.lora is not None:
-        from peft import LoraConfig, get_peft_model
-
-        policy = get_peft_model(policy, LoraConfig(r=settings.lora.r, lora_alpha=settings.lora.alpha,
-                                                   lora_dropout=settings.lora.dropout,
-                                                   target_modules=settings.lora.target_modules,
-                                                   task_type="CAUSAL_LM"))
     if settings.reference == "frozen_copy" or settings.lora is None:
-        reference = _frozen(copy.deepcopy(policy.get_base_model() if settings.lora else policy))
-    reward_model = load_reward_model(paths["reward_model"], tokenizer, dtype)
+        reference = _frozen(copy.deepcopy(policy).to(precision.frozen))
+    if settings.trainable_layers:
+        train_only_last_layers(policy, settings.trainable_layers, settings.train_head)
+    if settings.lora is not None:
+        from peft import get_peft_model
+
+        policy = get_peft_model(policy, lora_config(settings.lora, policy.config.model_type))
+    fp32_master(policy)
+    reward_model = load_reward_model(paths["reward_model"], tokenizer, precision.frozen)
     critic = None
-    if needs_critic:  # PROTOCOL.md: the critic starts from the reward model
-        critic = load_reward_model(paths["reward_model"], tokenizer, dtype, frozen=False)
-        critic.train()
+    if needs_critic:  # PROTOCOL.md: the critic starts from the reward model; LoRA on it when the policy has LoRA
+        critic = load_reward_model(paths["reward_model"], tokenizer, base_dtype, frozen=False)
+        if settings.lora is not None:
+            critic = add_critic_lora(critic, settings.lora)
+        fp32_master(critic).train()
     for model in (policy, critic):  # dropout would make pi_theta != pi_t before the first update
         for module in model.modules() if model is not None else ():
             if isinstance(module, nn.Dropout):
@@ -189,7 +261,7 @@ def load_models(settings: ModelSettings, needs_critic: bool = False, log=print,
             if model is not None:
                 model.to(device)
     return Models(policy=policy, reference=reference, reward_model=reward_model, tokenizer=tokenizer,
-                  critic=critic, origin=paths)
+                  critic=critic, origin=paths, precision=precision)
 
 
 def peak_memory_mb() -> float:

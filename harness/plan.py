@@ -1,12 +1,15 @@
 """`harness run --dry-run`: resolve a preset, check that models and data can be had, estimate memory, print the plan.
 
 Nothing is trained or downloaded. Parameter counts are exact when the model's config.json is local (a directory or
-the Hugging Face cache): the model is instantiated on the meta device (no memory) and LoRA applied to it; otherwise
-the preset's `model.size_hint` is used and the estimate says so.
+the Hugging Face cache): the model is instantiated on the meta device (no memory) and LoRA applied to it by the run's
+own builder; otherwise they come from the preset's `model.size_hint` and, for a Pythia model, its public shape, and
+the plan says "estimated". The memory plan follows harness/precision.py: trained weights fp32 with fp32 gradients
+and AdamW states, frozen models at the frozen dtype, both as resolved on this machine.
 """
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +17,8 @@ import torch
 
 from algorithms.base import make
 from harness.config import RunConfig
+from harness.models import lora_config, train_only_last_layers
+from harness.precision import Precision, resolve_precision
 from harness.reward_heads import _local_config
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -45,8 +50,26 @@ def availability(name: str) -> tuple[bool, str]:
         return False, f"NOT reachable: {name} is neither local nor reachable on the hub ({type(e).__name__})"
 
 
-def parameter_counts(name: str, cfg: RunConfig) -> tuple[int, int] | None:
-    """(total, trainable) parameters of the policy from its local config, or None when the config is not local."""
+# Public Pythia shapes (layers, hidden), for an honest estimate when a preset's config is not local.
+PYTHIA_SHAPES = {"160m": (12, 768), "410m": (24, 1024), "1b": (16, 2048), "1.4b": (24, 2048), "2.8b": (32, 2560),
+                 "6.9b": (32, 4096), "12b": (36, 5120)}
+# GPT-NeoX block linears as (in, out) multiples of hidden: a LoRA of rank r on one adds r * (in + out) weights.
+NEOX_LINEARS = {"query_key_value": (1, 3), "dense": (1, 1), "dense_h_to_4h": (1, 4), "dense_4h_to_h": (4, 1)}
+
+
+@dataclass
+class Counts:
+    total: int  # policy parameters
+    trainable: int | None  # policy parameters trained (None: unknown offline)
+    exact: bool
+    layers: int | None = None
+    hidden: int | None = None
+    note: str = ""
+
+
+def parameter_counts(name: str, cfg: RunConfig) -> Counts | None:
+    """The policy's parameter counts from its local config (meta device: no memory, LoRA applied by the run's own
+    lora_config), or None when the config is not local."""
     config = _local_config(name)
     if config is None:
         return None
@@ -57,28 +80,73 @@ def parameter_counts(name: str, cfg: RunConfig) -> tuple[int, int] | None:
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(model_config)
     total = sum(p.numel() for p in model.parameters())
+    shape = dict(layers=model_config.num_hidden_layers, hidden=model_config.hidden_size)
     if cfg.model.lora is not None:
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=cfg.model.lora.r, lora_alpha=cfg.model.lora.alpha,
-                                                 target_modules=cfg.model.lora.target_modules, task_type="CAUSAL_LM"))
-        return total, sum(p.numel() for p in model.parameters() if p.requires_grad)
+        model = get_peft_model(model, lora_config(cfg.model.lora, model_config.model_type))
+        targets = ", ".join(sorted(model.peft_config["default"].target_modules))
+        return Counts(total, sum(p.numel() for p in model.parameters() if p.requires_grad), True, **shape,
+                      note=f"LoRA r {cfg.model.lora.r} on {targets}")
     if cfg.model.trainable_layers:
-        return total, int(total * cfg.model.trainable_layers / model_config.num_hidden_layers)
-    return total, total
+        train_only_last_layers(model, cfg.model.trainable_layers, cfg.model.train_head)
+        return Counts(total, sum(p.numel() for p in model.parameters() if p.requires_grad), True, **shape,
+                      note=f"last {cfg.model.trainable_layers} blocks")
+    return Counts(total, total, True, **shape, note="full fine-tuning")
 
 
-def estimate_memory_gb(total: int, trainable: int, weight_bytes: int, frozen_copies: int,
-                       activation_tokens: int, hidden: int | None = None, layers: int | None = None) -> dict:
-    """Rough peak memory: weights of policy + frozen copies (reference, reward model, critic), fp32 gradients and
-    AdamW states of the trainable parameters, and activations (about 34 bytes x hidden x layers per token without
-    checkpointing, Korthikanti et al. 2022) when the shape is known."""
+def estimated_counts(cfg: RunConfig) -> Counts | None:
+    """From model.size_hint, and for a Pythia model (named as such) its public shape: LoRA on GPT-NeoX linears adds
+    layers * r * (in + out) weights per targeted module (query_key_value: hidden -> 3 hidden)."""
+    if not cfg.model.size_hint:
+        return None
+    total = int(cfg.model.size_hint)
+    match = re.search(r"pythia[-_](\d+(?:[._]\d+)?[mb])", cfg.model.policy.lower())  # pythia-2.8b, pythia_1_4b
+    layers, hidden = PYTHIA_SHAPES.get(match.group(1).replace("_", "."), (None, None)) if match else (None, None)
+    lora = cfg.model.lora
+    if lora is None and not cfg.model.trainable_layers:
+        return Counts(total, total, False, layers, hidden, "full fine-tuning")
+    if lora is not None and hidden:
+        targets = lora.target_modules
+        targets = (["query_key_value"] if targets is None else list(NEOX_LINEARS) if targets == "all-linear"
+                   else [targets] if isinstance(targets, str) else targets)
+        if set(targets) <= set(NEOX_LINEARS):
+            trainable = layers * lora.r * sum((i + o) * hidden for i, o in (NEOX_LINEARS[t] for t in targets))
+            return Counts(total, trainable, False, layers, hidden, f"LoRA r {lora.r} on {', '.join(targets)}")
+    if cfg.model.trainable_layers and layers:
+        return Counts(total, total * cfg.model.trainable_layers // layers, False, layers, hidden,
+                      f"last {cfg.model.trainable_layers} blocks, ~their share of the weights")
+    return Counts(total, None, False, layers, hidden, "the trainable part is unknown until the config is local")
+
+
+def estimate_memory_gb(trainable: int, frozen_bytes: dict[str, float], activation_tokens: int = 0,
+                       hidden: int | None = None, layers: int | None = None, activation_bytes: int = 2) -> dict:
+    """Rough peak memory. Trained weights: float32 weight + float32 gradient + two float32 AdamW moments = 16 bytes
+    each. Frozen weights (reference, reward model, a LoRA model's base): their bytes at the frozen dtype. Activations
+    when the shape is known: 17 x activation_bytes x hidden x layers per token without checkpointing (34 bytes at
+    16 bits, Korthikanti et al. 2022)."""
     gb = 1024**3
-    out = {"weights": (1 + frozen_copies) * total * weight_bytes / gb, "grads_and_adam": trainable * 12 / gb}
-    if hidden and layers:
-        out["activations"] = activation_tokens * hidden * layers * 34 / gb
+    out = {"trained": trainable * 16 / gb, **{k: v / gb for k, v in frozen_bytes.items() if v}}
+    if hidden and layers and activation_tokens:
+        out["activations"] = activation_tokens * hidden * layers * 17 * activation_bytes / gb
     out["total"] = sum(out.values())
     return out
+
+
+def memory_plan(counts: Counts, cfg: RunConfig, algo, precision: Precision) -> dict:
+    """The parts that follow from the precision policy (harness/models.py loads exactly these): the reward model,
+    and a critic, assumed the policy's size."""
+    frozen = BYTES[precision.frozen_name]
+    lora, total, trainable = cfg.model.lora is not None, counts.total, counts.trainable
+    parts = {"policy_base": total * frozen if lora else (total - trainable) * 4,  # last-layers models stay fp32
+             "reference": total * frozen if (cfg.model.reference == "frozen_copy" or not lora) else 0,
+             "reward_model": total * frozen}
+    if algo.needs_critic:  # the critic: LoRA on the reward model with the policy's settings, or all of it
+        parts["critic_base"] = total * frozen if lora else 0
+        trainable += trainable if lora else total
+    tokens = ((cfg.train.micro_batch_prompts or cfg.train.prompts_per_iteration) * algo.samples_per_prompt
+              * (cfg.task.max_prompt_tokens + cfg.generation.max_new_tokens))
+    return estimate_memory_gb(trainable, parts, tokens, counts.hidden, counts.layers, BYTES[precision.compute_name])
 
 
 def dry_run(cfg: RunConfig) -> Plan:
@@ -87,13 +155,18 @@ def dry_run(cfg: RunConfig) -> Plan:
     plan.add("algorithm", f"{algo.name} {algo.hyperparameters()}")
     source = cfg.task.source
     if cfg.task.name == "tldr" and source in ("auto", "hub"):
-        from harness.tasks.tldr import HUB_SFT, hub_reachable
+        from harness.assets import locate, tldr_data
+        from harness.tasks.tldr import hub_reachable
 
-        ok = hub_reachable()
-        plan.add("data", f"tldr from the hub ({HUB_SFT}): " + ("reachable" if ok else
+        wanted = tldr_data(cfg.task.dataset, cfg.task.preference_dataset)
+        cached = all(locate(a) is not None for a in wanted)
+        ok = cached or hub_reachable()
+        names = ", ".join(a.label for a in wanted)
+        plan.add("data", f"tldr from the hub ({names}): " + ("in the local cache" if cached else "reachable" if ok else
                  "NOT reachable" + (" -> auto falls back to the synthetic stand-in" if source == "auto" else "")))
         if not ok and source == "hub":
-            plan.problems.append("data: the hub is not reachable")
+            plan.problems.append(f"data: not in the local cache and the hub is not reachable "
+                                 f"(`python -m harness prepare --preset {cfg.preset}` fetches it)")
     else:
         present = source == "synthetic" or Path(source).is_dir() or cfg.task.name == "chat" and source == "hub"
         plan.add("data", f"{cfg.task.name} from {source}" + (f" ({cfg.task.dataset})" if cfg.task.dataset else ""))
@@ -106,31 +179,36 @@ def dry_run(cfg: RunConfig) -> Plan:
         plan.add(role, note)
         if not ok:
             plan.problems.append(f"{role}: {name} is not available")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    counts = parameter_counts(cfg.model.policy, cfg) if not cfg.model.policy.startswith("builtin:") else None
-    config = _local_config(cfg.model.policy) or {}
-    if counts is None and cfg.model.size_hint:
-        partial = cfg.model.lora is not None or cfg.model.trainable_layers
-        counts = (int(cfg.model.size_hint), 0 if partial else int(cfg.model.size_hint))
-        plan.add("parameters", f"~{counts[0] / 1e9:.1f}B from the preset's size hint (config not local"
-                 + ("; the trainable part is unknown until it is, and left out below)" if partial else ")"))
-    elif counts is not None:
-        plan.add("parameters", f"{counts[0] / 1e6:,.1f}M total, {counts[1] / 1e6:,.1f}M trainable")
-    if counts is not None:
-        frozen = (cfg.model.reference == "frozen_copy" or cfg.model.lora is None) + 1 + algo.needs_critic
-        tokens = ((cfg.train.micro_batch_prompts or cfg.train.prompts_per_iteration) * algo.samples_per_prompt
-                  * (cfg.task.max_prompt_tokens + cfg.generation.max_new_tokens))
-        mem = estimate_memory_gb(counts[0], counts[1], BYTES[cfg.model.dtype], frozen, tokens,
-                                 config.get("hidden_size"), config.get("num_hidden_layers"))
-        parts = ", ".join(f"{k} {v:.1f}" for k, v in mem.items() if k != "total")
-        plan.add("memory", f"~{mem['total']:.1f} GB peak on {device} ({parts}; rough, assumes the reward model is "
-                 f"the policy's size)")
     t = cfg.train
-    responses = t.iterations * t.prompts_per_iteration * algo.samples_per_prompt
-    plan.add("plan", f"{t.iterations} iterations x {t.prompts_per_iteration} prompts x {algo.samples_per_prompt} "
-             f"samples = {responses:,} responses of {cfg.generation.max_new_tokens} tokens at temperature "
-             f"{cfg.generation.temperature}; {t.iterations * algo.epochs * algo.minibatches:,} optimizer steps "
-             f"(lr {t.lr}, kl_coef {t.kl_coef})")
+    episodes = t.iterations * t.prompts_per_iteration  # prompts, as the authors' total_episodes counts them
+    sampled = ("offline preference pairs, nothing sampled" if algo.data == "preference_pairs" else
+               f"x {algo.samples_per_prompt} samples = {episodes * algo.samples_per_prompt:,} sampled responses of "
+               f"{cfg.generation.max_new_tokens} tokens at temperature {cfg.generation.temperature}")
+    plan.add("plan", f"{t.iterations:,} iterations x {t.prompts_per_iteration} prompts = {episodes:,} episodes "
+             f"(prompts); {sampled}; "
+             f"{t.iterations * algo.epochs * algo.minibatches:,} optimizer steps "
+             f"({algo.epochs} epochs x {algo.minibatches} minibatches per iteration; lr {t.lr}, kl_coef {t.kl_coef})")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = resolve_precision(cfg.model.compute_dtype, cfg.model.frozen_dtype, device)
+    plan.add("precision", f"{precision.describe()}; model.compute_dtype={cfg.model.compute_dtype} resolved on "
+             f"{device}" + ("" if cfg.model.compute_dtype != "auto" or device == "cuda"
+                            else " (a CUDA GPU with bf16 computes in bfloat16)"))
+    counts = parameter_counts(cfg.model.policy, cfg) if not cfg.model.policy.startswith("builtin:") else None
+    counts = counts or estimated_counts(cfg)
+    if counts is not None:
+        how = "exact, from the local config" if counts.exact else "estimated from the preset's size hint" + (
+            f" and the public Pythia shape ({counts.layers} layers x {counts.hidden})" if counts.hidden else "")
+        trained = ("trainable unknown, left out below" if counts.trainable is None
+                   else f"{counts.trainable / 1e6:,.1f}M trainable")
+        critic = (f"; the critic trains the same again on the reward model" if algo.needs_critic and cfg.model.lora
+                  else "; the critic trains all of the reward model" if algo.needs_critic else "")
+        plan.add("parameters", f"{counts.total / 1e6:,.1f}M total, {trained} ({counts.note}; {how}){critic}")
+        if counts.trainable is not None:
+            mem = memory_plan(counts, cfg, algo, precision)
+            parts = ", ".join(f"{k} {v:.1f}" for k, v in mem.items() if k != "total")
+            plan.add("memory", f"~{mem['total']:.1f} GB peak on {device} at this precision ({parts}; rough: "
+                     f"trained = fp32 weights + grads + AdamW states, 16 bytes each; the reward model and critic "
+                     f"assumed the policy's size)")
     plan.add("evaluation", f"{cfg.eval.prompts} held-out prompts at temperature {cfg.eval.temperature}, judge "
              f"{cfg.eval.judge}" + (f" ({cfg.eval.judge_model})" if cfg.eval.judge == "openai" else ""))
     return plan

@@ -1,5 +1,6 @@
 """Reward-model checkpoint conventions, loaded into one interface: `model(**inputs).logits` is [B, 1], the score
-read at the last real token, and `model.config.reward_bias` is subtracted by harness.scoring.reward_scores.
+read at the last real token, and `model.config.reward_bias` is subtracted by harness.scoring.reward_scores (and from
+a critic's values by harness.scoring.token_values, as the authors' ScalarModel does).
 
 - Hugging Face sequence classifiers (`*ForSequenceClassification`, e.g. FsfairX-LLaMA3-RM, the tiny preset's RM).
 - The TL;DR "ScalarModel" checkpoints (vwxyzjn/..__reward__tldr): config.json with `base_config` and `bias`,

@@ -18,15 +18,26 @@ from evals.tldr import KL_DEFINITION, evaluate_tldr
 from harness.config import RunConfig
 from harness.errors import UserError
 from harness.experience import Budget
+from harness.assets import preflight_run
 from harness.models import Models, load_models, peak_memory_mb
 from harness.store import RunDir, code_version, config_hash, read_json, write_json, write_jsonl
 from harness import checkpoint, tasks
 from harness.distributed import Runtime
 from harness.tasks.tldr import TaskData
 from harness.tiny import cache_root
-from harness.train import Trainer, TrainingDiverged
+from harness.trackers import open_trackers
+from harness.train import Trainer, TrainingDiverged, score_rule
 
 EVAL_KEYS = ("rm_score", "kl", "kl_exact", "win_rate", "gold_reward", "response_length")
+
+
+def held_out(cfg: RunConfig, data: TaskData) -> list:
+    """The evaluation prompts: a seeded random subset of `eval.prompts` rows of the held-out split (the paper: 600
+    random test prompts), the same for every optimizer and seed; `eval.selection=first` takes the first rows."""
+    from harness.tasks.tldr import eval_examples
+
+    return eval_examples(data, cfg.eval.prompts, split=cfg.eval.split, selection=cfg.eval.selection,
+                         seed=cfg.eval.selection_seed)
 
 
 def make_judge(cfg: RunConfig, data: TaskData):
@@ -41,11 +52,12 @@ def make_judge(cfg: RunConfig, data: TaskData):
                             "checks); use eval.judge=openai for real data")
         from evals.gold_judge import GoldJudge
 
-        return GoldJudge([ex.facts for ex in data.sft_eval[: cfg.eval.prompts]])
+        return GoldJudge([ex.facts for ex in held_out(cfg, data)])
     if choice == "openai":
         from evals.judge import OpenAIJudge
 
-        judge = OpenAIJudge(model=cfg.eval.judge_model, cache_dir=str(cache_root(cfg.model.cache_dir) / "judge"))
+        judge = OpenAIJudge(model=cfg.eval.judge_model, cache_dir=str(cache_root(cfg.model.cache_dir) / "judge"),
+                            order=cfg.eval.judge_order, template_path=cfg.eval.judge_template)
         judge.client.preflight()  # an unreachable endpoint or unserved model fails now, not after training
         return judge
     return None
@@ -60,10 +72,10 @@ def evaluate(cfg: RunConfig, models: Models, data: TaskData, judge, policy=None,
         if policy is None:
             policy = models.policy
         metrics, samples = evaluate_tldr(policy, reference, models.reward_model, models.tokenizer,
-                                         data.sft_eval[: cfg.eval.prompts], max_prompt_tokens=cfg.task.max_prompt_tokens,
+                                         held_out(cfg, data), max_prompt_tokens=cfg.task.max_prompt_tokens,
                                          max_new_tokens=cfg.generation.max_new_tokens,
                                          temperature=cfg.eval.temperature, kl_temperature=cfg.generation.temperature,
-                                         judge=judge, runtime=runtime)
+                                         judge=judge, runtime=runtime, rule=score_rule(cfg, evaluation=True))
     bad = runtime.broadcast([k for k in ("rm_score", "kl", "kl_exact") if k in metrics
                              and not math.isfinite(metrics[k])])
     if bad:  # never written into a summary or the SFT-baseline cache
@@ -105,7 +117,7 @@ def describe(cfg: RunConfig, algo: Algorithm, models: Models, data: TaskData, ju
     console.print(f"[bold]reward[/]     {models.origin['reward_model']}")
     source_note = " (SYNTHETIC stand-in, not the real TL;DR data)" if data.source == "synthetic" else ""
     console.print(f"[bold]data[/]       tldr from {data.source}{source_note}: {len(data.sft_train)} training prompts, "
-                  f"{min(cfg.eval.prompts, len(data.sft_eval))} held-out prompts")
+                  f"{len(held_out(cfg, data))} held-out prompts ({cfg.eval.selection} of {cfg.eval.split})")
     judge_note = "none: win rate not computed (configure eval.judge=openai)" if judge is None else judge.name
     if judge is not None and judge.name == "gold":
         judge_note += " (the stand-in's programmatic gold reward)"
@@ -133,11 +145,12 @@ def run(cfg: RunConfig, console: Console | None = None, runtime: Runtime | None 
     console = console or Console(stderr=True, quiet=not runtime.is_main)
     algo = make(cfg.algo, cfg.algo_args)
     torch.manual_seed(cfg.seed)
-    source, data = tasks.load(cfg.task.name, cfg.task.source, cfg.task.dataset)
+    preflight_run(cfg, log=console.print)  # every hub model and data set here (or fetchable), before any loads
+    source, data = tasks.load(cfg.task.name, cfg.task.source, cfg.task.dataset, cfg.task.preference_dataset)
     judge = make_judge(cfg, data)
     resolved = cfg.model_dump()
     resolved["task"]["resolved_source"] = source
-    chash = config_hash({k: v for k, v in resolved.items() if k not in ("output_dir", "run_id")})
+    chash = config_hash({k: v for k, v in resolved.items() if k not in ("output_dir", "run_id", "log")})
     run_dir = RunDir(Path(cfg.output_dir) / run_id(cfg, chash))
     if open_run_dir(run_dir, {**resolved, "config_hash": chash, "code_version": code_version()}, runtime):
         console.print(f"{run_dir.path} is already complete (same settings); its summary follows. To train again, "
@@ -150,6 +163,9 @@ def run(cfg: RunConfig, console: Console | None = None, runtime: Runtime | None 
         write_json(run_dir.config, {**read_json(run_dir.config), "model_origin": models.origin})
     describe(cfg, algo, models, data, judge, console, runtime)
     console.print(f"[bold]run dir[/]    {run_dir.path}")
+    trackers = open_trackers(cfg.log.trackers, run_dir.path, run_dir.path.name, resolved, runtime.is_main)
+    if trackers.names:
+        console.print(f"[bold]trackers[/]   {', '.join(trackers.names)} (metrics.jsonl stays the record)")
     sft = sft_baseline(cfg, models, data, judge, console, runtime)
     budget = Budget()
     trainer = Trainer(cfg, algo, models, data.pref_train if algo.data == "preference_pairs" else data.sft_train,
@@ -172,12 +188,14 @@ def run(cfg: RunConfig, console: Console | None = None, runtime: Runtime | None 
                     line.update({f"eval/{k}": metrics[k] for k in EVAL_KEYS if k in metrics})
                 if runtime.is_main:
                     run_dir.log(line)
+                    trackers.log(line)
                 every = cfg.train.checkpoint_every
                 if every and (iteration % every == 0 or iteration == cfg.train.iterations):
                     checkpoint.save(run_dir.checkpoints, iteration, trainer, runtime)
                 bar.update(task, advance=1, status=_status(line))
         final, samples = evaluate(cfg, models, data, judge, runtime=runtime)
     except BaseException as e:
+        trackers.finish()
         last = checkpoint.latest(run_dir.checkpoints)
         kept = (f"the last good checkpoint (iteration {last['iteration']}) is kept in {run_dir.checkpoints}: the same "
                 f"command resumes from it" if last else "no checkpoint was written (train.checkpoint_every)")
@@ -194,8 +212,10 @@ def run(cfg: RunConfig, console: Console | None = None, runtime: Runtime | None 
     if not runtime.is_main:
         return run_dir.path
     if cfg.train.iterations:
-        run_dir.log({"iteration": iteration, **counters, "final": True,
-                     **{f"eval/{k}": final[k] for k in EVAL_KEYS}})
+        last_line = {"iteration": iteration, **counters, "final": True, **{f"eval/{k}": final[k] for k in EVAL_KEYS}}
+        run_dir.log(last_line)
+        trackers.log(last_line)
+    trackers.finish()
     write_jsonl(run_dir.samples, samples)
     write_json(run_dir.evals / "tldr.json", final)  # the same file `harness eval RUN --suite tldr` writes
     summary = {"run_id": run_dir.path.name, "status": "completed", "algorithm": algo.name,

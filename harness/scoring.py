@@ -90,13 +90,25 @@ def sequence_logprobs(model, query: Tensor, response: Tensor, response_mask: Ten
     return TokenLogprobs(logp * response_mask, logits if keep_logits else None)
 
 
+@dataclass(frozen=True)
+class ScoreRule:
+    """How a reward-model output becomes the score every optimizer sees (the same rule for all of them).
+
+    scale multiplies the bias-corrected output (the REBEL authors' UltraFeedback script divides by 1000);
+    a response without EOS then gets `missing_eos_score` instead (replaced, not penalised; None: no replacement,
+    as the authors' evaluation reports the raw score)."""
+
+    scale: float = 1.0
+    missing_eos_score: float | None = MISSING_EOS_SCORE
+
+
 def reward_scores(reward_model, query: Tensor, response: Tensor, response_mask: Tensor, pad_id: int,
-                  group: int = 1) -> Tensor:
+                  group: int = 1, rule: ScoreRule = ScoreRule()) -> Tensor:
     """Reward-model score read at the response's EOS (its last real token); [B].
 
     The harness's reward models are sequence classifiers that pool the last non-pad token. Their `reward_bias`
-    (config attribute, set so that human references average 0) is subtracted. A response without EOS gets
-    MISSING_EOS_SCORE instead of its score (replaced, not penalised), the same rule for every optimizer.
+    (config attribute, set so that human references average 0) is subtracted, then `rule` applies: by default a
+    response without EOS gets MISSING_EOS_SCORE instead of its score (replaced, not penalised).
     group > 1: `query` is shared by `group` consecutive responses (run once, as in `sequence_logprobs`); the score
     head is applied to the backbone's hidden state at the last real token, as the classifier's pooling does.
     """
@@ -108,9 +120,11 @@ def reward_scores(reward_model, query: Tensor, response: Tensor, response_mask: 
         real = response != pad_id
         last = (real * torch.arange(1, response.shape[1] + 1, device=real.device)).argmax(1)
         raw = reward_model.score(hidden[torch.arange(len(hidden), device=last.device), last]).float().squeeze(-1)
-    score = raw - float(getattr(reward_model.config, "reward_bias", 0.0))
+    score = (raw - float(getattr(reward_model.config, "reward_bias", 0.0))) * rule.scale
+    if rule.missing_eos_score is None:
+        return score
     return torch.where(has_eos(response, response_mask, reward_model.config.eos_token_id), score,
-                       torch.full_like(score, MISSING_EOS_SCORE))
+                       torch.full_like(score, rule.missing_eos_score))
 
 
 def has_eos(response: Tensor, response_mask: Tensor, eos_id: int) -> Tensor:
@@ -173,7 +187,9 @@ def token_values(critic, query: Tensor, response: Tensor, response_mask: Tensor,
     """Critic value before each response token: the reward model's scalar head applied at every position; [B, Lr].
 
     The value of response token t is read at the position that predicts it (the previous token), like log-probs.
+    The reward model's `reward_bias` is subtracted, as the REBEL and N+ critics (their ScalarModel) do.
     group > 1: `query` is shared by `group` consecutive responses, as in `sequence_logprobs`.
     """
     hidden = response_outputs(critic.base_model, query, response, pad_id, group, field="last_hidden_state")
-    return critic.score(hidden).float().squeeze(-1) * response_mask
+    bias = float(getattr(critic.config, "reward_bias", 0.0))
+    return (critic.score(hidden).float().squeeze(-1) - bias) * response_mask

@@ -14,8 +14,12 @@ def encode_responses(texts: list[str], tokenizer, max_tokens: int, eos_id: int, 
     """Offline responses (references, preference pairs) as [N, max_tokens] + mask, EOS appended.
 
     A text too long for `max_tokens` is cut and so has no EOS: it then gets the same missing-EOS treatment as a
-    sampled response that never ended.
+    sampled response that never ended. A text that already ends in the tokenizer's EOS string loses it, so every
+    response carries exactly one EOS (a literal "<|endoftext|>" is tokenized as the EOS token itself).
     """
+    eos_text = getattr(tokenizer, "eos_token", None)
+    if eos_text:
+        texts = [t[: -len(eos_text)] if t.endswith(eos_text) else t for t in texts]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     out = torch.full((len(texts), max_tokens), pad_id, dtype=torch.long)
     mask = torch.zeros((len(texts), max_tokens), dtype=torch.bool)

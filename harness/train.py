@@ -6,8 +6,10 @@ iteration's prompts; gradients are averaged over ranks before each step and the 
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
@@ -20,11 +22,19 @@ from harness.experience import (Budget, Timer, adopt_policy_forward, collect_onl
                                 policy_output)
 from harness.models import Models
 from harness.rollout import logprob_drift, make_engine
+from harness.scoring import ScoreRule
 from harness.tasks.tldr import Example
 
 
 class TrainingDiverged(UserError):
     """NaN or inf in a loss or reward: the run stops; what was written so far stays."""
+
+
+def lr_factor(schedule: str, total: int, step: int) -> float:
+    """The learning-rate multiplier after `step` of `total` decay steps: linear to 0 (the authors' online
+    scripts' anneal_lr) or cosine to 0 without warm-up (the N+ SFT, reward and offline pairwise scripts' get_scheduler("cosine"))."""
+    done = min(1.0, step / total)
+    return 1 - done if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * done))
 
 
 def data_order(n: int, seed: int, epoch: int = 0) -> list[int]:
@@ -44,10 +54,12 @@ class Trainer:
     def __post_init__(self):
         t, rank = self.cfg.train, self.runtime.rank
         self.optimizer = torch.optim.AdamW(self.models.trainable_parameters(), lr=t.lr, eps=t.adam_eps,
-                                           weight_decay=t.weight_decay)
-        total = max(1, t.iterations * self.algo.epochs * self.algo.minibatches)
-        # linear decay to 0, no warm-up (PROTOCOL.md)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: max(0.0, 1 - step / total))
+                                           betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
+        # Linear decay, no warm-up (PROTOCOL.md). per_iteration: iteration k runs at lr * (1 - (k - 1) / N) over all
+        # its epochs and minibatches, as the authors' and N+ scripts' anneal_lr; per_step: decay after every step.
+        self.per_step_decay = t.lr_decay == "per_step"
+        total = max(1, t.iterations * (self.algo.epochs * self.algo.minibatches if self.per_step_decay else 1))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, partial(lr_factor, t.lr_schedule, total))
         self.runtime.shard(list(range(t.prompts_per_iteration)), "train.prompts_per_iteration")  # fail early
         # Three random streams, each its own generator, so that none depends on how much another consumed:
         # minibatch permutations and sampling differ per rank, the data order is shared by all ranks.
@@ -59,7 +71,7 @@ class Trainer:
         self.shared_prefix = self.runtime.fsdp is None  # see experience.policy_output
         g = self.cfg.generation
         self.engine = None if self.algo.data == "preference_pairs" else make_engine(
-            g.engine, self.models.origin.get("policy", ""), self.cfg.model.dtype,
+            g.engine, self.models.origin.get("policy", ""), self.models.precision.compute_name,
             derived_seed(self.cfg.seed, "engine", rank), self.cfg.task.max_prompt_tokens + g.max_new_tokens,
             g.vllm_gpu_memory_utilization)
 
@@ -100,7 +112,7 @@ class Trainer:
                                       append_reference=self.algo.data == "online_with_reference",
                                       count_post_eos=not self.algo.mask_post_eos,
                                       preferences=self.algo.needs_preference, with_policy=not self.single_pass,
-                                      engine=self.engine)
+                                      engine=self.engine, rule=score_rule(self.cfg))
         finally:
             self.models.policy.train()
 
@@ -109,7 +121,8 @@ class Trainer:
         over micro-batches. A single-pass update first adopts its own forward as pi_t's log-probs."""
         first = None
         if self.single_pass:
-            first = policy_output(self.models, batch, self.temperature, self.shared_prefix)
+            with self.models.autocast():  # bf16 compute when the run has it; the weights stay float32
+                first = policy_output(self.models, batch, self.temperature, self.shared_prefix)
             adopt_policy_forward(batch, first, self.cfg.train.kl_coef)
         if batch.reward is not None and not torch.isfinite(batch.reward).all():
             raise TrainingDiverged(f"non-finite rewards at iteration {iteration}: check the reward model's outputs")
@@ -126,9 +139,10 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 for part in mb.split(micro):
                     sub = batch.select(part)
-                    new = (first.select(part) if first is not None
-                           else policy_output(self.models, sub, self.temperature, self.shared_prefix))
-                    loss, loss_stats = self.algo.loss(sub, new)
+                    with self.models.autocast():
+                        new = (first.select(part) if first is not None
+                               else policy_output(self.models, sub, self.temperature, self.shared_prefix))
+                        loss, loss_stats = self.algo.loss(sub, new)
                     if not torch.isfinite(loss):
                         raise TrainingDiverged(
                             f"the {self.algo.name} loss became {loss.item()} at iteration {iteration}, epoch {epoch}; "
@@ -140,8 +154,11 @@ class Trainer:
                 if self.cfg.train.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(self.models.trainable_parameters(), self.cfg.train.max_grad_norm)
                 self.optimizer.step()
-                self.scheduler.step()
+                if self.per_step_decay:
+                    self.scheduler.step()
                 self.budget.optimizer_steps += 1
+        if not self.per_step_decay:
+            self.scheduler.step()
         return {**{k: sum(v) / len(v) for k, v in stats.items()}, **drift}
 
     def iteration(self, iteration: int) -> dict:
@@ -150,7 +167,8 @@ class Trainer:
         start = time.perf_counter()
         self.budget.timings = {}
         examples = self.next_prompts()
-        batch = self.collect(examples)
+        with self.models.autocast():
+            batch = self.collect(examples)
         with Timer(self.budget, "update"):
             stats = self.update(batch, iteration)
         self.budget.wall_time_s += time.perf_counter() - start
@@ -188,6 +206,12 @@ class Trainer:
         self.algo.load_state_dict(state["algorithm"])
         for k, v in state["budget"].items():
             setattr(self.budget, k, v)
+
+
+def score_rule(cfg: RunConfig, evaluation: bool = False) -> ScoreRule:
+    """The run's reward-model score rule; evaluation keeps the missing-EOS replacement only when asked to."""
+    missing = cfg.train.missing_eos_score if not evaluation or cfg.eval.missing_eos_penalty else None
+    return ScoreRule(scale=cfg.train.reward_scale, missing_eos_score=missing)
 
 
 def rollout_stats(batch: Batch, examples: list[Example], models: Models) -> dict[str, float]:

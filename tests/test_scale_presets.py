@@ -12,7 +12,7 @@ from harness.config import preset_names, resolve
 from harness.errors import UserError
 from harness.experience import Budget
 from harness.models import load_models
-from harness.plan import dry_run, estimate_memory_gb
+from harness.plan import dry_run
 from harness.tasks.tldr import load_task
 from harness.train import Trainer
 
@@ -26,7 +26,9 @@ def test_every_preset_resolves_with_the_papers_settings():
         cfg = resolve(name)
         assert cfg.model.reward_model and cfg.eval.prompts > 0
     small, big = resolve("tldr-pythia-2.8b"), resolve("tldr-pythia-6.9b")
-    assert (small.model.lora.r, small.model.lora.alpha) == (1024, 2048) and big.model.lora is None
+    # LoRA at every size, as the authors' scripts (docs/fidelity.md); the paper text's 6.9B full fine-tuning is
+    # an override
+    assert (small.model.lora.r, small.model.lora.alpha) == (1024, 2048) and big.model.lora == small.model.lora
     assert small.train.prompts_per_iteration == 512 and small.train.lr == 3e-6 and small.train.kl_coef == 0.05
     assert small.generation.max_new_tokens == 53
     chat = resolve("chat-openchat-3.5-nectar")
@@ -43,14 +45,6 @@ def test_dry_run_offline_names_what_is_missing(name, monkeypatch):
     assert proc.returncode == 1, proc.stderr
     assert "not ready" in proc.stdout and "NOT reachable" in proc.stdout
     assert "memory" in proc.stdout and "plan" in proc.stdout
-
-
-def test_memory_estimate_by_hand():
-    mem = estimate_memory_gb(total=2**30, trainable=2**30, weight_bytes=2, frozen_copies=2, activation_tokens=0)
-    assert mem["weights"] == pytest.approx(6.0) and mem["grads_and_adam"] == pytest.approx(12.0)
-    mem = estimate_memory_gb(total=2**30, trainable=0, weight_bytes=4, frozen_copies=0, activation_tokens=1024,
-                             hidden=1024, layers=32)
-    assert mem["activations"] == pytest.approx(1024 * 1024 * 32 * 34 / 2**30)
 
 
 def _save_stand_ins(tmp_path, tokenizer, arch: str):
@@ -137,7 +131,8 @@ def test_chat_task_and_last_layers_training(tmp_path, tiny_test_models):
     policy_dir, rm_dir, _ = _save_stand_ins(tmp_path, tok, "llama")
     data = tmp_path / "chat"
     data.mkdir()
-    rows = [{"messages": [{"role": "user", "content": f"question {i}?"}]} for i in range(8)]
+    rows = [{"messages": [{"role": "user", "content": f"question {i}?"}], "chosen": "yes", "rejected": "no"}
+            for i in range(8)]
     rows += [{"prompt": "Human: hi there\n\nAssistant: hello\n\nHuman: how are you?\n\nAssistant:"}]
     for name in ("prompts_train.jsonl", "prompts_eval.jsonl"):
         (data / name).write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -152,9 +147,34 @@ def test_chat_task_and_last_layers_training(tmp_path, tiny_test_models):
     assert task.sft_train[-1].messages[-1] == {"role": "user", "content": "how are you?"}
     models = load_models(cfg.model, log=lambda *a: None)
     trainable = {n for n, p in models.policy.named_parameters() if p.requires_grad}
-    assert trainable and all(".layers.1." in n for n in trainable)  # only the last block of two
+    # the last block of two, the final norm and the (untied) head, as the authors' chat scripts train
+    assert trainable and all(".layers.1." in n for n in trainable - {"model.norm.weight", "lm_head.weight"})
+    assert {"model.norm.weight", "lm_head.weight"} <= trainable
     before = {n: p.detach().clone() for n, p in models.policy.named_parameters()}
-    trainer = Trainer(cfg, make("rebel"), models, task.sft_train, Budget())
+    # DPO on the rows' pairs: a gradient from the first step on (8 sampled tokens of a random model rarely reach
+    # EOS, and equal missing-EOS scores give an on-policy optimizer nothing to learn)
+    trainer = Trainer(cfg, make("dpo"), models, task.pref_train, Budget())
     trainer.iteration(1)
     changed = {n for n, p in models.policy.named_parameters() if not torch.equal(p, before[n])}
     assert changed and changed <= trainable
+
+
+def test_chat_head_training_follows_the_authors_rule():
+    """The authors' chat scripts train the last blocks, the final norm and lm_head; a tied lm_head stays frozen
+    (otherwise the input embeddings would train too)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from harness.models import train_only_last_layers
+
+    assert resolve("chat-llama3-8b-ultrafeedback").model.train_head
+    for tied in (False, True):
+        config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                             num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=tied)
+        model = AutoModelForCausalLM.from_config(config)
+        train_only_last_layers(model, 2, head=True)
+        trainable = {n.split(".")[1] if n.startswith("model.layers") else n
+                     for n, p in model.named_parameters() if p.requires_grad}
+        assert {"model.norm.weight"} <= trainable and "model.embed_tokens.weight" not in trainable
+        assert ("lm_head.weight" in trainable) == (not tied)
+        assert {n for n, p in model.named_parameters() if p.requires_grad and n.startswith("model.layers")} == {
+            n for n, _ in model.named_parameters() if n.startswith(("model.layers.1.", "model.layers.2."))}

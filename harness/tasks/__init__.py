@@ -6,13 +6,13 @@ from harness.errors import UserError
 TASKS = ("tldr", "chat")
 
 
-def load(name: str, source: str, dataset: str | None = None):
+def load(name: str, source: str, dataset: str | None = None, preference_dataset: str | None = None):
     """(resolved source, TaskData) of task `name`."""
     if name == "tldr":
         from harness.tasks.tldr import load_task, resolve_source
 
         resolved = resolve_source(source)
-        return resolved, load_task(resolved)
+        return resolved, load_task(resolved, dataset, preference_dataset)
     if name == "chat":
         from harness.tasks.chat import load_chat
 

@@ -2,11 +2,17 @@
 
 Data sources: the hub data sets the paper's code uses, a local directory in the same (flat) schema, or the
 synthetic stand-in (harness.tasks.synthetic), which also carries a gold reward for offline win rates.
+
+Response texts (reference, chosen, rejected) are held as " " + text with no EOS, whatever the source: the prompt
+ends in "TL;DR:" and every sampled summary starts with a space token, and `encode_responses` appends the one EOS.
+The hub's SFT `summary` lacks that space and its preference `chosen`/`rejected` already end in a literal
+"<|endoftext|>" (see tests/fixtures/hub_tldr/README.md); `response_text` normalises both.
 """
 from __future__ import annotations
 
 import json
 import os
+import random
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -17,9 +23,19 @@ from harness.tasks import synthetic
 PROMPT_TEMPLATE = "SUBREDDIT: r/{subreddit}\n\nTITLE: {title}\n\nPOST: {post}\n\nTL;DR:"
 HUB_SFT = "vwxyzjn/summarize_from_feedback_tldr_3_filtered_oai_preprocessing_1706381144"
 HUB_PREFERENCE = "vwxyzjn/summarize_from_feedback_oai_preprocessing_1706381144"
+# The splits the harness reads; the preference set's third split, validation_cnndm, holds CNN/DM news
+# comparisons (not TL;DR) and is never loaded.
+HUB_SPLITS = {"sft_train": (HUB_SFT, "train"), "sft_eval": (HUB_SFT, "validation"), "sft_test": (HUB_SFT, "test"),
+              "pref_train": (HUB_PREFERENCE, "train"), "pref_eval": (HUB_PREFERENCE, "validation")}
+CNNDM_BATCHES = ("batch0_cnndm", "cnndm0", "cnndm2")  # the authors' tldr_dataset.py moves these to validation_cnndm
+HUB_EOS = "<|endoftext|>"  # appended literally to the hub's chosen/rejected/reference_response strings
 LOCAL_FILES = {"sft_train": "sft_train.jsonl", "sft_eval": "sft_validation.jsonl",
                "pref_train": "preference_train.jsonl", "pref_eval": "preference_validation.jsonl"}
-SYNTHETIC_SIZES = {"sft_train": 20000, "sft_eval": 1000, "pref_train": 20000, "pref_eval": 1000}
+LOCAL_OPTIONAL = {"sft_test": "sft_test.jsonl"}  # absent: evaluation falls back to the validation split
+# Insertion order fixes each split's generator seed (0, 1, ...): append new splits, never reorder (committed
+# results depend on the first four being bit-identical).
+SYNTHETIC_SIZES = {"sft_train": 20000, "sft_eval": 1000, "pref_train": 20000, "pref_eval": 1000, "sft_test": 1000}
+TRUNCATION_RULES = ("newline", "words")
 
 
 @dataclass
@@ -53,19 +69,30 @@ class TaskData:
     pref_train: list[Example]
     pref_eval: list[Example]
     has_gold: bool = field(default=False)
+    sft_test: list[Example] = field(default_factory=list)  # the paper's win rates are on the test split
+    test_note: str | None = None  # set when there is no test split: says evaluation uses validation instead
+
+    def __post_init__(self):
+        if not self.sft_test and self.test_note is None:
+            self.test_note = f"{self.source} has no test split: evaluation prompts come from the validation split"
 
 
 def format_prompt(subreddit: str, title: str, post: str) -> str:
     return PROMPT_TEMPLATE.format(subreddit=subreddit, title=title, post=post)
 
 
-def truncate_prompt(example: Example, tokenizer, max_tokens: int) -> list[int]:
+def truncate_prompt(example: Example, tokenizer, max_tokens: int, rule: str = "newline") -> list[int]:
     """Token ids of the prompt, at most `max_tokens`, always ending in "\\n\\nTL;DR:".
 
-    Too long: the END of the post is dropped; a title that alone is too long loses its end too (and the whole post).
-    A limit that cannot hold even an empty title and post is a UserError.
-    Chat prompts are rendered with the chat template; one over the limit keeps its last `max_tokens` tokens.
+    Too long: the END of the post is dropped. rule "newline" (default) is the authors' preprocessing: cut at the
+    post's last "\\n" until it fits, then character by character (`_newline_cut`); "words" keeps the longest run
+    of whole words. The authors' code fails on a post that cannot fit even when empty; here a title that alone is
+    too long loses its end too (and the whole post). A limit that cannot hold even an empty title and post is a
+    UserError. Chat prompts are rendered with the chat template; one over the limit keeps its last `max_tokens`
+    tokens.
     """
+    if rule not in TRUNCATION_RULES:
+        raise UserError(f"unknown prompt truncation rule {rule!r}; valid rules: {', '.join(TRUNCATION_RULES)}")
     if example.messages is not None:
         text = tokenizer.apply_chat_template(example.messages, tokenize=False, add_generation_prompt=True)
         return tokenizer.encode(text, add_special_tokens=False)[-max_tokens:]
@@ -80,13 +107,36 @@ def truncate_prompt(example: Example, tokenizer, max_tokens: int) -> list[int]:
     if len(ids) <= max_tokens:
         return ids
     if fits(example.title, ""):
-        return encode(example.title, _longest_fitting_prefix(example.post, lambda p: fits(example.title, p)))
+        cut = _newline_cut if rule == "newline" else _longest_fitting_prefix
+        return encode(example.title, cut(example.post, lambda p: fits(example.title, p)))
     if not fits("", ""):
         need = len(encode("", ""))
         raise UserError(f"max_prompt_tokens={max_tokens} cannot hold even an empty post and title (the prompt "
                         f"template with subreddit {example.subreddit!r} needs {need} tokens); raise "
                         f"task.max_prompt_tokens to at least {need}")
     return encode(_longest_fitting_prefix(example.title, lambda t: fits(t, "")), "")
+
+
+CHAR_WINDOW = 32  # characters re-checked above the bisection point (see _newline_cut)
+
+
+def _newline_cut(post: str, fits) -> str:
+    """The authors' truncation (summarize_from_feedback_details tldr_dataset.py `process_query`, after OpenAI's
+    tasks.py): while the prompt is too long, drop the post from its last "\\n" on; with no "\\n" left, drop one
+    character at a time. `fits("")` is known to hold.
+
+    Their character loop stops at the longest fitting prefix; bisection finds the same one where token counts
+    grow with length, and the window above it re-checks the few characters where a BPE merge can make them dip.
+    """
+    while not fits(post):
+        i = post.rfind("\n")
+        if i < 0:
+            break
+        post = post[:i]
+    else:
+        return post
+    k = _largest(len(post), lambda k: fits(post[:k]))
+    return next((post[:j] for j in range(min(len(post), k + CHAR_WINDOW), k, -1) if fits(post[:j])), post[:k])
 
 
 def _longest_fitting_prefix(text: str, fits) -> str:
@@ -131,12 +181,30 @@ def example_from_row(row: dict, where: str, kind: str | None = None) -> Example:
     values.update({k: row.get(k) for k in ("summary", "chosen", "rejected")})
     if values["chosen"] is None and "summaries" in row and "choice" in row:  # hub preference rows
         values["chosen"], values["rejected"] = _hub_pair(row, where, kind)
+    for k in ("summary", "chosen", "rejected"):
+        if isinstance(values[k], str):
+            values[k] = response_text(values[k])
     problem = _row_problem(values, ROW_FIELDS.get(kind, ()), row.get("facts"))
     if problem:
         raise UserError(f"{where}: {problem}; {_expected(kind)}")
     return Example(subreddit=str(values["subreddit"]), title=str(values["title"]), post=values["post"],
                    reference=values["summary"], chosen=values["chosen"], rejected=values["rejected"],
                    facts=row.get("facts"))
+
+
+def response_text(text: str) -> str:
+    """A response as the harness holds it: a leading space (the hub's SFT `summary` has none; the stand-in's and
+    the hub's comparison texts already do) and no trailing literal EOS (the hub's chosen/rejected end in one;
+    `encode_responses` appends the single EOS)."""
+    while text.endswith(HUB_EOS):
+        text = text[: -len(HUB_EOS)]
+    return text if text[:1].isspace() or not text else " " + text
+
+
+def is_cnndm(row: dict) -> bool:
+    """A CNN/DM news comparison (the hub preference set's validation_cnndm rows), not a TL;DR one."""
+    info = row.get("info") if isinstance(row.get("info"), dict) else {}
+    return row.get("batch") in CNNDM_BATCHES or (info.get("article") is not None and info.get("post") is None)
 
 
 def _row_problem(values: dict, required: tuple[str, ...], facts) -> str | None:
@@ -181,8 +249,12 @@ def _read_local(path: Path) -> dict[str, list[Example]]:
     for split, name in LOCAL_FILES.items():
         f = path / name
         if not f.exists():
-            raise UserError(f"data directory {path} lacks {name}; expected files: {', '.join(LOCAL_FILES.values())}")
+            raise UserError(f"data directory {path} lacks {name}; expected files: {', '.join(LOCAL_FILES.values())} "
+                            f"(optional: {', '.join(LOCAL_OPTIONAL.values())})")
         out[split] = _read_split(f, split_kind(split))
+    for split, name in LOCAL_OPTIONAL.items():
+        if (path / name).exists():
+            out[split] = _read_split(path / name, split_kind(split))
     return out
 
 
@@ -215,16 +287,29 @@ def _synthetic() -> dict[str, list[Example]]:
             for split, rows in _synthetic_rows().items()}
 
 
-def _hub() -> dict[str, list[Example]]:
-    import datasets
+def hub_examples(rows, name: str, split: str, shown: str | None = None) -> list[Example]:
+    """Examples of one hub split (any iterable of row dicts, e.g. a datasets.Dataset); CNN/DM rows are left out.
+    `name` is HUB_SFT or HUB_PREFERENCE (which schema), `shown` the data set actually read (for messages)."""
+    shown = shown or name
+    if name == HUB_PREFERENCE and split == "validation_cnndm":
+        raise UserError(f"{shown}[{split}] holds CNN/DM news comparisons, not TL;DR; use the train or validation split")
+    kind = "sft" if name == HUB_SFT else "preference"
+    return [example_from_row(r, f"{shown}[{split}] row {i}", kind) for i, r in enumerate(rows) if not is_cnndm(r)]
 
-    def load(name, split):
-        kind = "sft" if name == HUB_SFT else "preference"
-        return [example_from_row(r, f"{name}[{split}] row {i}", kind)
-                for i, r in enumerate(datasets.load_dataset(name, split=split))]
 
-    return {"sft_train": load(HUB_SFT, "train"), "sft_eval": load(HUB_SFT, "validation"),
-            "pref_train": load(HUB_PREFERENCE, "train"), "pref_eval": load(HUB_PREFERENCE, "validation")}
+def _hub(load=None, sft: str | None = None, preference: str | None = None) -> dict[str, list[Example]]:
+    """The HUB_SPLITS, read from `sft` / `preference` (default HUB_SFT / HUB_PREFERENCE: the same schemas, e.g.
+    the REBEL authors' earlier build of the SFT set); `load(name, split)` returns rows (default:
+    datasets.load_dataset, which needs the hub)."""
+    if load is None:
+        import datasets
+
+        def load(name, split):
+            return datasets.load_dataset(name, split=split)
+
+    names = {HUB_SFT: sft or HUB_SFT, HUB_PREFERENCE: preference or HUB_PREFERENCE}
+    return {key: hub_examples(load(names[name], split), name, split, names[name])
+            for key, (name, split) in HUB_SPLITS.items()}
 
 
 def hub_reachable(timeout: float = 5.0) -> bool:
@@ -253,11 +338,44 @@ def resolve_source(source: str) -> str:
     return str(Path(source).resolve())
 
 
-def load_task(source: str) -> TaskData:
-    """The four splits of the resolved source (`resolve_source` first)."""
-    splits = _synthetic() if source == "synthetic" else _hub() if source == "hub" else _read_local(Path(source))
-    has_gold = all(ex.facts for ex in splits["sft_eval"])
-    return TaskData(source=source, has_gold=has_gold, **splits)
+def load_task(source: str, dataset: str | None = None, preference_dataset: str | None = None) -> TaskData:
+    """The splits of the resolved source (`resolve_source` first); on the hub, `dataset` / `preference_dataset`
+    name the SFT and preference data sets (default HUB_SFT / HUB_PREFERENCE)."""
+    if source == "hub":
+        splits = _hub(sft=dataset, preference=preference_dataset)
+    else:
+        splits = _synthetic() if source == "synthetic" else _read_local(Path(source))
+    has_gold = all(ex.facts for ex in splits["sft_eval"] + splits.get("sft_test", []))
+    note = None if splits.get("sft_test") else (
+        f"{source} has no {LOCAL_OPTIONAL['sft_test']}: evaluation prompts come from the validation split")
+    return TaskData(source=source, has_gold=has_gold, test_note=note, **splits)
+
+
+EVAL_SPLITS = ("test", "validation")
+EVAL_SELECTIONS = ("random", "first")
+
+
+def eval_examples(data: TaskData, n: int, split: str = "test", selection: str = "random",
+                  seed: int = 0) -> list[Example]:
+    """The evaluation prompts: n of the split (all if it has fewer), a seeded random subset in split order
+    (the paper: 600 random test prompts) or the first n. No test split: validation (see `data.test_note`)."""
+    if split not in EVAL_SPLITS or selection not in EVAL_SELECTIONS:
+        raise UserError(f"evaluation split must be one of {', '.join(EVAL_SPLITS)} and selection one of "
+                        f"{', '.join(EVAL_SELECTIONS)}; got split={split!r}, selection={selection!r}")
+    if n < 1:
+        raise UserError(f"the number of evaluation prompts must be at least 1, got {n}")
+    pool = data.sft_test if split == "test" and data.sft_test else data.sft_eval
+    if selection == "first":
+        return pool[:n]
+    return [pool[i] for i in eval_indices(len(pool), n, seed)]
+
+
+def eval_indices(size: int, n: int, seed: int) -> list[int]:
+    """Sorted indices of a seeded random n-subset of range(size); random.Random(int) is the same in every process
+    and platform, and a larger n keeps the smaller n's prompts (a prefix of one shuffle)."""
+    order = list(range(size))
+    random.Random(seed).shuffle(order)
+    return sorted(order[:n])
 
 
 def export_synthetic(path: Path) -> None:
@@ -266,4 +384,4 @@ def export_synthetic(path: Path) -> None:
 
     path.mkdir(parents=True, exist_ok=True)
     for split, rows in _synthetic_rows().items():
-        write_jsonl(path / LOCAL_FILES[split], rows)
+        write_jsonl(path / {**LOCAL_FILES, **LOCAL_OPTIONAL}[split], rows)
