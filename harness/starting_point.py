@@ -273,9 +273,7 @@ def train_sft(s: StartSettings, data: TaskData, tokenizer, out: Path, log=print)
                  "sft_train_loss_last": losses[-1] if losses else None,
                  "sft_eval_loss": response_loss(model, held_out, tokenizer, s),
                  "sft_rows": len(data.sft_train[: s.sft_train_rows]), "sft_seconds": round(time.time() - t0, 1)})
-    if trainer.accelerator.is_main_process:
-        _save(model, tokenizer, out)
-    trainer.accelerator.wait_for_everyone()
+    _save(trainer, model, tokenizer, out)
     log(f"  SFT: {info['sft_steps']} steps, held-out response loss {info['sft_eval_loss_before']:.3f} -> "
         f"{info['sft_eval_loss']:.3f} ({info['sft_seconds']} s)")
     return info
@@ -307,9 +305,7 @@ def train_reward_model(s: StartSettings, data: TaskData, tokenizer, sft_dir: Pat
             "bias_rows": len(references)}
     rm.config.reward_bias = info["reward_bias"]
     info["rm_seconds"] = round(time.time() - t0, 1)
-    if trainer.accelerator.is_main_process:
-        _save(rm, tokenizer, out)
-    trainer.accelerator.wait_for_everyone()
+    _save(trainer, rm, tokenizer, out)
     log(f"  reward model: {info['rm_steps']} steps, pair accuracy train {info['rm_train_pair_accuracy']:.3f} / "
         f"held-out {info['rm_eval_pair_accuracy']:.3f}, bias {info['reward_bias']:.4f} ({info['rm_seconds']} s)")
     return info
@@ -321,8 +317,14 @@ def _no_dropout(model) -> None:
             module.p = 0.0
 
 
-def _save(model, tokenizer, out: Path) -> None:
-    """Written beside, then renamed: a directory that exists is complete."""
+def _save(trainer, model, tokenizer, out: Path) -> None:
+    """Written by the main process beside, then renamed (a directory that exists is complete); the others wait."""
+    if trainer.accelerator.is_main_process:
+        _write_then_rename(model, tokenizer, out)
+    trainer.accelerator.wait_for_everyone()
+
+
+def _write_then_rename(model, tokenizer, out: Path) -> None:
     tmp = out.parent / f".{out.name}-partial"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)

@@ -103,12 +103,19 @@ def test_phase_counter_flops_and_mfu_by_hand():
 
 def test_build_batches_without_padding_columns_give_the_same_losses():
     """The tiny build's speed-ups change no number: trimmed batches and the RM pair's shared prompt forward equal
-    scoring's full-width cross-entropy and Bradley-Terry loss."""
+    full-width cross-entropy and a Bradley-Terry loss from two separate [prompt | response] forwards."""
     import torch
     from transformers import GPTNeoXForCausalLM, GPTNeoXForSequenceClassification
 
-    from harness.scoring import cross_entropy_on_response, pairwise_reward_loss
-    from harness.tiny import _trim, pair_loss
+    import torch.nn.functional as F
+
+    from harness.scoring import cross_entropy_on_response, forward_inputs, pairwise_reward_loss
+    from harness.tiny import _trim
+
+    def two_forwards(rm, q, c, cm, r, rmask, pad):  # the classifier's own pooling, each response with its prompt
+        score = lambda resp: rm(**forward_inputs(q, resp, pad)).logits.float().squeeze(-1)
+        r_c, r_r = score(c), score(r)
+        return -F.logsigmoid(r_c - r_r).mean(), (r_c > r_r).float().mean()
 
     torch.manual_seed(0)
     lm, rm = _toy(GPTNeoXForCausalLM), _toy(GPTNeoXForSequenceClassification, num_labels=1)
@@ -121,8 +128,8 @@ def test_build_batches_without_padding_columns_give_the_same_losses():
     idx = torch.tensor([3, 4, 5])
     trimmed = _trim(idx, q, c, cm, r, rmask, pad=0)
     assert trimmed[0].shape == (3, 7) and trimmed[1].shape == (3, 4)  # 3 prompt and 3 response pad columns gone
-    full = pairwise_reward_loss(rm, q[idx], c[idx], cm[idx], r[idx], rmask[idx], 0)
-    for a, b in zip(full, pair_loss(rm, *trimmed, 0)):
+    full = two_forwards(rm, q[idx], c[idx], cm[idx], r[idx], rmask[idx], 0)
+    for a, b in zip(full, pairwise_reward_loss(rm, *trimmed, 0)):
         assert torch.allclose(a, b, atol=1e-6)
     assert torch.allclose(cross_entropy_on_response(lm, q[idx], c[idx], cm[idx], 0),
                           cross_entropy_on_response(lm, *_trim(idx, q, c, cm, pad=0), 0), atol=1e-6)
