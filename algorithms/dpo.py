@@ -43,5 +43,5 @@ class DPO(Algorithm):
             raise ValueError("DPO trains on (chosen, rejected) pairs: samples_per_prompt must be 2")
 
     def loss(self, batch: Batch, new: PolicyOutput) -> tuple[Tensor, dict[str, float]]:
-        loss, margin = dpo_loss(new.logp, batch.logp_ref.sum(-1), self.beta)
+        loss, margin = dpo_loss(new.logp, batch.logp_ref_sum, self.beta)
         return loss, {"dpo/margin": margin.mean().item(), "dpo/accuracy": (margin > 0).float().mean().item()}

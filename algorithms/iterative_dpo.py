@@ -41,5 +41,5 @@ class IterativeDPO(Algorithm):
             raise ValueError("iterative DPO labels pairs: samples_per_prompt must be 2")
 
     def loss(self, batch: Batch, new: PolicyOutput) -> tuple[Tensor, dict[str, float]]:
-        loss, margin = iterative_dpo_loss(new.logp, batch.logp_old.sum(-1), batch.reward, self.beta)
+        loss, margin = iterative_dpo_loss(new.logp, batch.logp_old_sum, batch.reward, self.beta)
         return loss, {"iterative_dpo/margin": margin.mean().item()}

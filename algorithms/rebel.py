@@ -38,7 +38,9 @@ class Rebel(Algorithm):
     def __post_init__(self):
         if self.samples_per_prompt != 2:
             raise ValueError("REBEL regresses on pairs: samples_per_prompt must be 2")
+        if not self.eta > 0:
+            raise ValueError(f"eta must be > 0 (got {self.eta}): eta <= 0 regresses toward lower reward")
 
     def loss(self, batch: Batch, new: PolicyOutput) -> tuple[Tensor, dict[str, float]]:
-        loss, residual = rebel_loss(new.logp, batch.logp_old.sum(-1), batch.reward, self.eta)
+        loss, residual = rebel_loss(new.logp, batch.logp_old_sum, batch.reward, self.eta)
         return loss, {"rebel/mse": loss.item(), "rebel/residual_abs": residual.abs().mean().item()}

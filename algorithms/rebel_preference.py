@@ -45,6 +45,6 @@ class PreferenceRebel(Algorithm):
         target = preference_targets(batch.preference)
         if self.kl_penalty:
             target = target + (batch.reward - batch.score)[:, :2]  # the backbone's -beta * kl
-        loss, residual = rebel_loss(new.logp[:, :2], batch.logp_old.sum(-1)[:, :2], target, self.eta)
+        loss, residual = rebel_loss(new.logp[:, :2], batch.logp_old_sum[:, :2], target, self.eta)
         return loss, {"rebel_preference/mse": loss.item(),
                       "rebel_preference/residual_abs": residual.abs().mean().item()}

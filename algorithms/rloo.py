@@ -51,7 +51,7 @@ class RLOO(Algorithm):
         return {"advantages": leave_one_out_advantages(batch.reward)}
 
     def loss(self, batch: Batch, new: PolicyOutput) -> tuple[Tensor, dict[str, float]]:
-        loss, clipfrac = clipped_sequence_loss(new.logp, batch.logp_old.sum(-1), batch.extras["advantages"], self.clip)
+        loss, clipfrac = clipped_sequence_loss(new.logp, batch.logp_old_sum, batch.extras["advantages"], self.clip)
         return loss, {"rloo/clipfrac": clipfrac.item()}
 
 

@@ -4,7 +4,7 @@
       one full build (the harness's own code) into a temporary directory; prints build_info: held-out SFT loss,
       RM pair accuracy and Spearman with the gold reward, seconds per phase (data, tokenizer, encode, train, eval)
   python benchmarks/tiny_build.py steps [--preset tiny] [--old FILE] [--steps 20] [--rounds 2]
-      seconds per SFT and RM step of the current build code against an older copy of harness/tiny.py (FILE),
+      seconds per SFT and RM step of the current build code against an older copy of harness/tasks/tiny.py (FILE),
       alternated back to back (a shared machine's load drifts), on the same recipe
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ def recipe_of(args):
 
 
 def full_build(args) -> dict:
-    from harness import tiny
+    from harness.tasks import tiny
 
     out = Path(args.out or tempfile.mkdtemp(prefix="tiny-build-"))
     tiny.build(recipe_of(args), tiny.TinyPaths(out), log=print)
@@ -95,7 +95,7 @@ def _step_seconds(module, recipe, data, tokenizer, steps: int) -> dict:
 
 
 def compare_steps(args) -> None:
-    from harness import tiny
+    from harness.tasks import tiny
     from harness.tasks.tldr import load_task
 
     recipe = recipe_of(args)
@@ -118,7 +118,7 @@ if __name__ == "__main__":
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--set", action="append", default=[], help="recipe override, e.g. sft_steps=300")
     parser.add_argument("--out")
-    parser.add_argument("--old", help="an older copy of harness/tiny.py (steps mode)")
+    parser.add_argument("--old", help="an older copy of harness/tasks/tiny.py (steps mode)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)

@@ -84,7 +84,7 @@ def is_local(base_url: str) -> bool:
 
 def default_cache_dir() -> Path:
     """HARNESS_CACHE/judge (default ~/.cache/harness/judge), read when a client is made, not at import."""
-    from harness.tiny import cache_root
+    from harness.store import cache_root
     return cache_root(None) / "judge"
 
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 from statistics import mean
+from typing import Iterable
 
 import yaml
 
+from harness.assets import LOCAL_LOADERS, Asset
 from harness.errors import UserError
 from harness.store import write_json, write_jsonl
 
@@ -75,7 +77,7 @@ def run_open_llm(model, output_dir: Path | str, tasks: list[str] | None = None, 
     unknown = [t for t in tasks if t not in LEADERBOARD]
     if unknown:
         raise UserError(f"unknown open-llm task(s) {unknown}; valid: {', '.join(LEADERBOARD)}")
-    from harness.assets import open_llm_assets, require
+    from harness.assets import require
 
     require(open_llm_assets(tasks, include_path), "python -m harness prepare --suite open-llm"
             + (f" --tasks {','.join(tasks)}" if tasks != list(LEADERBOARD) else ""))  # before the model loads
@@ -123,3 +125,43 @@ def _plain(x):
     if isinstance(x, (list, tuple)):
         return [_plain(v) for v in x]
     return x if isinstance(x, (str, int, float, bool)) or x is None else str(x)
+
+
+def open_llm_assets(tasks: Iterable[str] | None = None, include_path: str | Path | None = None) -> list[Asset]:
+    """The data sets lm-eval loads for the leaderboard tasks, read from its task YAMLs (groups and tags expanded);
+    tasks shadowed by local files (evals.open_llm.write_shadow_tasks) need those files instead."""
+    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks._yaml_loader import load_yaml  # lm-eval's own include-resolving loader
+
+    index = TaskManager(include_path=str(include_path)).task_index if include_path else _builtin_tasks()
+    out: list[Asset] = []
+
+    def walk(top: str, name: str, seen: frozenset = frozenset()) -> None:
+        entry = index.get(name)
+        if entry is None or name in seen:
+            raise UserError(f"lm-eval has no task {name!r} (needed by open-llm task {top})")
+        kind = entry.kind.name
+        if kind == "TAG":
+            for child in sorted(entry.tags):
+                walk(top, child, seen | {name})
+            return
+        cfg = load_yaml(entry.yaml_path, resolve_func=False) if entry.yaml_path else dict(entry.cfg or {})
+        if kind == "GROUP":
+            for child in cfg.get("task") or []:
+                walk(top, child if isinstance(child, str) else child["task"], seen | {name})
+            return
+        splits = tuple(dict.fromkeys(cfg[k] for k in ("training_split", "validation_split", "test_split",
+                                                      "fewshot_split") if cfg.get(k)))
+        path, files = cfg.get("dataset_path"), (cfg.get("dataset_kwargs") or {}).get("data_files")
+        if path in LOCAL_LOADERS and files:
+            for split, f in (files.items() if isinstance(files, dict) else [("data", files)]):
+                for one in [f] if isinstance(f, str) else f:
+                    out.append(Asset(f"open-llm {top} data ({split})", "local", str(one),
+                                     hint="a local file named by the task YAML in --include-path"))
+        elif path:
+            out.append(Asset(f"open-llm {top} data", "dataset", path, config=cfg.get("dataset_name"),
+                             splits=splits))
+
+    for task in tasks or LEADERBOARD:
+        walk(task, task)
+    return out

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.store import RunDir, read_json, read_jsonl
+from harness.store import RunDir, is_run_dir, read_json, read_jsonl
 
 BUDGET_COUNTERS = ("prompts", "responses", "rm_queries", "optimizer_steps", "wall_time_s")
 COMPARISON_FIELDS = ("task", "data_source", "preset", "judge", "eval_temperature", "kl_definition")
@@ -65,19 +65,6 @@ class Run:
 
 # ---------------------------------------------------------------------------------------------------------------
 # discovery and loading
-
-def is_run_dir(path: Path) -> bool:
-    """A run directory has a summary or metrics, or a config.json carrying a config_hash (HF model dirs do not)."""
-    if (path / "summary.json").is_file() or (path / "metrics.jsonl").is_file():
-        return True
-    cfg = path / "config.json"
-    if cfg.is_file():
-        try:
-            return "config_hash" in read_json(cfg)
-        except (OSError, ValueError, TypeError):
-            return True  # a corrupt config.json is still a run the user should hear about
-    return False
-
 
 def discover(paths: list[Path]) -> list[Path]:
     """Run directories given directly or found below a results root; never descends into a run directory,

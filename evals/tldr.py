@@ -10,9 +10,8 @@ import torch
 from harness.distributed import Runtime
 from harness.experience import encode_queries
 from harness.rollout import sample, truncate_after_eos
+from harness.examples import Example, Gold
 from harness.scoring import ScoreRule, exact_kl, has_eos, reward_scores, sequence_logprobs
-from harness.tasks.synthetic import Facts, gold_reward
-from harness.tasks.tldr import Example
 from harness.tokens import decode_responses
 
 KL_DEFINITION = "masked_sequence_sum"
@@ -46,8 +45,9 @@ def score_responses(policy, reference, reward_model, tokenizer, examples: list[E
 
 
 def summarize(records: list[dict], examples: list[Example], *, temperature: float, kl_temperature: float,
-              judge=None) -> tuple[dict, list[dict]]:
-    """Metrics (means over `examples`) and per-sample records, with the judge's verdicts when there is a judge."""
+              judge=None, gold: Gold | None = None) -> tuple[dict, list[dict]]:
+    """Metrics (means over `examples`) and per-sample records, with the judge's verdicts when there is a judge and
+    the task's gold reward when it has one."""
     mean = lambda key: sum(r[key] for r in records) / len(records)  # noqa: E731
     metrics = {"rm_score": mean("score"), "kl": mean("kl"), "kl_exact": mean("kl_exact"),
                "response_length": mean("length"), "eos_rate": mean("eos"),
@@ -56,8 +56,8 @@ def summarize(records: list[dict], examples: list[Example], *, temperature: floa
     texts, ended = [r["response"] for r in records], [r["eos"] for r in records]
     samples = [{"prompt": ex.prompt, "response": r["response"], "reference": ex.reference, "score": r["score"],
                 "kl": r["kl"], "eos": r["eos"]} for ex, r in zip(examples, records)]
-    if all(ex.facts for ex in examples):
-        golds = [gold_reward(t, Facts(**ex.facts), terminated=e) for ex, t, e in zip(examples, texts, ended)]
+    if gold is not None:
+        golds = [gold(t, ex, terminated=e) for ex, t, e in zip(examples, texts, ended)]
         metrics["gold_reward"] = sum(golds) / len(golds)
         for rec, g in zip(samples, golds):
             rec["gold"] = g
@@ -74,7 +74,7 @@ def summarize(records: list[dict], examples: list[Example], *, temperature: floa
 def evaluate_tldr(policy, reference, reward_model, tokenizer, examples: list[Example], *, max_prompt_tokens: int,
                   max_new_tokens: int, temperature: float, kl_temperature: float, judge=None, seed: int = 1234,
                   chunk: int = 64, runtime: Runtime | None = None,
-                  rule: ScoreRule = ScoreRule(missing_eos_score=None)) -> tuple[dict, list[dict]]:
+                  rule: ScoreRule = ScoreRule(missing_eos_score=None), gold: Gold | None = None) -> tuple[dict, list[dict]]:
     """Metrics and per-sample records. `judge` may be None (win rate not computed). With several processes each
     scores its share of the examples and rank 0 alone judges and returns the metrics (the others get ({}, []))."""
     runtime = runtime or Runtime.single()
@@ -84,4 +84,5 @@ def evaluate_tldr(policy, reference, reward_model, tokenizer, examples: list[Exa
                                              chunk=chunk, rule=rule))
     if not runtime.is_main:
         return {}, []
-    return summarize(records, examples, temperature=temperature, kl_temperature=kl_temperature, judge=judge)
+    return summarize(records, examples, temperature=temperature, kl_temperature=kl_temperature, judge=judge,
+                     gold=gold)

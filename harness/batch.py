@@ -45,6 +45,16 @@ class Batch:
         return self.mask if self.logp_mask is None else self.logp_mask
 
     @property
+    def logp_old_sum(self) -> Tensor:
+        """[P, K] logp_t(y): pi_t's log-probs summed over each response's counted tokens (zero elsewhere)."""
+        return self.logp_old.sum(-1)
+
+    @property
+    def logp_ref_sum(self) -> Tensor:
+        """[P, K] logp_ref(y), likewise."""
+        return self.logp_ref.sum(-1)
+
+    @property
     def samples_per_prompt(self) -> int:
         return self.response.shape[1]
 

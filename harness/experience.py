@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -10,13 +11,10 @@ from torch import Tensor
 from harness.batch import Batch, PolicyOutput
 from harness.models import Models
 from harness.rollout import HFEngine, truncate_after_eos
-from harness.scoring import (ScoreRule, kl_penalised_reward, reward_scores, sequence_kl, sequence_logprobs,
+from harness.examples import Example, Gold, truncate_prompt
+from harness.scoring import (ScoreRule, has_eos, kl_penalised_reward, reward_scores, sequence_kl, sequence_logprobs,
                              token_rewards, token_values)
-from harness.tasks.synthetic import Facts, bradley_terry_prob, gold_reward
-from harness.tasks.tldr import Example, truncate_prompt
 from harness.tokens import decode_responses, encode_responses, left_pad
-
-GOLD_BT_TEMPERATURE = 0.15  # the stand-in's simulated labellers' Bradley-Terry temperature (synthetic.generate)
 
 
 @dataclass
@@ -29,6 +27,8 @@ class Budget:
     optimizer_steps: int = 0
     wall_time_s: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # per-phase seconds of the current iteration
+
+    COUNTERS: ClassVar[tuple[str, ...]] = ("prompts", "responses", "rm_queries", "optimizer_steps", "wall_time_s")
 
     def counters(self) -> dict:
         return {"prompts": self.prompts, "responses": self.responses, "rm_queries": self.rm_queries,
@@ -92,28 +92,28 @@ def _score_flat(models: Models, query: Tensor, response: Tensor, mask: Tensor, t
     return {k: torch.cat(v) for k, v in parts.items() if v}
 
 
-def gold_rewards(response: Tensor, mask: Tensor, examples: list[Example], tokenizer, eos_id: int) -> Tensor:
-    """Stand-in only: the gold reward of flat [P*K] responses, K consecutive per example; [P*K]."""
+def gold_rewards(gold: Gold, response: Tensor, mask: Tensor, examples: list[Example], tokenizer,
+                 eos_id: int) -> Tensor:
+    """The task's gold reward of flat [P*K] responses, K consecutive per example; [P*K]."""
     K = len(response) // len(examples)
-    eos = ((response == eos_id) & mask).any(-1).tolist()
+    ended = has_eos(response, mask, eos_id).tolist()
     texts = decode_responses(response, mask, tokenizer)
-    return torch.tensor([gold_reward(t, Facts(**examples[i // K].facts), terminated=e)
-                         for i, (t, e) in enumerate(zip(texts, eos))], device=response.device)
+    return torch.tensor([gold(t, examples[i // K], terminated=e) for i, (t, e) in enumerate(zip(texts, ended))],
+                        device=response.device)
 
 
 def preference_probs(models: Models, examples: list[Example], response: Tensor, mask: Tensor,
-                     score: Tensor) -> Tensor:
+                     score: Tensor, gold: Gold | None = None) -> Tensor:
     """P(y_i > y_j) for the K responses of each prompt; [P, K, K].
 
-    The preference model: on the synthetic stand-in, the gold reward's Bradley-Terry probability (temperature of
-    the stand-in's simulated labellers); on real data, the reward model's Bradley-Terry probability
+    The preference model: with a task's gold reward (the synthetic stand-in), its Bradley-Terry probability at the
+    temperature of the task's simulated labellers (Gold.preference); on real data, the reward model's Bradley-Terry probability
     sigmoid(score_i - score_j), the form it was trained under.
     """
     P = len(examples)
-    if all(ex.facts for ex in examples):
-        gold = gold_rewards(response, mask, examples, models.tokenizer, models.eos_id).reshape(P, -1).tolist()
-        return torch.tensor([[[bradley_terry_prob(a, b, GOLD_BT_TEMPERATURE) for b in row] for a in row]
-                             for row in gold], device=response.device)
+    if gold is not None:
+        g = gold_rewards(gold, response, mask, examples, models.tokenizer, models.eos_id).reshape(P, -1).tolist()
+        return torch.tensor([[[gold.preference(a, b) for b in row] for a in row] for row in g], device=response.device)
     s = score.reshape(P, -1)
     return torch.sigmoid(s[:, :, None] - s[:, None, :])
 
@@ -122,8 +122,13 @@ def collect_online(models: Models, examples: list[Example], samples_per_prompt: 
                    max_new_tokens: int, temperature: float, kl_coef: float, chunk: int, budget: Budget,
                    generator: torch.Generator, append_reference: bool = False, count_post_eos: bool = False,
                    preferences: bool = False, with_policy: bool = True, engine=None,
-                   rule: ScoreRule = ScoreRule()) -> Batch:
-    """Sample S responses per prompt from pi_t, cut at EOS, score them: the on-policy Batch.
+                   rule: ScoreRule = ScoreRule(), logprob_temperature: float | None = None,
+                   gold: Gold | None = None) -> Batch:
+    """Sample S responses per prompt from pi_t at `temperature`, cut at EOS, score them: the on-policy Batch.
+
+    logprob_temperature: the temperature of pi_t's and pi_ref's log-probs (default: the sampling temperature); it
+    must be the one the optimizer's own forward uses (policy_output), or the ratio pi_theta / pi_t starts != 1.
+    gold: the task's gold reward, the preference model when `preferences` (see preference_probs).
 
     append_reference: the example's human reference becomes response S+1 of its prompt, scored like a sample.
     count_post_eos: log-probs and values count every sampled token, the ones after the first EOS too.
@@ -156,9 +161,10 @@ def collect_online(models: Models, examples: list[Example], samples_per_prompt: 
     width = _used_width(logp_mask)
     tokens, response, mask, logp_mask = (x[:, :width] for x in (tokens, response, mask, logp_mask))
     with Timer(budget, "scoring"):
-        scored = _score_flat(models, query, response, mask, temperature, chunk, with_rewards=True,
-                             tokens=tokens, logp_mask=logp_mask, with_policy=with_policy, rule=rule)
-        preference = preference_probs(models, examples, response, mask, scored["score"]) if preferences else None
+        scored = _score_flat(models, query, response, mask, logprob_temperature or temperature, chunk,
+                             with_rewards=True, tokens=tokens, logp_mask=logp_mask, with_policy=with_policy, rule=rule)
+        preference = (preference_probs(models, examples, response, mask, scored["score"], gold) if preferences
+                      else None)
     budget.prompts += P
     budget.responses += P * S
     budget.rm_queries += P * K
@@ -178,7 +184,7 @@ def collect_online(models: Models, examples: list[Example], samples_per_prompt: 
 
 def fill_rewards(batch: Batch, kl_coef: float) -> None:
     """The rewards that need pi_t's log-probs: sequence KL, r = score - beta * kl, and the per-token reward."""
-    batch.kl = sequence_kl(batch.logp_old.sum(-1), batch.logp_ref.sum(-1))
+    batch.kl = sequence_kl(batch.logp_old_sum, batch.logp_ref_sum)
     batch.reward = kl_penalised_reward(batch.score, batch.kl, kl_coef)
     batch.token_reward = token_rewards(batch.score.flatten(), batch.flat("logp_old"), batch.flat("logp_ref"),
                                        batch.flat("mask"), kl_coef).reshape(batch.logp_old.shape)

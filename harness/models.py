@@ -60,17 +60,12 @@ class Models:
         return params
 
 
-def resolve_paths(settings: ModelSettings, log=print) -> dict[str, str]:
-    """Where policy, reward model and tokenizer come from (builds the tiny preset when asked for)."""
+def named_paths(settings: ModelSettings) -> dict[str, str]:
+    """Where policy, reward model and tokenizer come from when the settings name them (directories or hub names);
+    a builtin preset is built by its task first (harness.tasks.tiny.resolve_paths)."""
     if settings.policy.startswith("builtin:"):
-        name = settings.policy.split(":", 1)[1]
-        if name != "tiny":
-            raise UserError(f"unknown builtin model {settings.policy!r}; valid: builtin:tiny")
-        from harness.tiny import ensure_tiny
-
-        paths = ensure_tiny(settings.tiny, settings.cache_dir, log=log)
-        return {"policy": str(paths.policy), "reward_model": settings.reward_model or str(paths.reward_model),
-                "tokenizer": settings.tokenizer or str(paths.policy), "build_info": str(paths.info)}
+        raise UserError(f"model.policy {settings.policy!r} is a builtin preset: resolve it with "
+                        f"harness.tasks.tiny.resolve_paths, which builds it")
     if settings.reward_model is None:
         raise UserError("model.reward_model is required when model.policy is not a builtin preset")
     return {"policy": settings.policy, "reward_model": settings.reward_model,
@@ -110,11 +105,25 @@ def load_tokenizer(name: str):
     return tok
 
 
-def _fit_vocab(model, tokenizer) -> None:
+def fit_vocab(model, tokenizer) -> None:
+    """Room for the tokenizer's added tokens ([PAD]) and its pad / EOS ids in the model's config."""
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
+
+
+def load_policy(path: str, tokenizer, dtype=torch.float32) -> nn.Module:
+    """A causal LM from safetensors only (pickled weights are refused), fitted to the tokenizer; one-line errors."""
+    from transformers import AutoModelForCausalLM
+
+    refuse_pickled(path, "policy")
+    try:
+        policy = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=dtype)
+    except OSError as e:
+        raise UserError(f"cannot load policy {path!r}: {str(e).splitlines()[0]}") from None
+    fit_vocab(policy, tokenizer)
+    return policy
 
 
 def _frozen(model: nn.Module) -> nn.Module:
@@ -139,7 +148,7 @@ def load_reward_model(name: str, tokenizer, dtype=torch.float32, frozen: bool = 
                                                                     dtype=dtype)
         except OSError as e:
             raise UserError(f"cannot load reward model {name!r} (safetensors only): {str(e).splitlines()[0]}") from None
-        _fit_vocab(rm, tokenizer)
+        fit_vocab(rm, tokenizer)
     return _frozen(rm) if frozen else rm
 
 
@@ -215,25 +224,21 @@ def _has_submodule(model: nn.Module, name: str) -> bool:
         return False
 
 
-def load_models(settings: ModelSettings, needs_critic: bool = False, log=print,
+def load_models(settings: ModelSettings, paths: dict[str, str] | None = None, needs_critic: bool = False,
                 device: torch.device | str | None = None) -> Models:
-    from transformers import AutoModelForCausalLM
+    """Policy (LoRA or full, fp32 masters), reference, reward model, tokenizer and (needs_critic) critic, from
+    `paths` (harness.tasks.tiny.resolve_paths: a builtin preset built on first use) or the names in `settings`."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    paths = resolve_paths(settings, log=log)
+    paths = paths or named_paths(settings)
     tokenizer = load_tokenizer(paths["tokenizer"])
     precision = resolve_precision(settings.compute_dtype, settings.frozen_dtype, device or "cpu")
     # A LoRA model's base weights are frozen: stored at the frozen dtype, its adapters in float32 (fp32_master).
     # A full or last-layers model is float32 throughout (its frozen blocks feed trained ones outside autocast too).
     base_dtype = precision.frozen if settings.lora is not None else torch.float32
-    refuse_pickled(paths["policy"], "policy")
-    try:
-        policy = AutoModelForCausalLM.from_pretrained(paths["policy"], use_safetensors=True, dtype=base_dtype)
-    except OSError as e:
-        raise UserError(f"cannot load policy {paths['policy']!r}: {str(e).splitlines()[0]}") from None
-    _fit_vocab(policy, tokenizer)
+    policy = load_policy(paths["policy"], tokenizer, base_dtype)
     reference = None
     if settings.reference == "frozen_copy" or settings.lora is None:
         reference = _frozen(copy.deepcopy(policy).to(precision.frozen))

@@ -159,13 +159,6 @@ def token_rewards(score: Tensor, logp_policy: Tensor, logp_ref: Tensor, response
     return out
 
 
-def masked_mean(x: Tensor, mask: Tensor, dim=None) -> Tensor:
-    mask = mask.to(x.dtype)
-    if dim is None:
-        return (x * mask).sum() / mask.sum().clamp(min=1)
-    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
-
-
 def cross_entropy_on_response(model, query: Tensor, response: Tensor, response_mask: Tensor, pad_id: int) -> Tensor:
     """Mean token cross-entropy of the response given the query (SFT), from the same forward as training."""
     logp = sequence_logprobs(model, query, response, response_mask, pad_id, temperature=1.0)

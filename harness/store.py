@@ -21,6 +21,43 @@ from pathlib import Path
 from typing import Any, Iterable
 
 
+def cache_root(cache_dir: str | None = None) -> Path:
+    """Where built presets, baselines, judge answers and prepared assets live: `cache_dir`, else $HARNESS_CACHE,
+    else ~/.cache/harness."""
+    return Path(cache_dir or os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "harness")
+
+
+def writable_cache_root(cache_dir: str | None = None) -> Path:
+    """cache_root, created now: a location that cannot be created is a one-line error before any work starts."""
+    root = cache_root(cache_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=root, prefix=".write-probe-")
+        probe.close()
+    except OSError as e:
+        from harness.errors import UserError
+
+        raise UserError(f"the cache directory {root} cannot be created or written ({e.strerror or e}); set "
+                        f"HARNESS_CACHE or model.cache_dir to a writable directory") from None
+    return root
+
+
+def is_run_dir(path: Path) -> bool:
+    """The one rule for "this is a run directory" (`harness report` and `harness eval`): a summary.json, metrics or
+    checkpoints, or a config.json carrying a config_hash (a model directory's config.json has none)."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    if (path / "summary.json").is_file() or (path / "metrics.jsonl").is_file() or (path / "checkpoints").is_dir():
+        return True
+    try:
+        return "config_hash" in read_json(path / "config.json")
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, TypeError, AttributeError):
+        return True  # a corrupt config.json beside nothing else: still a run the user should hear about
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write to a temp file in the same directory, fsync, then rename: readers never see half a file."""
     path = Path(path)
@@ -123,6 +160,8 @@ class RunDir:
     summary = property(lambda self: self.path / "summary.json")
     checkpoints = property(lambda self: self.path / "checkpoints")
     evals = property(lambda self: self.path / "evals")
+    failed = property(lambda self: self.path / "failed.json")  # the last failure, until the run starts again
+    superseded = property(lambda self: self.path / "metrics.superseded.jsonl")
 
     def create(self, config: dict) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -136,7 +175,7 @@ class RunDir:
     def begin_attempt(self, resumed_from: int, code: str) -> None:
         """A (re)start from iteration `resumed_from`: metrics lines logged after it are redone, so they move to
         metrics.superseded.jsonl; an earlier failure record moves into attempts.jsonl. Nothing is deleted."""
-        failed = self.path / "failed.json"
+        failed = self.failed
         if failed.exists():
             append_jsonl(self.attempts, {"event": "failed", **{k: v for k, v in read_json(failed).items()
                                                                if k != "traceback"}})
@@ -147,7 +186,7 @@ class RunDir:
             stale = [r for r in records if r.get("iteration", 0) > resumed_from or r.get("final")]
             if stale or torn:
                 for r in stale:
-                    append_jsonl(self.path / "metrics.superseded.jsonl", r)
+                    append_jsonl(self.superseded, r)
                 write_jsonl(self.metrics, [r for r in records if r not in stale])
         append_jsonl(self.attempts, {"event": "started", "resumed_from": resumed_from, "code_version": code,
                                      "at": _now(), **({"dropped": torn} if torn else {})})

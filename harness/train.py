@@ -13,17 +13,17 @@ from functools import partial
 
 import torch
 
-from algorithms.base import Algorithm
 from harness.batch import Batch
 from harness.config import RunConfig
+from harness.contract import ONLINE_WITH_REFERENCE, PREFERENCE_PAIRS, Algorithm
 from harness.distributed import Runtime, derived_seed
 from harness.errors import UserError
 from harness.experience import (Budget, Timer, adopt_policy_forward, collect_online, collect_pairs, gold_rewards,
                                 policy_output)
 from harness.models import Models
 from harness.rollout import logprob_drift, make_engine
-from harness.scoring import ScoreRule
-from harness.tasks.tldr import Example
+from harness.examples import Example, Gold, TaskData
+from harness.scoring import ScoreRule, has_eos
 
 
 class TrainingDiverged(UserError):
@@ -35,6 +35,11 @@ def lr_factor(schedule: str, total: int, step: int) -> float:
     scripts' anneal_lr) or cosine to 0 without warm-up (the N+ SFT, reward and offline pairwise scripts' get_scheduler("cosine"))."""
     done = min(1.0, step / total)
     return 1 - done if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * done))
+
+
+def training_examples(algo: Algorithm, data: TaskData) -> list[Example]:
+    """What an optimizer trains on: the preference pairs (offline) or the SFT split's prompts (online)."""
+    return data.pref_train if algo.data == PREFERENCE_PAIRS else data.sft_train
 
 
 def data_order(n: int, seed: int, epoch: int = 0) -> list[int]:
@@ -50,6 +55,7 @@ class Trainer:
     train_examples: list[Example]
     budget: Budget
     runtime: Runtime = field(default_factory=Runtime.single)
+    gold: Gold | None = None  # the task's gold reward (the stand-in's): the preference model, a logged statistic
 
     def __post_init__(self):
         t, rank = self.cfg.train, self.runtime.rank
@@ -70,7 +76,7 @@ class Trainer:
         self.temperature = self.algo.logprob_temperature or self.cfg.generation.temperature
         self.shared_prefix = self.runtime.fsdp is None  # see experience.policy_output
         g = self.cfg.generation
-        self.engine = None if self.algo.data == "preference_pairs" else make_engine(
+        self.engine = None if self.algo.data == PREFERENCE_PAIRS else make_engine(
             g.engine, self.models.origin.get("policy", ""), self.models.precision.compute_name,
             derived_seed(self.cfg.seed, "engine", rank), self.cfg.task.max_prompt_tokens + g.max_new_tokens,
             g.vllm_gpu_memory_utilization)
@@ -102,17 +108,18 @@ class Trainer:
         self.models.policy.eval()
         try:
             with self.runtime.gathered(self.models.policy, self.models.critic):
-                if self.algo.data == "preference_pairs":
+                if self.algo.data == PREFERENCE_PAIRS:
                     return collect_pairs(self.models, examples, self.cfg.task.max_prompt_tokens, g.max_new_tokens,
                                          self.temperature, chunk, self.budget, with_policy=not self.single_pass)
                 self.engine.sync(self.models.policy)
                 return collect_online(self.models, examples, self.algo.samples_per_prompt,
                                       self.cfg.task.max_prompt_tokens, g.max_new_tokens, g.temperature, t.kl_coef,
                                       chunk, self.budget, self.sampler,
-                                      append_reference=self.algo.data == "online_with_reference",
+                                      append_reference=self.algo.data == ONLINE_WITH_REFERENCE,
                                       count_post_eos=not self.algo.mask_post_eos,
                                       preferences=self.algo.needs_preference, with_policy=not self.single_pass,
-                                      engine=self.engine, rule=score_rule(self.cfg))
+                                      engine=self.engine, rule=score_rule(self.cfg),
+                                      logprob_temperature=self.temperature, gold=self.gold)
         finally:
             self.models.policy.train()
 
@@ -172,7 +179,7 @@ class Trainer:
         with Timer(self.budget, "update"):
             stats = self.update(batch, iteration)
         self.budget.wall_time_s += time.perf_counter() - start
-        stats = {**stats, **rollout_stats(batch, examples, self.models),
+        stats = {**stats, **rollout_stats(batch, examples, self.models, self.gold),
                  **{f"time/{k}_s": round(v, 4) for k, v in self.budget.timings.items()}}
         return {"iteration": iteration, **self.counters(), **self.runtime.mean(stats),
                 "lr": self.scheduler.get_last_lr()[0]}
@@ -214,16 +221,16 @@ def score_rule(cfg: RunConfig, evaluation: bool = False) -> ScoreRule:
     return ScoreRule(scale=cfg.train.reward_scale, missing_eos_score=missing)
 
 
-def rollout_stats(batch: Batch, examples: list[Example], models: Models) -> dict[str, float]:
-    """The shared training statistics every optimizer logs (docs/run_format.md)."""
+def rollout_stats(batch: Batch, examples: list[Example], models: Models, gold: Gold | None = None) -> dict[str, float]:
+    """The shared training statistics every optimizer logs (docs/run_format.md); with a task's gold reward, how it
+    moves during training."""
     out = {"response_length": batch.mask.sum(-1).float().mean().item()}
     if batch.score is None:
         return out
-    eos = ((batch.response == models.eos_id) & batch.mask).any(-1)
     out.update(score=batch.score.mean().item(), kl=batch.kl.mean().item(), reward=batch.reward.mean().item(),
-               eos_rate=eos.float().mean().item())
-    if all(ex.facts for ex in examples):  # stand-in only: how the gold reward moves during training
-        out["gold"] = gold_rewards(batch.flat("response"), batch.flat("mask"), examples, models.tokenizer,
+               eos_rate=has_eos(batch.response, batch.mask, models.eos_id).float().mean().item())
+    if gold is not None:
+        out["gold"] = gold_rewards(gold, batch.flat("response"), batch.flat("mask"), examples, models.tokenizer,
                                    models.eos_id).mean().item()
     return out
 

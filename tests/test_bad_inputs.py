@@ -16,7 +16,8 @@ import torch
 from harness.cli import main
 from harness.config import resolve
 from harness.errors import UserError
-from harness.tasks.tldr import Example, example_from_row, load_task, truncate_prompt
+from harness.tasks.tldr import example_from_row, load_task
+from harness.examples import Example, truncate_prompt
 from tests.helpers import BigramLM, ConstantRewardModel
 from tests.openai_stub import OpenAIStub
 from tests.test_tldr_task import WordTokenizer
@@ -289,13 +290,14 @@ def test_training_on_degenerate_responses_stays_finite(tiny_test_models, harness
     from algorithms.base import make
     from harness.experience import Budget
     from harness.models import load_models
+    from harness.tasks.tiny import resolve_paths
     from harness.train import Trainer
 
     _, _, data = tiny_test_models
     cfg = resolve("tiny-test", {"algo": algo, "model": {"cache_dir": harness_cache},
                                 "train": {"prompts_per_iteration": 4}})
     algorithm = make(algo)
-    models = load_models(cfg.model, needs_critic=algorithm.needs_critic, log=lambda *a: None)  # trained here
+    models = load_models(cfg.model, resolve_paths(cfg.model, log=lambda *a: None), needs_critic=algorithm.needs_critic)  # trained here
     force_token(monkeypatch, models.policy, models.pad_id if emit == "pad" else models.eos_id)
     line = Trainer(cfg, algorithm, models, data.sft_train, Budget()).iteration(1)
     assert all(math.isfinite(v) for v in line.values() if isinstance(v, float)), line
@@ -322,12 +324,13 @@ def test_non_finite_reward_stops_training_before_any_step(tiny_test_models, harn
     from algorithms.base import make
     from harness.experience import Budget
     from harness.models import load_models
+    from harness.tasks.tiny import resolve_paths
     from harness.train import Trainer, TrainingDiverged
 
     _, _, data = tiny_test_models
     cfg = resolve("tiny-test", {"algo": algo, "model": {"cache_dir": harness_cache},
                                 "train": {"prompts_per_iteration": 4}})
-    models = load_models(cfg.model, log=lambda *a: None)
+    models = load_models(cfg.model, resolve_paths(cfg.model, log=lambda *a: None))
     trainer = Trainer(cfg, make(algo), models, data.sft_train, Budget())
     trainer.iteration(1)
     poison_reward_head(monkeypatch, models.reward_model, value)
@@ -345,11 +348,12 @@ def test_non_finite_loss_stops_with_what_to_do(tiny_test_models, harness_cache):
     from algorithms.base import make
     from harness.experience import Budget
     from harness.models import load_models
+    from harness.tasks.tiny import resolve_paths
     from harness.train import Trainer, TrainingDiverged
 
     _, _, data = tiny_test_models
     cfg = resolve("tiny-test", {"model": {"cache_dir": harness_cache}, "train": {"prompts_per_iteration": 4}})
-    models = load_models(cfg.model, log=lambda *a: None)
+    models = load_models(cfg.model, resolve_paths(cfg.model, log=lambda *a: None))
     algo = make("rebel")
     real = algo.loss
     algo.loss = lambda batch, new: (real(batch, new)[0] * float("nan"), {})
@@ -419,7 +423,7 @@ def test_run_without_a_judge_key_fails_before_training(private_cache, tmp_path, 
     def no_training(*args, **kwargs):
         raise AssertionError("training started")
 
-    monkeypatch.setattr("harness.runner.Trainer", no_training)
+    monkeypatch.setattr("harness.app.runner.Trainer", no_training)
     out = tmp_path / "runs"
     code, lines = cli(capsys, "run", "--preset", "tiny-test", "-o", out, "--set", "eval.judge=openai",
                       "--set", f"model.cache_dir={private_cache}")
@@ -438,7 +442,7 @@ def test_unreachable_judge_message_says_what_to_check(tmp_path):
 
 
 def test_run_checks_the_judge_endpoint_before_any_work(tiny_test_models, private_cache, monkeypatch):
-    from harness.runner import make_judge
+    from harness.app.runner import make_judge
 
     _, _, data = tiny_test_models
     cfg = resolve("tiny-test", {"model": {"cache_dir": str(private_cache)}, "eval": {"judge": "openai"}})
@@ -516,6 +520,8 @@ def test_pickled_only_model_directory_is_refused_without_unpickling(tiny_test_mo
 
     from harness.models import load_models
 
+    from harness.tasks.tiny import resolve_paths
+
     marker = tmp_path / "unpickled"
 
     class Payload:
@@ -530,7 +536,7 @@ def test_pickled_only_model_directory_is_refused_without_unpickling(tiny_test_mo
     models = {"policy": str(tiny / "sft"), "reward_model": str(tiny / "reward"), "tokenizer": str(tiny / "sft")}
     cfg = resolve("tiny-test", {"model": {**models, role: str(pickled)}})
     with pytest.raises(UserError) as err:
-        load_models(cfg.model, log=lambda *a: None)
+        load_models(cfg.model, resolve_paths(cfg.model, log=lambda *a: None))
     what = "policy" if role == "policy" else "reward model"
     assert str(err.value).startswith(f"{what} '{pickled}' holds only pickled weights (pytorch_model.bin)")
     assert "convert them to safetensors" in str(err.value) and "\n" not in str(err.value)
@@ -539,11 +545,12 @@ def test_pickled_only_model_directory_is_refused_without_unpickling(tiny_test_mo
 
 def test_missing_model_directory_is_a_one_line_error(tiny_test_models, harness_cache):
     from harness.models import load_models
+    from harness.tasks.tiny import resolve_paths
 
     tiny = next(Path(harness_cache).glob("tiny-*"))
     cfg = resolve("tiny-test", {"model": {"policy": "/no/such/policy", "reward_model": str(tiny / "reward")}})
     with pytest.raises(UserError) as err:
-        load_models(cfg.model, log=lambda *a: None)
+        load_models(cfg.model, resolve_paths(cfg.model, log=lambda *a: None))
     assert str(err.value).startswith("cannot load tokenizer '/no/such/policy' (model.tokenizer, default model.policy")
     assert "\n" not in str(err.value)
 
@@ -557,3 +564,28 @@ def test_bad_chat_rows_are_one_line_errors_with_file_and_line(tmp_path, line):
     with pytest.raises(UserError) as err:
         load_chat(str(tmp_path), None)
     assert str(err.value).startswith(f"{tmp_path / 'prompts_train.jsonl'}:2: ") and "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# architecture step: a sweep file with a YAML syntax error, a cache that cannot be created, a REBEL eta that
+# would train toward lower reward
+
+def test_sweep_file_with_a_yaml_syntax_error_is_one_line(capsys, tmp_path):
+    bad = tmp_path / "sweep.yaml"
+    bad.write_text("algorithms: [rebel, ppo\nseeds: [0]\n")
+    code, lines = cli(capsys, "sweep", str(bad), "--dry-run")
+    assert_one_line_error(code, lines, f"sweep file {bad} is not valid YAML", "line ")
+
+
+def test_a_cache_that_cannot_be_created_fails_before_the_run_directory(capsys, tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")  # a file where the cache directory should be: mkdir cannot create it
+    monkeypatch.setenv("HARNESS_CACHE", str(blocker / "cache"))
+    code, lines = cli(capsys, "run", "--algo", "rebel", "-o", str(tmp_path / "runs"), "-n", "1")
+    assert_one_line_error(code, lines, f"the cache directory {blocker / 'cache'} cannot be created", "HARNESS_CACHE")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_rebel_eta_that_is_not_positive_is_refused(capsys, tmp_path):
+    code, lines = cli(capsys, "run", "--algo", "rebel", "--set", "algo.eta=-1", "-o", str(tmp_path))
+    assert_one_line_error(code, lines, "invalid settings for 'rebel'", "eta must be > 0")

@@ -110,7 +110,7 @@ def test_build_batches_without_padding_columns_give_the_same_losses():
     import torch.nn.functional as F
 
     from harness.scoring import cross_entropy_on_response, forward_inputs, pairwise_reward_loss
-    from harness.tiny import _trim
+    from harness.tasks.tiny import _trim
 
     def two_forwards(rm, q, c, cm, r, rmask, pad):  # the classifier's own pooling, each response with its prompt
         score = lambda resp: rm(**forward_inputs(q, resp, pad)).logits.float().squeeze(-1)

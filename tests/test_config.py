@@ -1,6 +1,7 @@
 import pytest
 
 from algorithms.base import make
+from harness import tasks
 from harness.config import parse_overrides, preset_names, resolve
 from harness.errors import UserError
 
@@ -20,7 +21,7 @@ def test_presets_include_each_other():
 
 @pytest.mark.parametrize("call, message", [
     (lambda: resolve("nope"), "unknown preset 'nope'; valid presets: "),
-    (lambda: resolve("tiny", {"task": {"name": "nope"}}), "unknown task 'nope'; valid tasks: tldr"),
+    (lambda: tasks.get(resolve("tiny", {"task": {"name": "nope"}}).task.name), "unknown task 'nope'; valid tasks: "),
     (lambda: resolve("tiny", {"train": {"lr": -1}}), "invalid config value at train.lr"),
     (lambda: resolve("tiny", {"train": {"learning_rate": 1}}), "invalid config value at train.learning_rate"),
     (lambda: make("nope"), "unknown algorithm 'nope'; valid algorithms: "),

@@ -11,6 +11,7 @@ from algorithms.base import make
 from harness.errors import UserError
 from harness.experience import Budget
 from harness.models import load_models
+from harness.tasks.tiny import resolve_paths
 from harness.rollout import HFEngine, logprob_drift, make_engine, sample
 from harness.train import Trainer
 
@@ -30,7 +31,7 @@ def test_drift_by_hand():
 def fresh(tiny_test_models):
     """The session's config and data with models of this test's own (training must not touch the shared ones)."""
     cfg, _, data = tiny_test_models
-    return cfg, load_models(cfg.model, log=lambda *a: None), data
+    return cfg, load_models(cfg.model, resolve_paths(cfg.model, log=lambda *a: None)), data
 
 
 @pytest.mark.parametrize("algo", ["rebel", "reinforce", "rebel_hybrid"])  # pi_t from scoring / from the update

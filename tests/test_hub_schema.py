@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from harness.errors import UserError
-from harness.tasks.tldr import (HUB_PREFERENCE, HUB_SFT, HUB_SPLITS, PROMPT_TEMPLATE, Example, TaskData, _hub,
-                                hub_examples, truncate_prompt)
+from harness.examples import PROMPT_TEMPLATE, Example, TaskData, truncate_prompt
+from harness.tasks.tldr import HUB_PREFERENCE, HUB_SFT, HUB_SPLITS, _hub, hub_examples
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hub_tldr"
 EOS = "<|endoftext|>"
@@ -45,7 +45,7 @@ def hub():
 @pytest.fixture(scope="module")
 def tok(hub):
     """A small byte-level BPE with "<|endoftext|>" as its EOS, as Pythia's (built the way the tiny preset's is)."""
-    from harness.tiny import train_tokenizer
+    from harness.tasks.tiny import train_tokenizer
 
     splits, _ = hub
     return train_tokenizer(TaskData(source="hub", **splits), vocab_size=400)

@@ -10,7 +10,8 @@ from harness.config import LoraSettings, resolve
 from harness.errors import UserError
 from harness.experience import Budget
 from harness.models import add_critic_lora, load_models, lora_config
-from harness.plan import Counts, dry_run, estimate_memory_gb, estimated_counts, memory_plan, parameter_counts
+from harness.tasks.tiny import resolve_paths
+from harness.app.plan import Counts, dry_run, estimate_memory_gb, estimated_counts, memory_plan, parameter_counts
 from harness.precision import Precision
 from harness.scoring import token_values
 from harness.tasks.tldr import load_task
@@ -59,7 +60,7 @@ def _trainable(model) -> dict[str, torch.nn.Parameter]:
 
 def test_lora_policy_and_critic_train_query_key_value_adapters_only(neox):
     cfg = _paper_cfg(neox)
-    models = load_models(cfg.model, needs_critic=True, log=lambda *a: None)
+    models = load_models(cfg.model, resolve_paths(cfg.model, log=lambda *a: None), needs_critic=True)
     assert models.reference is None  # adapter_disabled, as the authors' ppo.py
     r = cfg.model.lora.r
     for model in (models.policy, models.critic):
@@ -75,7 +76,7 @@ def test_lora_policy_and_critic_train_query_key_value_adapters_only(neox):
 def test_bf16_frozen_and_compute_keep_fp32_adapters_and_train(neox):
     """The GPU path on CPU: base weights and reward model in bf16, bf16 autocast, adapters fp32; one PPO iteration."""
     cfg = _paper_cfg(neox, frozen_dtype="bfloat16", compute_dtype="bfloat16", lora={"r": 4, "alpha": 8})
-    models = load_models(cfg.model, needs_critic=True, log=lambda *a: None)
+    models = load_models(cfg.model, resolve_paths(cfg.model, log=lambda *a: None), needs_critic=True)
     assert models.precision.compute == torch.bfloat16 and models.precision.master == torch.float32
     for model in (models.policy, models.critic):
         dtypes = {n: p.dtype for n, p in model.named_parameters()}
@@ -90,7 +91,7 @@ def test_bf16_frozen_and_compute_keep_fp32_adapters_and_train(neox):
 
 def test_full_fine_tuning_critic_is_the_whole_reward_model_in_fp32(neox):
     cfg = _paper_cfg(neox, lora=None, reference="frozen_copy", frozen_dtype="bfloat16")
-    models = load_models(cfg.model, needs_critic=True, log=lambda *a: None)
+    models = load_models(cfg.model, resolve_paths(cfg.model, log=lambda *a: None), needs_critic=True)
     for model in (models.policy, models.critic):
         assert all(p.requires_grad and p.dtype == torch.float32 for p in model.parameters())
     assert {p.dtype for p in models.reference.parameters()} == {models.precision.frozen}

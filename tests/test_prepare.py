@@ -8,6 +8,7 @@ import json
 import pytest
 
 from harness import assets
+from harness.app import catalogue
 from harness.cli import main
 from harness.config import resolve
 from harness.errors import UserError
@@ -71,12 +72,12 @@ def test_dry_run_lists_each_paper_presets_assets(preset, empty_caches, capsys):
 
 
 def test_suites_list_the_evaluation_assets(empty_caches):
-    chat = [(a.role, a.kind, a.name, a.filename, a.splits) for a in assets.chat_assets()]
+    chat = [(a.role, a.kind, a.name, a.filename, a.splits) for a in catalogue.chat_assets()]
     assert chat == [("AlpacaEval reference outputs", "file", "tatsu-lab/alpaca_eval", "alpaca_eval_gpt4_baseline.json",
                      ()), ("AlpacaEval LC weights", "file", "tatsu-lab/alpaca_eval", "df_gamed.csv", ()),
                     ("MT-Bench questions and reference answers", "dataset", "HuggingFaceH4/mt_bench_prompts", None,
                      ("train",))]
-    found = assets.open_llm_assets()
+    found = catalogue.open_llm_assets()
     # read from lm-eval's own task YAMLs (its groups expanded): one row per data set config
     assert {(a.name, a.config, a.splits) for a in found if "mmlu" not in a.role} == {
         ("allenai/ai2_arc", "ARC-Challenge", ("train", "validation", "test")),
@@ -187,7 +188,7 @@ def test_prepare_fetches_with_the_libraries_calls_and_writes_a_manifest(empty_ca
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", hub)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", data)
-    assets.preflight_run(resolve("tldr-pythia-2.8b"), log=pytest.fail)
+    catalogue.preflight_run(resolve("tldr-pythia-2.8b"), log=pytest.fail)
 
 
 def test_a_split_the_hub_lacks_is_one_line(empty_caches, fake_hub, tmp_path):

@@ -15,7 +15,7 @@ from harness.config import resolve
 from harness.distributed import Runtime
 from harness.errors import UserError
 from harness.experience import Budget
-from harness.runner import run
+from harness.app.runner import run
 from harness.store import read_json, read_jsonl, write_json
 from harness.train import Trainer
 

@@ -7,7 +7,7 @@ import pytest
 
 from harness.cli import main
 from harness.config import resolve
-from harness.runner import run
+from harness.app.runner import run
 from harness.store import read_jsonl
 
 SUMMARY_KEYS = {"run_id", "status", "algorithm", "algorithm_config", "task", "data_source", "preset", "seed",

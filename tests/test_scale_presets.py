@@ -12,7 +12,8 @@ from harness.config import preset_names, resolve
 from harness.errors import UserError
 from harness.experience import Budget
 from harness.models import load_models
-from harness.plan import dry_run
+from harness.tasks.tiny import resolve_paths
+from harness.app.plan import dry_run
 from harness.tasks.tldr import load_task
 from harness.train import Trainer
 
@@ -67,7 +68,7 @@ def _save_stand_ins(tmp_path, tokenizer, arch: str):
 
 
 def _one_iteration(cfg):
-    models = load_models(cfg.model, log=lambda *a: None)
+    models = load_models(cfg.model, resolve_paths(cfg.model, log=lambda *a: None))
     trainer = Trainer(cfg, make(cfg.algo), models, load_task("synthetic").sft_train, Budget())
     line = trainer.iteration(1)
     return models, line
@@ -145,7 +146,7 @@ def test_chat_task_and_last_layers_training(tmp_path, tiny_test_models):
 
     _, task = tasks.load("chat", cfg.task.source)
     assert task.sft_train[-1].messages[-1] == {"role": "user", "content": "how are you?"}
-    models = load_models(cfg.model, log=lambda *a: None)
+    models = load_models(cfg.model, resolve_paths(cfg.model, log=lambda *a: None))
     trainable = {n for n, p in models.policy.named_parameters() if p.requires_grad}
     # the last block of two, the final norm and the (untied) head, as the authors' chat scripts train
     assert trainable and all(".layers.1." in n for n in trainable - {"model.norm.weight", "lm_head.weight"})

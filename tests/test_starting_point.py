@@ -9,10 +9,11 @@ from harness.cli import main
 from harness.config import ModelSettings
 from harness.models import load_models, load_tokenizer
 from harness.scoring import reward_scores
-from harness.starting_point import (StartSettings, build, preference_dataset, settings_for, sft_args, sft_dataset,
+from harness.app.starting_point import (StartSettings, build, preference_dataset, settings_for, sft_args, sft_dataset,
                                      sft_trainer, use_line)
 from harness.tasks import synthetic
-from harness.tasks.tldr import TaskData, example_from_row, truncate_prompt
+from harness.tasks.tldr import example_from_row
+from harness.examples import TaskData, truncate_prompt
 from harness.tokens import encode_responses, left_pad
 
 EOS = "<|endoftext|>"
@@ -98,7 +99,7 @@ def test_build_trains_sft_and_reward_model_that_the_harness_loads(stand_in, tmp_
     assert (out / "build_info.json").exists() and use_line(out) == (
         f"--set model.policy={out / 'sft'} --set model.reward_model={out / 'reward'}")
 
-    models = load_models(ModelSettings(policy=str(out / "sft"), reward_model=str(out / "reward")), log=lambda *a: None)
+    models = load_models(ModelSettings(policy=str(out / "sft"), reward_model=str(out / "reward")))
     tok, rm = models.tokenizer, models.reward_model
     assert tok.pad_token == "[PAD]" and tok.pad_token_id != tok.eos_token_id
     assert rm.config.reward_bias == pytest.approx(info["reward_bias"])

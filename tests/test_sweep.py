@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from harness.errors import UserError
-from harness.sweep import Job, expand, load_spec, run_sweep
+from harness.app.sweep import Job, expand, load_spec, run_sweep
 
 
 def test_grid_expands_and_run_ids_are_stable(tmp_path):

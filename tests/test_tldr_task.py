@@ -4,7 +4,8 @@ import pytest
 
 from harness.errors import UserError
 from harness.tasks import synthetic
-from harness.tasks.tldr import Example, TaskData, export_synthetic, load_task, resolve_source, truncate_prompt
+from harness.tasks.tldr import export_synthetic, load_task, resolve_source
+from harness.examples import Example, TaskData, truncate_prompt
 
 
 class WordTokenizer:
@@ -40,7 +41,7 @@ def test_local_directory_round_trip(tmp_path):
     export_synthetic(tmp_path)
     data = load_task(resolve_source(str(tmp_path)))
     synth = load_task("synthetic")
-    assert data.has_gold and len(data.sft_train) == len(synth.sft_train)
+    assert data.gold is not None and len(data.sft_train) == len(synth.sft_train)
     assert data.sft_eval[3].prompt == synth.sft_eval[3].prompt and data.pref_train[2].chosen == synth.pref_train[2].chosen
 
 
@@ -125,7 +126,7 @@ def test_stand_in_splits_are_unchanged_and_the_test_split_is_its_own():
     for split, (row_digest, example_digest) in STAND_IN_DIGESTS.items():
         assert digest(rows[split]) == row_digest, split
         assert digest([dataclasses.asdict(ex) for ex in getattr(data, split)]) == example_digest, split
-    assert len(data.sft_test) == 1000 and data.test_note is None and data.has_gold
+    assert len(data.sft_test) == 1000 and data.test_note is None and data.gold is not None
     assert {r["id"].rsplit("-", 1)[0] for r in rows["sft_test"]} == {"synthetic-4"}  # its own generator seed
     assert not {ex.post for ex in data.sft_test} & {ex.post for ex in data.sft_eval}
 

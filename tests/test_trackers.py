@@ -66,7 +66,7 @@ def test_wandb_offline_run_directory(tmp_path, monkeypatch):
 
 def test_run_sends_its_metrics_lines_to_tensorboard(tiny_test_models, harness_cache, tmp_path):
     from harness.config import resolve
-    from harness.runner import run
+    from harness.app.runner import run
 
     cfg = resolve("tiny-test", {"algo": "reinforce", "output_dir": str(tmp_path), "run_id": "tb",
                                 "model": {"cache_dir": harness_cache}, "log": {"trackers": "tensorboard"},

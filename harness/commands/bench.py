@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from algorithms.base import make
-        from harness.bench import CHECKPOINTING, run_bench, table
+        from harness.app.bench import CHECKPOINTING, run_bench, table
         from harness.errors import UserError
 
         torch.set_num_threads(threads)

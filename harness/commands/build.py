@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
                                                          "base_model=DIR (docs/starting_point.md)"),
     ) -> None:
         """Train OUT/sft and OUT/reward (the authors' SFT / RM recipe) and print the --set line that uses them."""
-        from harness.starting_point import (build, check_base_model, check_batch, load_data, main_process,
+        from harness.app.starting_point import (build, check_base_model, check_batch, load_data, main_process,
                                             settings_for, use_line)
 
         out = out or Path("models") / Path(preset).stem

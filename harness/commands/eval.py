@@ -1,5 +1,5 @@
 """`harness eval TARGET --suite tldr|chat|open-llm`: evaluate a finished run's policy (or any model) and write the
-suite files `harness report` reads. The suites themselves live in evals/suites.py; this module only wires options."""
+suite files `harness report` reads. The suites themselves live in harness/app/evaluate.py; this module only wires options."""
 from __future__ import annotations
 
 from typing import Optional
@@ -68,8 +68,8 @@ def register(app: typer.Typer) -> None:
         Leaderboard tasks; writes <suite>.json and per-sample records into the run's evals/."""
         from rich.console import Console
 
-        from evals import suites
-        from harness.tiny import cache_root
+        from harness.app import evaluate as suites
+        from harness.store import cache_root
 
         console = Console(stderr=True)
         chosen = suites.parse_suites(suite)

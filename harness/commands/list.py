@@ -9,12 +9,15 @@ def register(app: typer.Typer) -> None:
     def list_command() -> None:
         """List optimizers, tasks and presets."""
         from algorithms.base import REGISTRY, names
-        from harness.config import TASKS, preset_names, resolve
+        from harness import tasks
+        from harness.config import preset_names, resolve
 
         print("algorithms:")
         for name in names():
             print(f"  {name:18s} {(REGISTRY[name].__doc__ or '').strip().splitlines()[0]}")
-        print("tasks:\n  " + "\n  ".join(TASKS))
+        print("tasks:")
+        for name in tasks.names():
+            print(f"  {name:18s} {tasks.REGISTRY[name].summary}")
         print("presets:")
         for name in preset_names():
             print(f"  {name:18s} {resolve(name).description}")

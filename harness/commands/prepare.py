@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from harness.errors import UserError
+from harness.errors import UserError, invalid
 
 SUITE_CHOICES = ("tldr", "chat", "open-llm")
 
@@ -17,6 +17,7 @@ def resolve_assets(config: str | None, preset: str | None, suites: list[str], mo
                    tasks: list[str] | None = None, include_path: str | None = None) -> list:
     """The assets of everything named on the command line, in order, without duplicates."""
     from harness import assets
+    from harness.app import catalogue
     from harness.config import parse_overrides, resolve
 
     bad = [s for s in suites if s not in SUITE_CHOICES]
@@ -32,15 +33,15 @@ def resolve_assets(config: str | None, preset: str | None, suites: list[str], mo
         cfg = load_run_config(config)
     elif preset:
         cfg = resolve(preset, parse_overrides(sets))
-    out = assets.for_config(cfg) if cfg is not None else []
+    out = catalogue.for_config(cfg) if cfg is not None else []
     for suite in suites:
         if suite == "tldr":
             task = cfg.task if cfg is not None else None
-            out += assets.tldr_data(task and task.dataset, task and task.preference_dataset)
+            out += catalogue.tldr_data(task and task.dataset, task and task.preference_dataset)
         elif suite == "chat":
-            out += assets.chat_assets()
+            out += catalogue.chat_assets()
         else:
-            out += assets.open_llm_assets(tasks, include_path)
+            out += catalogue.open_llm_assets(tasks, include_path)
     for name in models:
         out += assets.model_asset("model", name)
     return assets.unique(out)
@@ -51,7 +52,7 @@ def load_run_config(path: str):
     that stopped on a missing asset has one."""
     from pydantic import ValidationError
 
-    from evals.suites import RUN_CONFIG_EXTRAS
+    from harness.app.evaluate import RUN_CONFIG_EXTRAS
     from harness.config import RunConfig
     from harness.store import read_json
 
@@ -69,9 +70,7 @@ def load_run_config(path: str):
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        raise UserError(f"{p} is not a run config this code reads: {'.'.join(map(str, first['loc']))}: "
-                        f"{first['msg']}") from None
+        raise invalid(e, f"{p} is not a run config this code reads") from None
 
 
 def _human(n: int | None) -> str:

@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
         dry_run: bool = typer.Option(False, "--dry-run", help="resolve, check availability, estimate memory; no training"),
     ) -> None:
         """Train ALGO on TASK with PRESET and evaluate it; writes a run directory."""
-        from harness.runner import run
+        from harness.app.runner import run
 
         overrides = parse_overrides(set_)
         overrides.update({"algo": algo, "seed": seed})
@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
             overrides["run_id"] = run_id
         cfg = resolve(preset, overrides)
         if dry_run:
-            from harness.plan import dry_run as make_plan, render
+            from harness.app.plan import dry_run as make_plan, render
 
             plan = make_plan(cfg)
             print(render(cfg, plan))

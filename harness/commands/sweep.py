@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
         dry_run: bool = typer.Option(False, "--dry-run", help="list the runs and their state only"),
     ) -> None:
         """Run every (algorithm, seed, preset, grid point) of SPEC_FILE that has not finished yet."""
-        from harness.sweep import expand, load_spec, run_sweep
+        from harness.app.sweep import expand, load_spec, run_sweep
 
         spec = load_spec(spec_file)
         if workers:

@@ -1,20 +1,45 @@
-"""Tasks by name: each turns a data source into TaskData (training prompts, held-out prompts, preference pairs)."""
+"""Tasks by name, a registry like the optimizers': each task module registers a Task that turns a data source into
+TaskData (training prompts, held-out prompts, preference pairs, a gold reward when it has one)."""
 from __future__ import annotations
 
-from harness.errors import UserError
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import Callable
 
-TASKS = ("tldr", "chat")
+from harness.errors import UserError
+from harness.examples import TaskData
+
+REGISTRY: dict[str, "Task"] = {}
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    summary: str  # one line for `harness list`
+    load: Callable[..., tuple[str, TaskData]]  # (source, dataset, preference_dataset) -> (resolved source, data)
+
+
+def register(task: Task) -> Task:
+    if task.name in REGISTRY:
+        raise ValueError(f"task {task.name!r} is registered twice")
+    REGISTRY[task.name] = task
+    return task
+
+
+def names() -> list[str]:
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+    return sorted(REGISTRY)
+
+
+def get(name: str) -> Task:
+    valid = names()
+    if name not in REGISTRY:
+        raise UserError(f"unknown task {name!r}; valid tasks: {', '.join(valid)}")
+    return REGISTRY[name]
 
 
 def load(name: str, source: str, dataset: str | None = None, preference_dataset: str | None = None):
     """(resolved source, TaskData) of task `name`."""
-    if name == "tldr":
-        from harness.tasks.tldr import load_task, resolve_source
-
-        resolved = resolve_source(source)
-        return resolved, load_task(resolved, dataset, preference_dataset)
-    if name == "chat":
-        from harness.tasks.chat import load_chat
-
-        return source, load_chat(source, dataset)
-    raise UserError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
+    return get(name).load(source, dataset, preference_dataset)

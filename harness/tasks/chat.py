@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 
 from harness.errors import UserError
-from harness.tasks.tldr import Example, TaskData
+from harness.examples import Example, TaskData
+from harness.tasks import Task, register
 
 HUB_SPLITS = {  # data set -> (train split, eval split)
     "HuggingFaceH4/ultrafeedback_binarized": ("train_prefs", "test_prefs"),
@@ -89,3 +90,7 @@ def load_chat(source: str, dataset: str | None, eval_prompts: int = 1000) -> Tas
     pairs = [ex for ex in train if ex.chosen and ex.rejected]
     return TaskData(source=source, sft_train=train, sft_eval=evals, pref_train=pairs,
                     pref_eval=[ex for ex in evals if ex.chosen and ex.rejected])
+
+
+register(Task("chat", "chat prompts (UltraFeedback / Nectar on the hub, or a local directory)",
+              lambda source, dataset=None, preference_dataset=None: (source, load_chat(source, dataset))))

@@ -119,7 +119,20 @@ def bradley_terry_prob(r_a: float, r_b: float, temperature: float) -> float:
     return 1.0 / (1.0 + math.exp(-(r_a - r_b) / temperature))
 
 
-def generate(n: int, seed: int, bt_temperature: float = 0.15) -> list[dict]:
+BT_TEMPERATURE = 0.15  # the simulated labellers' Bradley-Terry temperature
+
+
+class StandInGold:
+    """The stand-in's gold reward as the backbone sees a task's gold (harness.examples.Gold): of an Example's facts."""
+
+    def __call__(self, text: str, example, terminated: bool = True) -> float:
+        return gold_reward(text, Facts(**example.facts), terminated=terminated)
+
+    def preference(self, gold_a: float, gold_b: float) -> float:
+        return bradley_terry_prob(gold_a, gold_b, BT_TEMPERATURE)
+
+
+def generate(n: int, seed: int, bt_temperature: float = BT_TEMPERATURE) -> list[dict]:
     """n synthetic rows, each with the post, a reference summary, a gold-labelled preference pair and its facts."""
     rng = random.Random(seed)
     rows = []

@@ -6,6 +6,7 @@ from algorithms.base import make
 from harness.config import resolve
 from harness.experience import Budget, collect_online, gold_rewards, policy_output
 from harness.models import load_models
+from harness.tasks.tiny import resolve_paths
 from harness.tasks.synthetic import bradley_terry_prob
 from harness.tokens import encode_responses
 from harness.train import Trainer
@@ -35,10 +36,10 @@ def test_reference_is_appended_as_the_last_response_and_scored(tiny_test_models)
 
 def test_preference_tensor_is_the_gold_bradley_terry_probability_on_the_stand_in(tiny_test_models):
     cfg, models, data = tiny_test_models
-    batch = _collect(models, cfg, data, samples=3, preferences=True)
+    batch = _collect(models, cfg, data, samples=3, preferences=True, gold=data.gold)
     assert batch.preference.shape == (P, 3, 3)
     assert torch.allclose(batch.preference + batch.preference.transpose(1, 2), torch.ones(P, 3, 3), atol=1e-6)
-    gold = gold_rewards(batch.flat("response"), batch.flat("mask"), data.sft_train[:P], models.tokenizer,
+    gold = gold_rewards(data.gold, batch.flat("response"), batch.flat("mask"), data.sft_train[:P], models.tokenizer,
                         models.eos_id).reshape(P, 3)
     assert abs(batch.preference[2, 0, 1].item() - bradley_terry_prob(gold[2, 0].item(), gold[2, 1].item(), 0.15)) < 1e-6
 
@@ -54,7 +55,7 @@ def test_per_token_rewards_sum_to_the_sequence_reward(tiny_test_models):
 def test_single_pass_update_adopts_its_forward_as_pi_t(tiny_test_models, harness_cache):
     cfg, _, data = tiny_test_models
     cfg = resolve("tiny-test", {"model": {"cache_dir": harness_cache}, "train": {"prompts_per_iteration": P}})
-    models = load_models(cfg.model, log=lambda *a: None)
+    models = load_models(cfg.model, resolve_paths(cfg.model, log=lambda *a: None))
     trainer = Trainer(cfg, make("reinforce"), models, data.sft_train, Budget())
     assert trainer.single_pass and not Trainer(cfg, make("rebel"), models, data.sft_train, Budget()).single_pass
     batch = trainer.collect(trainer.next_prompts())

@@ -18,11 +18,13 @@ from harness import experience, rollout
 from harness.config import resolve
 from harness.experience import Budget
 from harness.models import load_models
+from harness.tasks.tiny import resolve_paths
 from harness.train import Trainer
 
 ALGO_DIR = Path(algorithms.__file__).parent
 HARNESS_DIR = ALGO_DIR.parent / "harness"
 ALLOWED_IMPORTS = {"__future__", "dataclasses", "typing", "math", "torch", "torch.nn.functional", "harness.batch",
+                   "harness.contract",
                    "harness.errors"}  # and other optimizer files (algorithms.*), e.g. to reuse a loss
 # model, tokenizer and generation handles, and the calls that compute log-probs or sample
 FORBIDDEN_NAMES = {"models", "policy", "reference", "reward_model", "critic", "tokenizer", "generate", "forward",
@@ -132,7 +134,7 @@ def test_one_iteration_calls_the_backbone_the_same_way_for_every_optimizer(name,
                                                                           monkeypatch):
     _, _, data = tiny_test_models
     algo = make(name)
-    models = load_models(small_cfg.model, needs_critic=algo.needs_critic, log=lambda *a: None)
+    models = load_models(small_cfg.model, resolve_paths(small_cfg.model, log=lambda *a: None), needs_critic=algo.needs_critic)
     rec = Recorder(models, monkeypatch)
     rec.guard(algo, "prepare")
     rec.guard(algo, "loss")

@@ -10,6 +10,7 @@ from algorithms.base import make, names
 from harness.config import resolve
 from harness.experience import Budget, collect_pairs, encode_queries
 from harness.models import load_models
+from harness.tasks.tiny import resolve_paths
 from harness.rollout import sample, truncate_after_eos
 from harness.scoring import reward_scores
 from harness.train import Trainer
@@ -44,7 +45,7 @@ def held_out_dpo_margin(models, cfg, data) -> float:
     """Mean implicit reward margin beta * h of the current policy on held-out (chosen, rejected) pairs."""
     batch = collect_pairs(models, data.pref_eval[:64], cfg.task.max_prompt_tokens, cfg.generation.max_new_tokens,
                           1.0, 256, Budget())
-    h = batch.logp_old.sum(-1) - batch.logp_ref.sum(-1)
+    h = batch.logp_old_sum - batch.logp_ref_sum
     return (make("dpo").beta * (h[:, 0] - h[:, 1])).mean().item()
 
 
@@ -52,14 +53,14 @@ def held_out_dpo_margin(models, cfg, data) -> float:
 def sft_score(tiny_test_models, harness_cache):
     _, _, data = tiny_test_models
     cfg = _cfg(harness_cache, "rebel")
-    return held_out_rm_score(load_models(cfg.model, log=lambda *a: None), cfg, data)
+    return held_out_rm_score(load_models(cfg.model, resolve_paths(cfg.model, log=lambda *a: None)), cfg, data)
 
 
 def _train(name, cache, data, args=None):
     """A few iterations; returns (models, config, metrics lines, losses of every loss call per iteration)."""
     cfg = _cfg(cache, name)
     algo = make(name, args)
-    models = load_models(cfg.model, needs_critic=algo.needs_critic, log=lambda *a: None)
+    models = load_models(cfg.model, resolve_paths(cfg.model, log=lambda *a: None), needs_critic=algo.needs_critic)
     trainer = Trainer(cfg, algo, models, data.pref_train if algo.data == "preference_pairs" else data.sft_train,
                       Budget())
     calls, original = [], algo.loss
@@ -161,7 +162,7 @@ def test_ppo_unmasked_variant_counts_post_eos_tokens(tiny_test_models, harness_c
     _, _, data = tiny_test_models
     cfg = _cfg(harness_cache, "ppo")
     algo = make("ppo", {"mask_post_eos": False})
-    models = load_models(cfg.model, needs_critic=True, log=lambda *a: None)
+    models = load_models(cfg.model, resolve_paths(cfg.model, log=lambda *a: None), needs_critic=True)
     trainer = Trainer(cfg, algo, models, data.sft_train, Budget())
     batch = trainer.collect(trainer.next_prompts())
     assert batch.logp_mask.all() and not batch.mask.all()  # some responses ended before the last token

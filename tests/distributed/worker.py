@@ -22,6 +22,7 @@ from harness.config import resolve
 from harness.distributed import Runtime
 from harness.experience import Budget
 from harness.models import load_models
+from harness.tasks.tiny import resolve_paths
 from harness.tasks.tldr import load_task
 from harness.train import Trainer
 
@@ -29,8 +30,8 @@ from harness.train import Trainer
 def trainer_for(algo: str, cache: str, runtime: Runtime, data, **train) -> Trainer:
     cfg = resolve("tiny-test", {"algo": algo, "model": {"cache_dir": cache},
                                 "train": {"prompts_per_iteration": 16, "iterations": 2, **train}})
-    models = load_models(cfg.model, needs_critic=make(algo).needs_critic, log=lambda *a: None,
-                         device=runtime.device)
+    models = load_models(cfg.model, resolve_paths(cfg.model, log=lambda *a: None),
+                         needs_critic=make(algo).needs_critic, device=runtime.device)
     runtime.prepare_models(models)
     examples = data.pref_train if algo == "dpo" else data.sft_train
     return Trainer(cfg, make(algo), models, examples, Budget(), runtime)

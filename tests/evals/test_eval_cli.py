@@ -37,7 +37,7 @@ def clean_env(monkeypatch, tmp_path):
 def finished_run(tiny_test_models, harness_cache, tmp_path_factory) -> Path:
     """A completed tiny-test run (1 iteration at a high learning rate, so the policy moved away from SFT)."""
     from harness.config import resolve
-    from harness.runner import run
+    from harness.app.runner import run
 
     out = tmp_path_factory.mktemp("runs")
     cfg = resolve("tiny-test", {"output_dir": str(out), "run_id": "r", "model": {"cache_dir": harness_cache},

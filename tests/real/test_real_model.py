@@ -41,11 +41,12 @@ def chat_config(smollm2_dir, chat_data, tmp_path, **model):
 
 def test_chat_preset_loads_the_real_model_with_its_own_tokens(smollm2_dir, chat_data, tmp_path):
     from harness.models import load_models
-    from harness.tasks.tldr import truncate_prompt
+    from harness.tasks.tiny import resolve_paths
+    from harness.examples import truncate_prompt
     from harness.tasks import load
 
     cfg = chat_config(smollm2_dir, chat_data, tmp_path)
-    models = load_models(cfg.model, log=lambda *a: None)
+    models = load_models(cfg.model, resolve_paths(cfg.model, log=lambda *a: None))
     assert type(models.policy).__name__ == "LlamaForCausalLM" and models.policy.config.num_hidden_layers == 30
     # last-2-layers training: blocks 28 and 29 train, the 28 blocks below them do not
     trainable = {n for n, p in models.policy.named_parameters() if p.requires_grad}
@@ -70,10 +71,11 @@ def test_chat_preset_loads_the_real_model_with_its_own_tokens(smollm2_dir, chat_
 
 def test_lora_on_the_real_model_keeps_a_frozen_reference(smollm2_dir, chat_data, tmp_path):
     from harness.models import load_models
+    from harness.tasks.tiny import resolve_paths
 
     cfg = chat_config(smollm2_dir, chat_data, tmp_path, trainable_layers=None,
                       lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]})
-    models = load_models(cfg.model, log=lambda *a: None)
+    models = load_models(cfg.model, resolve_paths(cfg.model, log=lambda *a: None))
     trainable = [n for n, p in models.policy.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n and ("q_proj" in n or "v_proj" in n) for n in trainable)
     assert len(trainable) == 2 * 2 * 30  # A and B of q and v in each of the 30 blocks
@@ -84,7 +86,7 @@ def test_lora_on_the_real_model_keeps_a_frozen_reference(smollm2_dir, chat_data,
 
 
 def test_two_rebel_iterations_on_the_real_model(smollm2_dir, chat_data, tmp_path):
-    from harness.runner import run
+    from harness.app.runner import run
 
     path = run(chat_config(smollm2_dir, chat_data, tmp_path))
     lines, problems = read_jsonl(path / "metrics.jsonl")

@@ -2,7 +2,7 @@
 results/tiny/runs equals results/tiny/report/tables/table1.csv, and every run in it completed on the tiny preset."""
 from pathlib import Path
 
-import harness.commands.report as report
+import harness.app.report as report
 from evals import tables
 from harness.store import read_json
 

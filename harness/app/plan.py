@@ -155,7 +155,8 @@ def dry_run(cfg: RunConfig) -> Plan:
     plan.add("algorithm", f"{algo.name} {algo.hyperparameters()}")
     source = cfg.task.source
     if cfg.task.name == "tldr" and source in ("auto", "hub"):
-        from harness.assets import locate, tldr_data
+        from harness.assets import locate
+        from harness.app.catalogue import tldr_data
         from harness.tasks.tldr import hub_reachable
 
         wanted = tldr_data(cfg.task.dataset, cfg.task.preference_dataset)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from harness.errors import UserError
-from harness.store import read_json, write_json, write_jsonl
+from harness.errors import UserError, invalid
+from harness.store import is_run_dir, read_json, write_json, write_jsonl
 
 SUITES = ("tldr", "chat", "open-llm")
 RUN_CONFIG_EXTRAS = ("config_hash", "code_version", "model_origin")  # written by the runner beside the RunConfig
@@ -58,19 +58,6 @@ def sanitise(name: str) -> str:
     """A hub name or path as one directory name: EleutherAI/pythia-1b -> EleutherAI_pythia-1b."""
     name = re.sub(r"^(\./|/)+", "", name.strip().rstrip("/"))
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
-
-
-def is_run_dir(path: Path) -> bool:
-    """A run directory has a summary.json or checkpoints/, or a config.json with a config_hash (model folders have a
-    config.json without one): the rule `harness report` uses."""
-    if not path.is_dir():
-        return False
-    if (path / "summary.json").exists() or (path / "checkpoints").is_dir():
-        return True
-    try:
-        return "config_hash" in read_json(path / "config.json")
-    except (OSError, ValueError):
-        return False
 
 
 def resolve_target(target: str, checkpoint: str | None = None, out: str | Path | None = None) -> Target:
@@ -123,9 +110,7 @@ def run_config(run_dir: Path):
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        raise UserError(f"{run_dir}/config.json is not a run config this code reads: "
-                        f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        raise invalid(e, f"{run_dir}/config.json is not a run config this code reads") from None
     if not origin:
         raise UserError(f"{run_dir}/config.json has no model_origin: cannot tell which reference and reward model "
                         f"the run used")
@@ -140,9 +125,10 @@ def load_eval_models(settings, policy_path: str | None, log: Callable = print):
     """The run's reference, reward model and tokenizer through harness.models.load_models (`settings` name the
     reference policy), with the policy replaced by the one at `policy_path`. Loading the checkpoint as
     `settings.policy` instead would make the frozen reference a copy of the trained policy (KL = 0)."""
-    from harness.models import _fit_vocab, load_models
+    from harness.models import load_models, load_policy
+    from harness.tasks.tiny import resolve_paths
 
-    models = load_models(settings, log=log)
+    models = load_models(settings, resolve_paths(settings, log=log))
     if policy_path is None:
         return models
     if (Path(policy_path) / "adapter_config.json").exists():
@@ -154,37 +140,12 @@ def load_eval_models(settings, policy_path: str | None, log: Callable = print):
     else:
         if settings.lora is not None:
             raise UserError(f"the run config has model.lora but {policy_path} holds no adapter_config.json")
-        from transformers import AutoModelForCausalLM
-
-        import torch
-
-        dtype = getattr(torch, getattr(settings, "dtype", "float32"))  # as load_models loads the reference
-        try:
-            policy = AutoModelForCausalLM.from_pretrained(policy_path, use_safetensors=True, dtype=dtype)
-        except OSError as e:
-            raise UserError(f"cannot load policy {policy_path!r}: {str(e).splitlines()[0]}") from None
-        _fit_vocab(policy, models.tokenizer)
+        # float32 as load_models loads a full model
+        policy = load_policy(policy_path, models.tokenizer)
         models.policy = policy  # the reference stays the one load_models made from `settings`
     models.policy.eval()
     models.origin = {**models.origin, "policy": str(policy_path), "reference": str(settings.policy)}
     return models
-
-
-def _tldr_judge(cfg, data, base_url: str | None):
-    from harness.runner import make_judge
-    from harness.tiny import cache_root
-
-    if cfg.eval.judge == "openai" or (cfg.eval.judge == "auto" and base_url and not data.has_gold):
-        from evals.judge import OpenAIJudge
-
-        judge = OpenAIJudge(model=cfg.eval.judge_model, base_url=base_url,
-                            cache_dir=str(cache_root(cfg.model.cache_dir) / "judge"), order=cfg.eval.judge_order,
-                            template_path=cfg.eval.judge_template)
-    else:
-        judge = make_judge(cfg, data)
-    if judge is not None and hasattr(judge, "client"):
-        judge.client.preflight()  # before any generation
-    return judge
 
 
 def run_tldr(target: Target, *, prompts: int | None = None, judge: str | None = None, judge_model: str | None = None,
@@ -197,7 +158,7 @@ def run_tldr(target: Target, *, prompts: int | None = None, judge: str | None = 
     from pydantic import ValidationError
 
     from harness.config import RunConfig, resolve
-    from harness.runner import evaluate
+    from harness.app.runner import evaluate, make_judge
     from harness.tasks.tldr import load_task, resolve_source
 
     if target.run_dir is not None:
@@ -237,11 +198,10 @@ def run_tldr(target: Target, *, prompts: int | None = None, judge: str | None = 
         if model_name:
             cfg.eval.judge_model = model_name
     except ValidationError as e:
-        first = e.errors()[0]
-        raise UserError(f"invalid value for eval.{first['loc'][0]}: {first['msg']}") from None
+        raise invalid(e, "invalid value for eval") from None
     _check_tldr_assets(target, settings, source, cfg, preset, log)  # before the data or any model loads
     data = load_task(source, cfg.task.dataset, cfg.task.preference_dataset)
-    judge_obj = _tldr_judge(cfg, data, judge_base_url)  # a bad key or endpoint fails here, before loading models
+    judge_obj = make_judge(cfg, data, judge_base_url)  # a bad key or endpoint fails here, before loading models
     models = load_eval_models(settings, None if target.model == settings.policy else target.model, log=log)
     metrics, samples = evaluate(cfg, models, data, judge_obj)
     metrics.update({"checkpoint": target.model, "reference": models.origin.get("reference", settings.policy),
@@ -254,11 +214,12 @@ def run_tldr(target: Target, *, prompts: int | None = None, judge: str | None = 
 
 def _check_tldr_assets(target: Target, settings, source: str, cfg, preset: str | None, log: Callable) -> None:
     from harness import assets
+    from harness.app import catalogue
 
     need = assets.model_asset("policy", target.model) + assets.model_asset("reference", settings.policy) + \
         assets.model_asset("reward model", settings.reward_model) + assets.model_asset("tokenizer", settings.tokenizer)
     if source == "hub":
-        need += assets.tldr_data(cfg.task.dataset, cfg.task.preference_dataset)
+        need += catalogue.tldr_data(cfg.task.dataset, cfg.task.preference_dataset)
     if target.run_dir is not None:
         command = assets.prepare_command(config=target.run_dir, suites=["tldr"])
     else:
@@ -345,6 +306,7 @@ def check_suite_assets(suite: str, target: Target, *, alpaca_reference: str | No
                        include_path: str | None = None, tasks: list[str] | None = None, log: Callable = print) -> None:
     """One line naming a missing asset of the chat or open-llm suite and the `harness prepare` command for it."""
     from harness import assets
+    from harness.app import catalogue
 
     model = assets.model_asset("evaluated model", target.model) if target.run_dir is None else []
     fetch_models = [a.name for a in model if a.kind == "model"]
@@ -352,7 +314,7 @@ def check_suite_assets(suite: str, target: Target, *, alpaca_reference: str | No
         command = assets.prepare_command(suites=["chat"], models=fetch_models)
         assets.require(model, command, log=log)
         into = f" --dir {Path(hub_cache_dir).parent}" if hub_cache_dir and Path(hub_cache_dir).name == "hub" else ""
-        assets.require(assets.chat_assets(alpaca_reference, mt_bench_questions), command + into,
+        assets.require(catalogue.chat_assets(alpaca_reference, mt_bench_questions), command + into,
                        assets.Caches(hub=hub_cache_dir), log=log)  # prepare --dir D fills D/hub
     elif suite == "open-llm":
         if include_path is not None and not Path(include_path).is_dir():
@@ -360,7 +322,7 @@ def check_suite_assets(suite: str, target: Target, *, alpaca_reference: str | No
         command = assets.prepare_command(suites=["open-llm"], models=fetch_models) + \
             (f" --tasks {','.join(tasks)}" if tasks else "") + \
             (f" --include-path {include_path}" if include_path else "")
-        assets.require(model + assets.open_llm_assets(tasks, include_path), command, log=log)
+        assets.require(model + catalogue.open_llm_assets(tasks, include_path), command, log=log)
 
 
 def describe(suite: str, result: dict) -> str:

@@ -24,9 +24,10 @@ import torch
 from pydantic import Field, ValidationError
 
 from harness.config import Strict
-from harness.errors import UserError
+from harness.errors import UserError, invalid
+from harness.models import fit_vocab
 from harness.store import read_json, write_json
-from harness.tasks.tldr import TaskData, truncate_prompt
+from harness.examples import TaskData, truncate_prompt
 from harness.tokens import encode_responses, left_pad
 
 BASE_MODELS = {"tldr-pythia-1.4b": "EleutherAI/pythia-1.4b-deduped",
@@ -82,15 +83,13 @@ def settings_for(preset: str, overrides: dict | None = None) -> tuple[StartSetti
     try:
         return StartSettings.model_validate(values), cfg.task.source
     except ValidationError as e:
-        first = e.errors()[0]
-        raise UserError(f"invalid build-start setting {'.'.join(map(str, first['loc']))}: {first['msg']} "
-                        f"(settings: {', '.join(StartSettings.model_fields)})") from None
+        raise invalid(e, "invalid build-start setting", f"settings: {', '.join(StartSettings.model_fields)}") from None
 
 
 def check_base_model(name: str) -> None:
     """One line when the base model can be had neither locally nor from the hub (never downloads)."""
     from harness.models import refuse_pickled
-    from harness.plan import availability
+    from harness.app.plan import availability
 
     ok, _ = availability(name)
     if not ok:
@@ -103,7 +102,8 @@ def load_data(source: str, dataset: str | None = None, preference_dataset: str |
               preset: str | None = None) -> TaskData:
     """The TL;DR splits, refusing (rather than falling back to the stand-in) when the hub data cannot be had: present
     in the local cache (`harness prepare`) or served by the hub, else one line naming the data set."""
-    from harness.assets import prepare_command, require, tldr_data
+    from harness.assets import prepare_command, require
+    from harness.app.catalogue import tldr_data
     from harness.tasks.tldr import load_task, resolve_source
 
     if source in ("auto", "hub"):
@@ -260,9 +260,7 @@ def train_sft(s: StartSettings, data: TaskData, tokenizer, out: Path, log=print)
     t0 = time.time()
     args = sft_args(s, out.parent / ".trainer-sft")
     model = AutoModelForCausalLM.from_pretrained(s.base_model, dtype=torch.float32, use_safetensors=True)
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # Pythia has spare rows for [PAD]
-        model.resize_token_embeddings(len(tokenizer))
-    model.config.pad_token_id, model.config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    fit_vocab(model, tokenizer)  # Pythia has spare rows for [PAD]
     _no_dropout(model)  # both scripts switch dropout off (Pythia's is 0 already)
     held_out = data.sft_eval[: s.eval_rows]
     info = {"sft_eval_loss_before": response_loss(model.to(args.device), held_out, tokenizer, s)}
@@ -288,7 +286,7 @@ def train_reward_model(s: StartSettings, data: TaskData, tokenizer, sft_dir: Pat
                                                             use_safetensors=True)
     torch.manual_seed(s.seed)
     torch.nn.init.normal_(rm.score.weight, std=1 / math.sqrt(rm.config.hidden_size + 1))  # the authors' head init
-    rm.config.pad_token_id, rm.config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    fit_vocab(rm, tokenizer)
     pairs = data.pref_train[: s.rm_train_rows]
     args = _trainer_args(RewardConfig, s, out.parent / ".trainer-reward", max_length=None, disable_dropout=True,
                          center_rewards_coefficient=None)

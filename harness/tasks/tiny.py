@@ -21,12 +21,14 @@ import torch
 import torch.nn.functional as F
 from rich.progress import Progress
 
-from harness.config import TinyRecipe
+from harness.config import ModelSettings, TinyRecipe
 from harness.scoring import cross_entropy_on_response, pairwise_reward_loss, reward_scores
 from harness.errors import UserError
-from harness.store import config_hash, write_json
+from harness.models import named_paths
+from harness.store import cache_root, config_hash, write_json
 from harness.tasks import synthetic
-from harness.tasks.tldr import TaskData, format_prompt, load_task, truncate_prompt
+from harness.tasks.tldr import load_task
+from harness.examples import TaskData, format_prompt, truncate_prompt
 from harness.tokens import encode_responses, left_pad
 
 BUILD_VERSION = 2  # 2: batches without all-padding columns, each RM pair's prompt run once (same numbers, rounded)
@@ -40,10 +42,6 @@ class TinyPaths:
     policy = property(lambda self: self.root / "sft")
     reward_model = property(lambda self: self.root / "reward")
     info = property(lambda self: self.root / "build_info.json")
-
-
-def cache_root(cache_dir: str | None) -> Path:
-    return Path(cache_dir or os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "harness")
 
 
 def ensure_tiny(recipe: TinyRecipe, cache_dir: str | None = None, log=print) -> TinyPaths:
@@ -273,3 +271,15 @@ def _reward_model_report(rm, data: TaskData, tokenizer, recipe: TinyRecipe) -> d
 
 def build_info(paths: TinyPaths) -> dict:
     return json.loads(paths.info.read_text())
+
+
+def resolve_paths(settings: ModelSettings, log=print) -> dict[str, str]:
+    """Where policy, reward model and tokenizer come from: the tiny preset (built and cached on first use) for
+    `builtin:tiny`, else the names in the settings (harness.models.named_paths)."""
+    if not settings.policy.startswith("builtin:"):
+        return named_paths(settings)
+    if settings.policy != "builtin:tiny":
+        raise UserError(f"unknown builtin model {settings.policy!r}; valid: builtin:tiny")
+    paths = ensure_tiny(settings.tiny, settings.cache_dir, log=log)
+    return {"policy": str(paths.policy), "reward_model": settings.reward_model or str(paths.reward_model),
+            "tokenizer": settings.tokenizer or str(paths.policy), "build_info": str(paths.info)}

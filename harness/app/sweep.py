@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from harness.errors import UserError
+from harness.errors import UserError, invalid, read_yaml
 from harness.store import config_hash
 
 
@@ -54,13 +54,10 @@ class Job:
 
 
 def load_spec(path: Path) -> SweepSpec:
-    if not path.exists():
-        raise UserError(f"sweep file {path} does not exist")
     try:
-        return SweepSpec.model_validate(yaml.safe_load(path.read_text()) or {})
+        return SweepSpec.model_validate(read_yaml(path, "sweep file") or {})
     except ValidationError as e:
-        first = e.errors()[0]
-        raise UserError(f"{path}: invalid sweep at {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        raise invalid(e, f"{path}: invalid sweep") from None
 
 
 def expand(spec: SweepSpec) -> list[Job]:

@@ -18,15 +18,16 @@ from evals.tldr import KL_DEFINITION, evaluate_tldr
 from harness.config import RunConfig
 from harness.errors import UserError
 from harness.experience import Budget
-from harness.assets import preflight_run
+from harness.app.catalogue import preflight_run
 from harness.models import Models, load_models, peak_memory_mb
-from harness.store import RunDir, code_version, config_hash, read_json, write_json, write_jsonl
+from harness.tasks.tiny import resolve_paths
+from harness.store import RunDir, code_version, config_hash, read_json, writable_cache_root, write_json, write_jsonl
 from harness import checkpoint, tasks
 from harness.distributed import Runtime
-from harness.tasks.tldr import TaskData
-from harness.tiny import cache_root
+from harness.examples import TaskData
+from harness.store import cache_root
 from harness.trackers import open_trackers
-from harness.train import Trainer, TrainingDiverged, score_rule
+from harness.train import Trainer, TrainingDiverged, score_rule, training_examples
 
 EVAL_KEYS = ("rm_score", "kl", "kl_exact", "win_rate", "gold_reward", "response_length")
 
@@ -40,23 +41,26 @@ def held_out(cfg: RunConfig, data: TaskData) -> list:
                          seed=cfg.eval.selection_seed)
 
 
-def make_judge(cfg: RunConfig, data: TaskData):
-    """gold on the stand-in; an OpenAI-compatible LLM judge when configured; otherwise none (win rate not computed)."""
+def make_judge(cfg: RunConfig, data: TaskData, base_url: str | None = None):
+    """The one judge choice of `run` and `eval`: gold when the task has a gold reward (the stand-in); an
+    OpenAI-compatible LLM judge when configured (an API key or `base_url`); otherwise none (win rate not
+    computed). An LLM judge's endpoint is checked here, before any generation."""
     choice = cfg.eval.judge
     if choice == "auto":
         has_key = os.environ.get("HARNESS_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
-        choice = "gold" if data.has_gold else "openai" if has_key else "none"
+        choice = "gold" if data.gold is not None else "openai" if has_key or base_url else "none"
     if choice == "gold":
-        if not data.has_gold:
-            raise UserError("eval.judge=gold needs the synthetic stand-in (its rows carry the facts the gold reward "
-                            "checks); use eval.judge=openai for real data")
+        if data.gold is None:
+            raise UserError("eval.judge=gold needs a task with a gold reward (the synthetic stand-in: its rows carry "
+                            "the facts the gold reward checks); use eval.judge=openai for real data")
         from evals.gold_judge import GoldJudge
 
-        return GoldJudge([ex.facts for ex in held_out(cfg, data)])
+        return GoldJudge(data.gold, held_out(cfg, data))
     if choice == "openai":
         from evals.judge import OpenAIJudge
 
-        judge = OpenAIJudge(model=cfg.eval.judge_model, cache_dir=str(cache_root(cfg.model.cache_dir) / "judge"),
+        judge = OpenAIJudge(model=cfg.eval.judge_model, base_url=base_url,
+                            cache_dir=str(cache_root(cfg.model.cache_dir) / "judge"),
                             order=cfg.eval.judge_order, template_path=cfg.eval.judge_template)
         judge.client.preflight()  # an unreachable endpoint or unserved model fails now, not after training
         return judge
@@ -75,7 +79,8 @@ def evaluate(cfg: RunConfig, models: Models, data: TaskData, judge, policy=None,
                                          held_out(cfg, data), max_prompt_tokens=cfg.task.max_prompt_tokens,
                                          max_new_tokens=cfg.generation.max_new_tokens,
                                          temperature=cfg.eval.temperature, kl_temperature=cfg.generation.temperature,
-                                         judge=judge, runtime=runtime, rule=score_rule(cfg, evaluation=True))
+                                         judge=judge, runtime=runtime, rule=score_rule(cfg, evaluation=True),
+                                         gold=data.gold)
     bad = runtime.broadcast([k for k in ("rm_score", "kl", "kl_exact") if k in metrics
                              and not math.isfinite(metrics[k])])
     if bad:  # never written into a summary or the SFT-baseline cache
@@ -116,7 +121,7 @@ def describe(cfg: RunConfig, algo: Algorithm, models: Models, data: TaskData, ju
                   + (f" - {escape(cfg.description)}" if cfg.description else ""))
     console.print(f"[bold]reward[/]     {models.origin['reward_model']}")
     source_note = " (SYNTHETIC stand-in, not the real TL;DR data)" if data.source == "synthetic" else ""
-    console.print(f"[bold]data[/]       tldr from {data.source}{source_note}: {len(data.sft_train)} training prompts, "
+    console.print(f"[bold]data[/]       {cfg.task.name} from {data.source}{source_note}: {len(data.sft_train)} training prompts, "
                   f"{len(held_out(cfg, data))} held-out prompts ({cfg.eval.selection} of {cfg.eval.split})")
     judge_note = "none: win rate not computed (configure eval.judge=openai)" if judge is None else judge.name
     if judge is not None and judge.name == "gold":
@@ -144,6 +149,8 @@ def run(cfg: RunConfig, console: Console | None = None, runtime: Runtime | None 
     runtime = runtime or Runtime.from_environment()
     console = console or Console(stderr=True, quiet=not runtime.is_main)
     algo = make(cfg.algo, cfg.algo_args)
+    tasks.get(cfg.task.name)
+    writable_cache_root(cfg.model.cache_dir)
     torch.manual_seed(cfg.seed)
     preflight_run(cfg, log=console.print)  # every hub model and data set here (or fetchable), before any loads
     source, data = tasks.load(cfg.task.name, cfg.task.source, cfg.task.dataset, cfg.task.preference_dataset)
@@ -157,7 +164,7 @@ def run(cfg: RunConfig, console: Console | None = None, runtime: Runtime | None 
                       f"pass another --run-id or delete that directory.")
         console.print(summary_table(read_json(run_dir.summary)))
         return run_dir.path
-    models = load_models(cfg.model, needs_critic=algo.needs_critic, log=console.print, device=runtime.device)
+    models = load_models(cfg.model, resolve_paths(cfg.model, log=console.print), needs_critic=algo.needs_critic, device=runtime.device)
     runtime.prepare_models(models)
     if runtime.is_main:
         write_json(run_dir.config, {**read_json(run_dir.config), "model_origin": models.origin})
@@ -168,8 +175,7 @@ def run(cfg: RunConfig, console: Console | None = None, runtime: Runtime | None 
         console.print(f"[bold]trackers[/]   {', '.join(trackers.names)} (metrics.jsonl stays the record)")
     sft = sft_baseline(cfg, models, data, judge, console, runtime)
     budget = Budget()
-    trainer = Trainer(cfg, algo, models, data.pref_train if algo.data == "preference_pairs" else data.sft_train,
-                      budget, runtime)
+    trainer = Trainer(cfg, algo, models, training_examples(algo, data), budget, runtime, gold=data.gold)
     start = checkpoint.restore(run_dir.checkpoints, trainer, runtime)
     if runtime.is_main:
         run_dir.begin_attempt(start, code_version())
@@ -200,7 +206,7 @@ def run(cfg: RunConfig, console: Console | None = None, runtime: Runtime | None 
         kept = (f"the last good checkpoint (iteration {last['iteration']}) is kept in {run_dir.checkpoints}: the same "
                 f"command resumes from it" if last else "no checkpoint was written (train.checkpoint_every)")
         if runtime.is_main:
-            write_json(run_dir.path / "failed.json", {"iteration": iteration, "error": f"{type(e).__name__}: {e}",
+            write_json(run_dir.failed, {"iteration": iteration, "error": f"{type(e).__name__}: {e}",
                                                       "checkpoint": last, "traceback": traceback.format_exc()})
         if isinstance(e, TrainingDiverged):
             raise TrainingDiverged(f"{e}; {kept}") from None

@@ -34,9 +34,10 @@ from algorithms.base import make, names
 from harness.config import RunConfig
 from harness.efficiency import PeakRss, PhaseCounter, TensorPeak, efficiency, machine_peaks, our_phases
 from harness.experience import Budget, encode_queries
-from harness.models import load_models, load_reward_model, load_tokenizer, resolve_paths
+from harness.models import load_models, load_reward_model, load_tokenizer
+from harness.tasks.tiny import resolve_paths
 from harness.store import write_json
-from harness.tasks.tldr import Example
+from harness.examples import Example
 from harness.train import Trainer, data_order
 
 PHASES = ("generation_s", "scoring_s", "update_s")
@@ -66,7 +67,7 @@ def bench_ours(name: str, cfg: RunConfig, data, iterations: int, warmup: int, rs
     algo = make(name, args)
     rss.rebase()
     tensors = TensorPeak().start()  # models, warm-up iterations (optimizer state included from the second on)
-    models = load_models(cfg.model, needs_critic=algo.needs_critic, log=lambda *a: None)
+    models = load_models(cfg.model, resolve_paths(cfg.model, log=lambda *a: None), needs_critic=algo.needs_critic)
     examples = data.pref_train if algo.data == "preference_pairs" else data.sft_train
     budget = Budget()
     trainer = Trainer(cfg, algo, models, examples, budget)
@@ -272,7 +273,7 @@ def run_bench(cfg: RunConfig, iterations: int, warmup: int, algos: list[str] | N
     datasets.logging.set_verbosity_error()
     transformers.logging.set_verbosity_error()  # e.g. "caching is incompatible with gradient checkpointing"
     _, data = tasks.load(cfg.task.name, cfg.task.source, cfg.task.dataset)
-    load_models(cfg.model, log=log)  # builds the preset if needed, outside any measurement
+    load_models(cfg.model, resolve_paths(cfg.model, log=log))  # builds the preset if needed, outside any measurement
     algos = names() if algos is None else algos
     peaks = machine_peaks(torch.get_num_threads())
     log(f"machine: matmul {peaks['matmul_gflops']} GFLOP/s, copy bandwidth {peaks['memory_bandwidth_gbs']} GB/s "

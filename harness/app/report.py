@@ -1,0 +1,304 @@
+"""The report (`harness report`): read run directories (never train or evaluate) and write tables, figures and provenance.
+
+Why this shape: loading and validation (evals/runs.py), statistics (evals/stats.py), tables (evals/tables.py) and
+figures (evals/plots.py) are separate so each can be tested on hand-made runs; this module only wires them,
+writes the files and prints the terminal rendering; harness/commands/report.py holds the options. Conventions are in docs/report.md.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.errors import UserError
+from harness.experience import Budget
+
+BUDGET_CHOICES = Budget.COUNTERS
+
+
+@dataclass
+class Options:
+    out: Path
+    budget_metric: str | None = None
+    budget: float | None = None
+    level: float = 0.95
+    poi_metric: str = "win_rate"
+    x_metric: str = "prompts"
+    bench: Path | None = None
+    reps: int = 2000
+    seed: int = 0
+    plots: bool = True
+
+
+@dataclass
+class Section:
+    """One comparison group: its tables, figures and notes."""
+    heading: str
+    tables: list = field(default_factory=list)
+    figures: list = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _observations(runs, opts: Options, skipped: list) -> dict[str, tuple[dict, str]]:
+    """Per run: the eval values Table 1 and the P(improvement) use, and the file position they came from."""
+    from evals.runs import Skipped, budget_cut
+    if opts.budget_metric is None:
+        return {r.run_id: (r.summary["eval"], "summary.json:eval") for r in runs}
+    obs = {}
+    for r in runs:
+        cut, reason = budget_cut(r, opts.budget_metric, opts.budget)
+        if cut is None:
+            skipped.append(Skipped(str(r.path), f"{r.run_id}: left out of the equal-budget table: {reason}"))
+            continue
+        at = ", ".join(f"{k}@{cut[k + '_iteration']}" for k in ("win_rate", "rm_score", "kl") if k in cut)
+        obs[r.run_id] = (cut, f"metrics.jsonl:cut at iteration {cut['iteration']} "
+                              f"({opts.budget_metric}={cut['counter']:g}; eval iterations {at})")
+    return obs
+
+
+def _poi_tables(runs, labels, obs, opts: Options, suffix: str, notes: list[str]) -> list:
+    """One P(improvement) matrix per preset between optimizers (SFT is a baseline, not an optimizer)."""
+    from evals.tables import poi_table
+    out = []
+    for preset in sorted({r.preset for r in runs}):
+        members = [r for r in runs if r.preset == preset and r.run_id in obs]
+        metric = opts.poi_metric
+        if metric == "win_rate" and not any(obs[r.run_id][0].get("win_rate") is not None for r in members):
+            metric = "rm_score"
+            notes.append(f"{preset}: no win rates (no judge), so P(improvement) uses rm_score.")
+        scores: dict[str, list[float]] = {}
+        sources: dict[str, list[dict]] = {}
+        for r in members:
+            v = obs[r.run_id][0].get(metric)
+            if isinstance(v, (int, float)):
+                scores.setdefault(labels[r.row_key], []).append(float(v))
+                sources.setdefault(labels[r.row_key], []).append(r.provenance(obs[r.run_id][1] + ":" + metric))
+        if len(scores) < 2:
+            notes.append(f"{preset}: fewer than two optimizers with {metric}: no P(improvement) matrix.")
+            continue
+        scores = dict(sorted(scores.items()))
+        out.append(poi_table(preset, scores, sources, metric, opts.level, opts.reps, opts.seed,
+                             f"poi_{_slug(preset)}{suffix}"))
+    return out
+
+
+def _slug(s: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in s)
+
+
+def build(paths: list[Path], opts: Options) -> tuple[list[Section], list, list[str]]:
+    """All sections of the report, the skipped runs/files and general notes. Raises UserError when nothing is
+    usable; never raises on a bad run (it is listed as skipped)."""
+    from evals import plots, tables
+    from evals.runs import comparison_groups, group_difference, load_runs, row_labels
+    runs, skipped = load_runs(paths)
+    notes = [n for r in runs for n in r.notes]
+    if not runs:
+        return [], skipped, notes
+    groups = comparison_groups(runs)
+    if len(groups) > 1:
+        notes.append(group_difference(groups))
+    sections = []
+    budget_note = (f"Equal-budget cut: {opts.budget_metric} <= {opts.budget:g}; each run's last iteration within "
+                   f"the budget and its latest eval/* values at or before it (metrics.jsonl)."
+                   if opts.budget_metric else "")
+    for i, (key, members) in enumerate(groups):
+        suffix = f"_g{i + 1}" if len(groups) > 1 else ""
+        heading = ", ".join(f"{k}={v}" for k, v in key.items())
+        sec = Section(f"Group {i + 1}: {heading}" if len(groups) > 1 else f"Comparison: {heading}")
+        labels = row_labels(members)
+        obs = _observations(members, opts, skipped)
+        sec.tables.append(tables.table1(members, labels, obs, str(key.get("judge")), opts.level, opts.reps,
+                                        opts.seed, "table1" + suffix, budget_note))
+        for metrics, name, title in ((tables.CHAT_METRICS, "table2", "Table 2: chat benchmarks"),
+                                     (tables.OPEN_LLM_METRICS, "table6", "Table 6: Open LLM Leaderboard tasks")):
+            t = tables.suite_table(members, labels, metrics, name + suffix, title, opts.level, opts.reps, opts.seed)
+            if t is None:
+                sec.notes.append(f"{title} skipped: no run has the evals/*.json files it reads.")
+            else:
+                sec.tables.append(t)
+        sec.tables += _poi_tables(members, labels, obs, opts, suffix, sec.notes)
+        if opts.plots:
+            pdir = opts.out / "plots"
+            sec.figures = [_safe(plots.frontier, members, labels, pdir / f"frontier{suffix}.png"),
+                           _safe(plots.learning_curves, members, labels, opts.x_metric, opts.level,
+                                 pdir / f"learning_curves{suffix}.png"),
+                           _safe(plots.mt_bench_radar, members, labels, pdir / f"mt_bench_radar{suffix}.png"),
+                           _safe(plots.eta_ablation, members, pdir / f"eta_ablation{suffix}.png"),
+                           _safe(plots.winrate_vs_length, members, labels, pdir / f"winrate_vs_length{suffix}.png")]
+        sections.append(sec)
+    if opts.plots:
+        bench_file = opts.bench or _bench_default(paths)
+        sections[0].figures.append(_safe(plots.bench, bench_file, opts.out / "plots" / "bench.png"))
+    return sections, skipped, notes
+
+
+def _safe(fn, *args):
+    """A figure that fails on unexpected data becomes a note: the tables are the report, figures are extras."""
+    from evals.plots import Figure
+    try:
+        return fn(*args)
+    except Exception as e:  # noqa: BLE001 - reported in the report, not swallowed
+        import matplotlib.pyplot as plt
+        plt.close("all")
+        return Figure(fn.__name__, None, f"Figure {fn.__name__} failed: {type(e).__name__}: {e}")
+
+
+def _bench_default(paths: list[Path]) -> Path | None:
+    for p in paths:
+        if (Path(p) / "bench" / "bench.json").is_file():
+            return Path(p) / "bench" / "bench.json"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# writing
+
+def _nan_to_none(x):
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_nan_to_none(v) for v in x]
+    return x
+
+
+def provenance(sections: list[Section]) -> list[dict]:
+    """Every numeric cell with the runs it pools (run id, config_hash, code_version, file and field)."""
+    cells = []
+    for sec in sections:
+        for t in sec.tables:
+            for row in t.rows:
+                label = " / ".join(c.text for c in row[:t.label_columns])
+                for col, c in zip(t.columns[t.label_columns:], row[t.label_columns:]):
+                    if c.sources:
+                        cells.append({"table": t.name, "row": label, "column": col, "text": c.text,
+                                      "mark": c.mark, "stats": c.stats, "runs": c.sources})
+    return _nan_to_none(cells)
+
+
+def write(sections: list[Section], skipped: list, notes: list[str], opts: Options, inputs: list[Path]) -> None:
+    from evals import tables
+    out = opts.out
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    md = ["# harness report", "", f"Inputs: {', '.join(str(p) for p in inputs)}", ""]
+    page = [f"<h1>harness report</h1><p>Inputs: {html.escape(', '.join(str(p) for p in inputs))}</p>"]
+    for sec in sections:
+        md += [f"## {sec.heading}", ""]
+        page.append(f"<h2>{html.escape(sec.heading)}</h2>")
+        for t in sec.tables:
+            (out / "tables" / f"{t.name}.csv").write_text(tables.to_csv(t), encoding="utf-8")
+            (out / "tables" / f"{t.name}.tex").write_text(tables.to_latex(t), encoding="utf-8")
+            md.append(tables.to_markdown(t))
+            page.append(tables.to_html(t))
+        for f in sec.figures:
+            if f.path is None:
+                continue
+            md += [f"![{f.name}](plots/{f.path.name})", "", f"*{f.caption}*", ""]
+            data = base64.b64encode(f.path.read_bytes()).decode("ascii")
+            page.append(f'<figure><img alt="{f.name}" src="data:image/png;base64,{data}">'
+                        f"<figcaption>{html.escape(f.caption)}</figcaption></figure>")
+        sec_notes = sec.notes + [f.caption for f in sec.figures if f.path is None]
+        md += [f"- {n}" for n in sec_notes] + [""]
+        page.append(_html_list(sec_notes))
+    md += ["## Notes", ""] + [f"- {n}" for n in notes] + ["", "## Skipped", ""]
+    md += [f"- `{s.path}`: {s.reason}" for s in skipped] or ["None."]
+    page += ["<h2>Notes</h2>", _html_list(notes), "<h2>Skipped</h2>",
+             _html_list([f"{s.path}: {s.reason}" for s in skipped]) or "<p>None.</p>"]
+    (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}caption{caption-side:bottom;"
+             "text-align:left;font-size:90%;color:#444}img{max-width:100%}")
+    (out / "report.html").write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>harness report"
+                                     f"</title><style>{style}</style></head><body>{''.join(page)}</body></html>\n",
+                                     encoding="utf-8")
+    cells = provenance(sections)
+    doc = {"inputs": [str(p) for p in inputs], "options": {k: str(v) for k, v in vars(opts).items()},
+           "cells": cells, "skipped": [vars(s) for s in skipped], "notes": notes,
+           "figures": [{"name": f.name, "file": str(f.path) if f.path else None, "caption": f.caption}
+                       for sec in sections for f in sec.figures]}
+    (out / "provenance.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["table", "row", "column", "text", "run_id", "config_hash", "code_version", "seed", "source"])
+    for c in cells:
+        for r in c["runs"]:
+            w.writerow([c["table"], c["row"], c["column"], c["text"], r["run_id"], r["config_hash"],
+                        r["code_version"], r["seed"], r["source"]])
+    (out / "provenance.csv").write_text(buf.getvalue(), encoding="utf-8")
+
+
+def _html_list(items: list[str]) -> str:
+    return "<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>" if items else ""
+
+
+def render_terminal(sections: list[Section], skipped: list, notes: list[str], out: Path | None) -> None:
+    """Rich rendering: the same tables with bold/underline, then notes, skipped runs and where the files are."""
+    from rich.console import Console
+    from rich.table import Table as RichTable
+    from rich.text import Text
+    console = Console()
+    for sec in sections:
+        console.rule(Text(sec.heading))
+        for t in sec.tables:
+            rt = RichTable(title=Text(t.title), caption=Text(t.caption), caption_justify="left")
+            for c in t.columns:
+                rt.add_column(c, justify="left" if c in t.columns[:t.label_columns] else "right")
+            for row in t.rows:
+                rt.add_row(*[Text(c.text, style={"best": "bold", "second": "underline"}.get(c.mark, ""))
+                             for c in row])
+            console.print(rt)
+            for n in t.notes:
+                console.print(f"  - {n}", markup=False, soft_wrap=True)
+        for n in sec.notes + [f.caption for f in sec.figures if f.path is None]:
+            console.print(f"- {n}", markup=False, soft_wrap=True)
+    for n in notes:
+        console.print(f"note: {n}", markup=False, soft_wrap=True)
+    for s in skipped:
+        console.print(f"skipped {s.path}: {s.reason}", markup=False, soft_wrap=True)
+    if out is not None:
+        console.print(f"report written to {out}/ (report.md, report.html, tables/, plots/, provenance.json/.csv)",
+                      markup=False)
+
+
+def report(paths: list[Path] | None, out: Path | None = None, budget_metric: str | None = None,
+           budget: float | None = None, level: float = 0.95, poi_metric: str = "win_rate", x_metric: str = "prompts",
+           bench: Path | None = None, reps: int = 2000, seed: int = 0, no_plots: bool = False) -> None:
+    """`harness report`: check the options, build the sections, write the files, print the terminal rendering."""
+    inputs = [Path(p) for p in (paths or [Path("results")])]
+    for p in inputs:
+        if not p.is_dir():
+            raise UserError(f"{p} is not a directory: pass run directories or a results root")
+    if (budget_metric is None) != (budget is None):
+        raise UserError("--budget-metric and --budget go together: give both, or neither")
+    for name, value, choices in (("--budget-metric", budget_metric, BUDGET_CHOICES),
+                                 ("--x-metric", x_metric, BUDGET_CHOICES),
+                                 ("--poi-metric", poi_metric, ("win_rate", "rm_score"))):
+        if value is not None and value not in choices:
+            raise UserError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    if not 0 < level < 1:
+        raise UserError(f"--level must be between 0 and 1 (e.g. 0.95), not {level}")
+    if reps < 10:
+        raise UserError("--reps must be at least 10")
+    from harness.store import is_run_dir
+    default_out = inputs[0] / "report" if len(inputs) == 1 and not is_run_dir(inputs[0]) else Path("report")
+    opts = Options(out or default_out, budget_metric, budget, level, poi_metric, x_metric, bench, reps, seed,
+                   not no_plots)
+    if bench is not None and not bench.is_file():
+        raise UserError(f"--bench {bench} does not exist: pass the JSON written by `harness bench`")
+    sections, skipped, notes = build(inputs, opts)
+    if not sections:
+        render_terminal([], skipped, notes, None)
+        where = ", ".join(str(p) for p in inputs)
+        if skipped:
+            raise UserError(f"none of the {len(skipped)} runs under {where} is usable (reasons above)")
+        raise UserError(f"no run directories under {where}: pass a results root or run directories "
+                        f"(each with summary.json, config.json and metrics.jsonl)")
+    write(sections, skipped, notes, opts, inputs)
+    render_terminal(sections, skipped, notes, opts.out)

@@ -1,0 +1,67 @@
+"""The optimizer contract: what the training loop (harness/train.py) runs, and all it knows of an optimizer.
+
+An optimizer declares what it needs from the backbone and computes only what is unique to it:
+  - `samples_per_prompt`, `epochs`, `minibatches`: how the backbone samples and iterates;
+  - `data`: "online" (K samples from pi_t), "online_with_reference" (K samples from pi_t, then the data set's
+    human reference as response K+1, scored like a sample) or "preference_pairs" (the task's offline
+    (chosen, rejected) pairs, nothing sampled);
+  - `needs_critic`: the backbone loads a critic (from the reward model) and passes its values;
+  - `needs_preference`: the backbone fills `batch.preference[p, i, j] = P(y_i > y_j)` from its preference model;
+  - `mask_post_eos`: True counts log-probs (and values) up to the first EOS; False counts every generated token
+    (the sampled tokens after EOS too, as in the REBEL authors' PPO); `batch.counted_mask` says which;
+  - `logprob_temperature`: None means the sampling temperature (online), 1.0 for offline losses such as DPO;
+  - `prepare(batch)`: once per iteration, before the epochs (advantages, baselines, labels), returns tensors
+    indexed by prompt that travel with the batch through shuffling as `batch.extras`;
+  - `loss(batch, new)`: the optimizer's math on a minibatch; returns (scalar loss, detached float stats);
+  - state kept across iterations (a moving baseline) lives in plain attributes set in `__post_init__`: checkpoints
+    save and restore them (`state_dict`), so nothing else is needed for exact resume.
+Generation, log-probs, rewards, KL, masks and budgets are the backbone's; an optimizer never computes them
+(tests/algorithms/test_contract.py enforces it). The registry of named optimizers is algorithms/base.py.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from torch import Tensor
+
+from harness.batch import Batch, PolicyOutput
+
+DataKind = Literal["online", "online_with_reference", "preference_pairs"]
+ONLINE, ONLINE_WITH_REFERENCE, PREFERENCE_PAIRS = "online", "online_with_reference", "preference_pairs"
+
+
+@dataclass
+class Algorithm:
+    samples_per_prompt: int = 1
+    """responses sampled per prompt (pairs and groups are kept together)"""
+    epochs: int = 1
+    """passes over each iteration's batch, each with a fresh permutation of prompts"""
+    minibatches: int = 1
+    """optimizer steps per epoch"""
+
+    name: ClassVar[str] = ""
+    data: ClassVar[DataKind] = ONLINE
+    needs_critic: ClassVar[bool] = False
+    needs_preference: ClassVar[bool] = False
+    mask_post_eos: ClassVar[bool] = True
+    logprob_temperature: ClassVar[float | None] = None
+
+    def prepare(self, batch: Batch) -> dict[str, Tensor]:
+        return {}
+
+    def loss(self, batch: Batch, new: PolicyOutput) -> tuple[Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def hyperparameters(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def state_dict(self) -> dict:
+        """State an optimizer keeps across iterations (plain attributes that are not settings, such as a moving
+        baseline): saved in checkpoints so that a resumed run continues exactly."""
+        settings = {f.name for f in dataclasses.fields(self)}
+        return {k: v for k, v in vars(self).items() if k not in settings}
+
+    def load_state_dict(self, state: dict) -> None:
+        vars(self).update(state)
