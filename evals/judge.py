@@ -35,11 +35,11 @@ from urllib.parse import urlparse
 
 import openai
 
+from harness.config import DEFAULT_JUDGE_MODEL
 from harness.errors import UserError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_JUDGE_MODEL = "gpt-4o"  # a GPT-4-class judge; the paper used GPT-4
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 ORDERS = ("both", "random")

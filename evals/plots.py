@@ -152,21 +152,31 @@ def learning_curves(runs: list[Run], labels: dict, counter: str, level: float, p
 
 
 def bench(bench_file: Path | None, path: Path) -> Figure:
-    """Runtime split (generation, scoring, update) and peak memory per optimizer (paper Figure 2)."""
+    """Runtime split (generation, scoring, update) and peak memory per optimizer (paper Figure 2), from a bench.json."""
     if bench_file is None or not Path(bench_file).is_file():
         return Figure("bench", None, "Runtime and memory plot skipped: no bench/bench.json (run `harness bench` "
                                      "or pass --bench FILE).")
     try:
         data = json.loads(Path(bench_file).read_text(encoding="utf-8"))
-        entries = [(n, v, False) for n, v in sorted(data["optimizers"].items())]
-    except (OSError, ValueError, KeyError, AttributeError) as e:
+        bench_figure(data, path)
+    except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
         return Figure("bench", None, f"Runtime and memory plot skipped: {bench_file} unreadable ({e}).")
+    return Figure("bench", path, f"Runtime (stacked: generation, scoring, update; bar: total) and peak "
+                                 f"memory per optimizer from {bench_file}; hatched: TRL.")
+
+
+def bench_figure(data: dict, path: Path) -> Path:
+    """The one bench figure (`harness bench` and `harness report`): ours, ours on the TRL-matched settings, TRL
+    (hatched); seconds per iteration stacked by phase with the total marked, and peak memory."""
+    entries = [(n, v, False) for n, v in sorted(data["optimizers"].items())]
+    entries += [(f"{r['ours']['algorithm']} (as TRL {n})", r["ours"], False)
+                for n, r in sorted((data.get("ratios") or {}).items()) if isinstance(r, dict) and "ours" in r]
     trl = data.get("trl") or {}
     if isinstance(trl, dict) and trl and all(isinstance(v, dict) for v in trl.values()):
         entries += [(f"TRL {n}", v, True) for n, v in sorted(trl.items())]
     elif isinstance(trl, dict) and trl:
         entries.append(("TRL", trl, True))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
     names = [n for n, _, _ in entries]
     bottom = np.zeros(len(entries))
     for part, colour in (("generation_s", "C0"), ("scoring_s", "C1"), ("update_s", "C2")):
@@ -176,15 +186,16 @@ def bench(bench_file: Path | None, path: Path) -> Figure:
         bottom += vals
     ax1.scatter(names, [float(v.get("total_s") or np.nan) for _, v, _ in entries], color="black", marker="_",
                 s=300, label="total", zorder=3)
-    ax1.set(ylabel="seconds (as in bench.json)", title="Runtime")
+    preset = (data.get("setup") or {}).get("preset", "")
+    ax1.set(ylabel="seconds per iteration", title=f"Runtime ({preset})" if preset else "Runtime")
     ax1.legend(fontsize=8)
     ax2.bar(names, [float(v.get("peak_memory_mb") or np.nan) for _, v, _ in entries], color="C3",
             hatch=["//" if t else "" for _, _, t in entries])
     ax2.set(ylabel="peak memory (MB)", title="Peak memory")
     for ax in (ax1, ax2):
-        ax.tick_params(axis="x", rotation=30)
-    return Figure("bench", _save(fig, path), f"Runtime (stacked: generation, scoring, update; bar: total) and peak "
-                                             f"memory per optimizer from {bench_file}; hatched: TRL.")
+        ax.tick_params(axis="x", rotation=40, labelsize=8)
+        plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
+    return _save(fig, path)
 
 
 def mt_bench_radar(runs: list[Run], labels: dict, path: Path) -> Figure:

@@ -13,6 +13,9 @@ from harness.errors import UserError, invalid
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
+DEFAULT_JUDGE_MODEL = "gpt-4o"  # a GPT-4-class judge; the paper used GPT-4
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -131,7 +134,7 @@ class EvalSettings(Strict):
     missing_eos_penalty: bool = Field(False, description="replace the RM score of an evaluated response without "
                                       "EOS by train.missing_eos_score (the authors' evaluation reports raw scores)")
     judge: Literal["auto", "gold", "openai", "none"] = "auto"
-    judge_model: str = "gpt-4o"
+    judge_model: str = DEFAULT_JUDGE_MODEL
     judge_order: Literal["both", "random"] = Field("both", description="both: judge A/B and B/A, disagreement is a "
                                                    "tie (stricter); random: one seeded random order per pair (N+ code)")
     judge_template: str | None = Field(None, description="a prompt template file with {post}, {a}, {b} "

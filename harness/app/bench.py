@@ -333,33 +333,10 @@ def _version(package: str) -> str | None:
 
 
 def plot(result: dict, path: Path) -> None:
-    """Stacked seconds per iteration (generation / scoring / update) and peak memory; TRL hatched."""
-    import matplotlib
+    """The bench figure (evals.plots.bench_figure, the same one `harness report` shows)."""
+    from evals.plots import bench_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    entries = [(n, v, False) for n, v in result["optimizers"].items()]
-    entries += [(f"{r['ours']['algorithm']} (as TRL {n})", r["ours"], False) for n, r in result["ratios"].items()]
-    entries += [(f"TRL {n}", v, True) for n, v in result["trl"].items()]
-    labels = [n for n, _, _ in entries]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
-    bottom = [0.0] * len(entries)
-    for phase, colour in zip(PHASES, ("C0", "C1", "C2")):
-        vals = [v.get(phase, 0.0) for _, v, _ in entries]
-        ax1.bar(labels, vals, bottom=bottom, color=colour, label=phase[:-2],
-                hatch=["//" if t else "" for _, _, t in entries])
-        bottom = [b + x for b, x in zip(bottom, vals)]
-    ax1.set(ylabel="seconds per iteration", title=f"Runtime ({result.get('setup', {}).get('preset', '')})")
-    ax1.legend(fontsize=8)
-    ax2.bar(labels, [v["peak_memory_mb"] for _, v, _ in entries], color="C3",
-            hatch=["//" if t else "" for _, _, t in entries])
-    ax2.set(ylabel="peak live tensor memory (MB)", title="Peak memory (model load + warm-up)")
-    for ax in (ax1, ax2):
-        ax.tick_params(axis="x", rotation=40, labelsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    bench_figure(result, path)
 
 
 def table(result: dict):

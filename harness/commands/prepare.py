@@ -8,9 +8,10 @@ from typing import Optional
 
 import typer
 
+from harness.app.evaluate import SUITES
 from harness.errors import UserError, invalid
 
-SUITE_CHOICES = ("tldr", "chat", "open-llm")
+SUITE_CHOICES = SUITES
 
 
 def resolve_assets(config: str | None, preset: str | None, suites: list[str], models: list[str], sets: list[str],
