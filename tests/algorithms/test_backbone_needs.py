@@ -66,3 +66,18 @@ def test_single_pass_update_adopts_its_forward_as_pi_t(tiny_test_models, harness
     assert torch.allclose(batch.logp_old, expected, atol=1e-5)  # pi_theta at its one forward == pi_t
     assert torch.allclose(batch.reward, batch.score - cfg.train.kl_coef * batch.kl)
     assert batch.kl.abs().max() < 1e-4  # the policy was the SFT reference when it sampled
+
+
+def test_pi_t_is_scored_at_the_optimizers_logprob_temperature(tiny_test_models):
+    """An optimizer that declares a log-prob temperature other than the sampling one starts at ratio 1: pi_t's
+    log-probs in the batch are the ones its own forward (policy_output) computes at that temperature."""
+    cfg, models, data = tiny_test_models
+    assert cfg.generation.temperature != 1.0
+    batch = _collect(models, cfg, data, logprob_temperature=1.0)
+    models.policy.eval()
+    with torch.no_grad():
+        at_one = policy_output(models, batch, 1.0).logp_tokens
+        at_sampling = policy_output(models, batch, cfg.generation.temperature).logp_tokens
+    models.policy.train()
+    assert torch.allclose(batch.logp_old, at_one, atol=1e-5)
+    assert not torch.allclose(batch.logp_old, at_sampling, atol=1e-3)  # the bug this guards: scored at sampling T
