@@ -12,8 +12,9 @@ import pkgutil
 import torch
 from torch import Tensor
 
-from harness.contract import Algorithm
+from harness.contract import OBJECTIVE_SETTINGS, Algorithm
 from harness.errors import UserError
+from harness.objective import KL_ESTIMATORS
 
 __all__ = ["Algorithm", "REGISTRY", "make", "masked_mean", "masked_whiten", "names", "register"]
 
@@ -68,7 +69,20 @@ def make(name: str, args: dict | None = None) -> Algorithm:
     unknown = sorted(set(args or {}) - known)
     if unknown:
         raise UserError(f"algorithm {name!r} has no setting {', '.join(unknown)}; its settings: {', '.join(sorted(known))}")
+    objective = sorted(set(args or {}) & set(OBJECTIVE_SETTINGS))
+    if objective and not cls.kl_placements:
+        raise UserError(f"{name!r} samples nothing and has no reward to put a KL in: {', '.join(objective)} do not "
+                        f"apply (its pull toward the reference is its own beta)")
     try:
-        return cls(**(args or {}))
+        algo = cls(**(args or {}))
     except (TypeError, ValueError) as e:
         raise UserError(f"invalid settings for {name!r}: {e}") from None
+    if algo.kl_placements:
+        if algo.kl_placement not in algo.kl_placements:
+            raise UserError(f"{name!r}: kl_placement must be one of {', '.join(algo.kl_placements)}, "
+                            f"not {algo.kl_placement!r}")
+        if algo.kl_estimator not in KL_ESTIMATORS:
+            raise UserError(f"{name!r}: kl_estimator must be one of {', '.join(KL_ESTIMATORS)}, not {algo.kl_estimator!r}")
+        if algo.kl_coef is not None and not algo.kl_coef >= 0:
+            raise UserError(f"{name!r}: kl_coef must be >= 0 (or null for train.kl_coef), not {algo.kl_coef!r}")
+    return algo

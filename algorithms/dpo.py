@@ -36,6 +36,7 @@ class DPO(Algorithm):
     beta: float = 0.05
 
     data = "preference_pairs"
+    kl_placements = ()  # nothing sampled, no reward: its pull toward the reference is beta
     logprob_temperature = 1.0
 
     def __post_init__(self):

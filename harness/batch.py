@@ -5,8 +5,18 @@ Shuffling and minibatching index PROMPTS (the first axis), so a pair or group is
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+from typing import Callable
 
+import torch
 from torch import Tensor
+
+
+RESPONSE_AXIS_FIELDS = ("response", "mask", "logp_old", "logp_ref", "token_reward", "values_old", "logp_mask",
+                        "sample_logp")  # [P, K, Lr]: padded on the right when batches are joined
+
+
+def _local(parts: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    return parts
 
 
 @dataclass
@@ -33,6 +43,10 @@ class Batch:
     preference: Tensor | None = None  # [P, K, K] P(y_i > y_j) from the preference model (needs_preference)
     sample_logp: Tensor | None = None  # [P, S, Lr] the rollout engine's log-probs of the S sampled responses'
     # tokens, compared with logp_old (the trainer's forward) to measure the engine's drift; not used by losses
+    token_share: Tensor | None = None  # [P] the counted tokens of the whole batch (every rank) over its prompts: a
+    # token-mean denominator that stays exact under micro-batching and data parallelism (harness/objective.py)
+    sum_over_ranks: Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]] = _local  # sums batch statistics over ranks
+    max_new_tokens: int | None = None  # the generation cap the responses were sampled under
     extras: dict[str, Tensor] = field(default_factory=dict)  # per-prompt tensors an algorithm prepared, [P, ...]
 
     @property
@@ -63,6 +77,26 @@ class Batch:
         picked = {f.name: getattr(self, f.name)[idx] for f in fields(self)
                   if isinstance(getattr(self, f.name), Tensor)}
         return replace(self, **picked, extras={k: v[idx] for k, v in self.extras.items()})
+
+    @staticmethod
+    def concat(batches: list["Batch"], pad_id: int) -> "Batch":
+        """Prompts of several batches as one (queries left-padded, responses right-padded to the widest)."""
+        first = batches[0]
+        if len(batches) == 1:
+            return first
+        out = {}
+        for f in fields(first):
+            parts = [getattr(b, f.name) for b in batches]
+            if not isinstance(parts[0], Tensor):
+                continue
+            width = max(p.shape[-1] for p in parts)
+            pad = pad_id if f.name in ("query", "response") else 0
+            if f.name == "query":  # left-padded prompts
+                parts = [torch.nn.functional.pad(p, (width - p.shape[-1], 0), value=pad) for p in parts]
+            elif f.name in RESPONSE_AXIS_FIELDS:
+                parts = [torch.nn.functional.pad(p, (0, width - p.shape[-1]), value=pad) for p in parts]
+            out[f.name] = torch.cat(parts)
+        return replace(first, **out)
 
     def flat(self, name: str) -> Tensor:
         """[P, K, ...] -> [P*K, ...]; for `query`, each prompt repeated K times."""

@@ -15,6 +15,13 @@ An optimizer declares what it needs from the backbone and computes only what is 
   - `loss(batch, new)`: the optimizer's math on a minibatch; returns (scalar loss, detached float stats);
   - state kept across iterations (a moving baseline) lives in plain attributes set in `__post_init__`: checkpoints
     save and restore them (`state_dict`), so nothing else is needed for exact resume.
+The objective matrix (settings every online optimizer has, applied by the backbone, docs/objective.md):
+  - `kl_placement`: "reward" (r = score - beta * KL, the REBEL/PPO/RLOO protocol) or "loss" (beta * KL of pi_theta
+    added to the optimizer's loss, aggregated by its `loss_aggregation`: the GRPO protocol); `kl_estimator` k1/k2/k3
+    (harness/objective.py); `kl_coef` beta (None: train.kl_coef); `kl_ratio_correction` (loss placement: the KL
+    term times the token ratio pi_theta / pi_t); `kl_placements` lists what an optimizer accepts (offline DPO: none);
+  - `dynamic_sampling`: groups whose K scores are all equal are dropped and replaced by newly sampled prompts
+    (DAPO), every sampled response counted in the budget.
 Generation, log-probs, rewards, KL, masks and budgets are the backbone's; an optimizer never computes them
 (tests/algorithms/test_contract.py enforces it). The registry of named optimizers is algorithms/base.py.
 """
@@ -30,6 +37,7 @@ from harness.batch import Batch, PolicyOutput
 
 DataKind = Literal["online", "online_with_reference", "preference_pairs"]
 ONLINE, ONLINE_WITH_REFERENCE, PREFERENCE_PAIRS = "online", "online_with_reference", "preference_pairs"
+OBJECTIVE_SETTINGS = ("kl_placement", "kl_estimator", "kl_coef", "kl_ratio_correction")
 
 
 @dataclass
@@ -41,7 +49,21 @@ class Algorithm:
     minibatches: int = 1
     """optimizer steps per epoch"""
 
+    kl_placement: str = "reward"
+    """where the KL to the reference goes: "reward" (r = score - beta * KL) or "loss" (+ beta * KL in the loss)"""
+    kl_estimator: str = "k1"
+    """k1 (log-ratio), k2 (half its square) or k3 ((r - 1) - log r), per token (harness/objective.py)"""
+    kl_coef: float | None = None
+    """beta (None: train.kl_coef)"""
+    kl_ratio_correction: bool = False
+    """loss placement: the KL term times the token ratio pi_theta / pi_t (DeepSeek-V3.2; TRL's bias correction)"""
+
     name: ClassVar[str] = ""
+    kl_placements: ClassVar[tuple[str, ...]] = ("reward", "loss")
+    loss_aggregation: ClassVar[str] = "seq_mean_token_sum"
+    """how a per-token KL term in the loss is reduced (harness/objective.py); token-level optimizers make it a setting"""
+    length_normaliser: ClassVar[float | None] = None
+    dynamic_sampling: ClassVar[bool] = False
     data: ClassVar[DataKind] = ONLINE
     needs_critic: ClassVar[bool] = False
     needs_preference: ClassVar[bool] = False
@@ -55,7 +77,25 @@ class Algorithm:
         raise NotImplementedError
 
     def hyperparameters(self) -> dict:
-        return dataclasses.asdict(self)
+        """The settings, without the objective-matrix ones that are at the protocol's defaults (so runs from before
+        the matrix existed pool with later ones); `objective()` has all of them resolved."""
+        out = dataclasses.asdict(self)
+        for f in dataclasses.fields(Algorithm):
+            if f.name in OBJECTIVE_SETTINGS and (not self.kl_placements or out[f.name] == f.default):
+                del out[f.name]
+        return out
+
+    def objective(self, train_kl_coef: float) -> dict:
+        """The objective matrix as this run applies it (summary.json `objective`)."""
+        if not self.kl_placements:
+            return {"kl_placement": "none", "loss_aggregation": self.loss_aggregation}
+        return {"kl_placement": self.kl_placement, "kl_estimator": self.kl_estimator,
+                "kl_coef": train_kl_coef if self.kl_coef is None else self.kl_coef,
+                "kl_ratio_correction": self.kl_ratio_correction, "loss_aggregation": self.loss_aggregation,
+                "length_normaliser": self.length_normaliser, "dynamic_sampling": self.dynamic_sampling}
+
+    def resolved_kl_coef(self, train_kl_coef: float) -> float:
+        return train_kl_coef if self.kl_coef is None else self.kl_coef
 
     def state_dict(self) -> dict:
         """State an optimizer keeps across iterations (plain attributes that are not settings, such as a moving

@@ -104,6 +104,14 @@ class Runtime:
         per_rank = self.gather([counters])
         return {k: sum(s[k] for s in per_rank) for k in counters}
 
+    def sum_tensors(self, parts: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """Scalar tensors summed over ranks (batch-wide statistics of a loss: Batch.sum_over_ranks)."""
+        if not self.distributed:
+            return parts
+        flat = torch.stack([p.detach().float().reshape(()) for p in parts])
+        torch.distributed.all_reduce(flat)
+        return tuple(flat.to(parts[0].device))
+
     def broadcast(self, obj):
         """Rank 0's `obj` on every rank (decisions that depend on files only rank 0 may see)."""
         if not self.distributed:

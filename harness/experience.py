@@ -10,6 +10,7 @@ from torch import Tensor
 
 from harness.batch import Batch, PolicyOutput
 from harness.models import Models
+from harness.objective import kl_per_token
 from harness.rollout import HFEngine, truncate_after_eos
 from harness.examples import Example, Gold, truncate_prompt
 from harness.scoring import (ScoreRule, has_eos, kl_penalised_reward, reward_scores, sequence_kl, sequence_logprobs,
@@ -26,13 +27,15 @@ class Budget:
     rm_queries: int = 0
     optimizer_steps: int = 0
     wall_time_s: float = 0.0
+    groups_dropped: int | None = None  # dynamic sampling: groups sampled and scored, then dropped (equal scores)
     timings: dict[str, float] = field(default_factory=dict)  # per-phase seconds of the current iteration
 
     COUNTERS: ClassVar[tuple[str, ...]] = ("prompts", "responses", "rm_queries", "optimizer_steps", "wall_time_s")
 
     def counters(self) -> dict:
-        return {"prompts": self.prompts, "responses": self.responses, "rm_queries": self.rm_queries,
-                "optimizer_steps": self.optimizer_steps, "wall_time_s": round(self.wall_time_s, 3)}
+        out = {"prompts": self.prompts, "responses": self.responses, "rm_queries": self.rm_queries,
+               "optimizer_steps": self.optimizer_steps, "wall_time_s": round(self.wall_time_s, 3)}
+        return out if self.groups_dropped is None else {**out, "groups_dropped": self.groups_dropped}
 
 
 class Timer:
@@ -122,13 +125,14 @@ def collect_online(models: Models, examples: list[Example], samples_per_prompt: 
                    max_new_tokens: int, temperature: float, kl_coef: float, chunk: int, budget: Budget,
                    generator: torch.Generator, append_reference: bool = False, count_post_eos: bool = False,
                    preferences: bool = False, with_policy: bool = True, engine=None,
-                   rule: ScoreRule = ScoreRule(), logprob_temperature: float | None = None,
+                   rule: ScoreRule = ScoreRule(), logprob_temperature: float | None = None, kl_estimator: str = "k1",
                    gold: Gold | None = None) -> Batch:
     """Sample S responses per prompt from pi_t at `temperature`, cut at EOS, score them: the on-policy Batch.
 
     logprob_temperature: the temperature of pi_t's and pi_ref's log-probs (default: the sampling temperature); it
     must be the one the optimizer's own forward uses (policy_output), or the ratio pi_theta / pi_t starts != 1.
     gold: the task's gold reward, the preference model when `preferences` (see preference_probs).
+    kl_coef, kl_estimator: r = score - kl_coef * sum_t KL_t (kl_coef 0: the KL goes in the loss, or nowhere).
 
     append_reference: the example's human reference becomes response S+1 of its prompt, scored like a sample.
     count_post_eos: log-probs and values count every sampled token, the ones after the first EOS too.
@@ -177,27 +181,30 @@ def collect_online(models: Models, examples: list[Example], samples_per_prompt: 
                   values_old=grouped(scored.get("values_old")),
                   logp_mask=grouped(logp_mask) if count_post_eos else None,
                   preference=preference, sample_logp=engine_logp[:, :width].reshape(P, S, -1))
+    batch.max_new_tokens = max_new_tokens
     if with_policy:
-        fill_rewards(batch, kl_coef)
+        fill_rewards(batch, kl_coef, kl_estimator)
     return batch
 
 
-def fill_rewards(batch: Batch, kl_coef: float) -> None:
-    """The rewards that need pi_t's log-probs: sequence KL, r = score - beta * kl, and the per-token reward."""
+def fill_rewards(batch: Batch, kl_coef: float, estimator: str = "k1") -> None:
+    """The rewards that need pi_t's log-probs: the sequence KL (k1, the logged one), r = score - beta * sum_t KL_t
+    by the run's estimator, and the per-token reward. kl_coef 0: the KL is not in the reward (loss placement)."""
     batch.kl = sequence_kl(batch.logp_old_sum, batch.logp_ref_sum)
-    batch.reward = kl_penalised_reward(batch.score, batch.kl, kl_coef)
+    penalty = batch.kl if estimator == "k1" else kl_per_token(batch.logp_old, batch.logp_ref, estimator).sum(-1)
+    batch.reward = kl_penalised_reward(batch.score, penalty, kl_coef)
     batch.token_reward = token_rewards(batch.score.flatten(), batch.flat("logp_old"), batch.flat("logp_ref"),
-                                       batch.flat("mask"), kl_coef).reshape(batch.logp_old.shape)
+                                       batch.flat("mask"), kl_coef, estimator).reshape(batch.logp_old.shape)
 
 
-def adopt_policy_forward(batch: Batch, new: PolicyOutput, kl_coef: float) -> None:
+def adopt_policy_forward(batch: Batch, new: PolicyOutput, kl_coef: float, estimator: str = "k1") -> None:
     """Single-pass updates (one optimizer step on one forward per batch): pi_theta at that forward IS pi_t, so pi_t's
     log-probs (and the critic's values) are that forward's, detached, bit for bit; then the rewards that need them."""
     batch.logp_old = new.logp_tokens.detach()
     if new.values is not None:
         batch.values_old = new.values.detach()
     if batch.score is not None:
-        fill_rewards(batch, kl_coef)
+        fill_rewards(batch, kl_coef, estimator)
 
 
 def collect_pairs(models: Models, examples: list[Example], max_prompt_tokens: int, max_response_tokens: int,

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from harness.objective import kl_per_token
+
 MISSING_EOS_SCORE = -1.0
 
 
@@ -149,11 +151,12 @@ def kl_penalised_reward(score: Tensor, kl: Tensor, beta: float) -> Tensor:
     return score - beta * kl
 
 
-def token_rewards(score: Tensor, logp_policy: Tensor, logp_ref: Tensor, response_mask: Tensor, beta: float) -> Tensor:
-    """Per-token reward (PPO's shaping): -beta * (logp_pi - logp_ref) at each counted token (the per-token log-probs
-    are already zero elsewhere), plus the score at the response's last token (its EOS); [B, Lr].
-    Sums to `kl_penalised_reward(score, sequence_kl(...), beta)`."""
-    out = -beta * (logp_policy - logp_ref)
+def token_rewards(score: Tensor, logp_policy: Tensor, logp_ref: Tensor, response_mask: Tensor, beta: float,
+                  estimator: str = "k1") -> Tensor:
+    """Per-token reward (PPO's shaping): -beta * KL_t at each counted token (k1: logp_pi - logp_ref; the per-token
+    log-probs are already zero elsewhere, where every estimator is 0), plus the score at the response's last token
+    (its EOS); [B, Lr]. Sums to `kl_penalised_reward(score, sum_t KL_t, beta)`."""
+    out = -beta * kl_per_token(logp_policy, logp_ref, estimator)
     last = response_mask.sum(-1).clamp(min=1) - 1
     out[torch.arange(len(out), device=out.device), last] += score
     return out

@@ -13,7 +13,7 @@ from functools import partial
 
 import torch
 
-from harness.batch import Batch
+from harness.batch import Batch, PolicyOutput
 from harness.config import RunConfig
 from harness.contract import ONLINE_WITH_REFERENCE, PREFERENCE_PAIRS, Algorithm
 from harness.distributed import Runtime, derived_seed
@@ -21,6 +21,7 @@ from harness.errors import UserError
 from harness.experience import (Budget, Timer, adopt_policy_forward, collect_online, collect_pairs, gold_rewards,
                                 policy_output)
 from harness.models import Models
+from harness.objective import kl_loss, token_share
 from harness.rollout import logprob_drift, make_engine
 from harness.examples import Example, Gold, TaskData
 from harness.scoring import ScoreRule, has_eos
@@ -74,6 +75,12 @@ class Trainer:
         self.data_pass, self.cursor = 0, 0
         self.order = data_order(len(self.train_examples), self.cfg.seed)
         self.temperature = self.algo.logprob_temperature or self.cfg.generation.temperature
+        # The objective matrix (harness/contract.py): beta goes into the reward or into the loss, never both.
+        beta = self.algo.resolved_kl_coef(t.kl_coef)
+        self.reward_kl_coef = beta if self.algo.kl_placement == "reward" else 0.0
+        self.loss_kl_coef = beta if self.algo.kl_placement == "loss" and self.algo.kl_placements else 0.0
+        if self.algo.dynamic_sampling:
+            self.budget.groups_dropped = self.budget.groups_dropped or 0
         self.shared_prefix = self.runtime.fsdp is None  # see experience.policy_output
         g = self.cfg.generation
         self.engine = None if self.algo.data == PREFERENCE_PAIRS else make_engine(
@@ -101,7 +108,29 @@ class Trainer:
                 and (micro is None or micro * self.runtime.world_size >= self.cfg.train.prompts_per_iteration))
 
     def collect(self, examples: list[Example]) -> Batch:
-        """This iteration's scored batch: sampled by pi_t (online) or the task's pairs (offline)."""
+        """This iteration's scored batch; with dynamic sampling, without the groups whose K scores are all equal,
+        refilled from newly sampled prompts for at most `algo.dynamic_sampling` more rounds (DAPO). Every sampled
+        response stays counted in the budget; the dropped groups are counted too."""
+        batch = self.collect_once(examples)
+        if not self.algo.dynamic_sampling or batch.score is None:
+            return batch
+        wanted, kept = batch.num_prompts, []
+        for round_ in range(self.algo.dynamic_sampling + 1):
+            if round_:
+                batch = self.collect_once(self.next_prompts())
+            informative = (batch.score.max(1).values > batch.score.min(1).values).nonzero().flatten()
+            self.budget.groups_dropped += batch.num_prompts - len(informative)
+            kept.append(batch.select(informative))
+            have = sum(b.num_prompts for b in kept)
+            if not self.runtime.sum({"short": float(have < wanted)})["short"]:  # every rank refills together
+                break
+        if have == 0:  # nothing informative after every round: the last batch as it is (zero advantages)
+            return batch
+        joined = Batch.concat([b for b in kept if b.num_prompts], self.models.pad_id)
+        return joined.select(torch.arange(min(wanted, joined.num_prompts)))
+
+    def collect_once(self, examples: list[Example]) -> Batch:
+        """A scored batch of these prompts: sampled by pi_t (online) or the task's pairs (offline)."""
         g, t = self.cfg.generation, self.cfg.train
         local_prompts = t.prompts_per_iteration // self.runtime.world_size
         chunk = 4 * min(t.micro_batch_prompts or local_prompts, local_prompts) * self.algo.samples_per_prompt
@@ -113,13 +142,14 @@ class Trainer:
                                          self.temperature, chunk, self.budget, with_policy=not self.single_pass)
                 self.engine.sync(self.models.policy)
                 return collect_online(self.models, examples, self.algo.samples_per_prompt,
-                                      self.cfg.task.max_prompt_tokens, g.max_new_tokens, g.temperature, t.kl_coef,
+                                      self.cfg.task.max_prompt_tokens, g.max_new_tokens, g.temperature, self.reward_kl_coef,
                                       chunk, self.budget, self.sampler,
                                       append_reference=self.algo.data == ONLINE_WITH_REFERENCE,
                                       count_post_eos=not self.algo.mask_post_eos,
                                       preferences=self.algo.needs_preference, with_policy=not self.single_pass,
                                       engine=self.engine, rule=score_rule(self.cfg),
-                                      logprob_temperature=self.temperature, gold=self.gold)
+                                      logprob_temperature=self.temperature, gold=self.gold,
+                                      kl_estimator=self.algo.kl_estimator)
         finally:
             self.models.policy.train()
 
@@ -130,13 +160,15 @@ class Trainer:
         if self.single_pass:
             with self.models.autocast():  # bf16 compute when the run has it; the weights stay float32
                 first = policy_output(self.models, batch, self.temperature, self.shared_prefix)
-            adopt_policy_forward(batch, first, self.cfg.train.kl_coef)
+            adopt_policy_forward(batch, first, self.reward_kl_coef, self.algo.kl_estimator)
         if batch.reward is not None and not torch.isfinite(batch.reward).all():
             raise TrainingDiverged(f"non-finite rewards at iteration {iteration}: check the reward model's outputs")
         drift = {}
         if batch.sample_logp is not None:
             S = batch.sample_logp.shape[1]
             drift = logprob_drift(batch.sample_logp, batch.logp_old[:, :S], batch.counted_mask[:, :S])
+        batch.sum_over_ranks = self.runtime.sum_tensors
+        batch.token_share = token_share(batch.counted_mask, batch.sum_over_ranks)
         batch.extras = self.algo.prepare(batch)
         stats: dict[str, list[float]] = {}
         micro = self.cfg.train.micro_batch_prompts or batch.num_prompts
@@ -149,7 +181,7 @@ class Trainer:
                     with self.models.autocast():
                         new = (first.select(part) if first is not None
                                else policy_output(self.models, sub, self.temperature, self.shared_prefix))
-                        loss, loss_stats = self.algo.loss(sub, new)
+                        loss, loss_stats = self.objective(sub, new)
                     if not torch.isfinite(loss):
                         raise TrainingDiverged(
                             f"the {self.algo.name} loss became {loss.item()} at iteration {iteration}, epoch {epoch}; "
@@ -167,6 +199,9 @@ class Trainer:
         if not self.per_step_decay:
             self.scheduler.step()
         return {**{k: sum(v) / len(v) for k, v in stats.items()}, **drift}
+
+    def objective(self, batch: Batch, new: PolicyOutput) -> tuple[torch.Tensor, dict[str, float]]:
+        return objective_loss(self.algo, batch, new, self.loss_kl_coef)
 
     def iteration(self, iteration: int) -> dict:
         """One iteration; returns its metrics line (cumulative budget + this iteration's statistics), reduced over
@@ -213,6 +248,19 @@ class Trainer:
         self.algo.load_state_dict(state["algorithm"])
         for k, v in state["budget"].items():
             setattr(self.budget, k, v)
+
+
+def objective_loss(algo: Algorithm, batch: Batch, new: PolicyOutput,
+                   loss_kl_coef: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """The optimizer's loss, plus beta * KL of pi_theta (aggregated like its loss) when the KL is in the loss."""
+    loss, stats = algo.loss(batch, new)
+    if loss_kl_coef:
+        term, kl_mean = kl_loss(new.logp_tokens, batch.logp_old, batch.logp_ref, batch.counted_mask, loss_kl_coef,
+                                algo.kl_estimator, algo.loss_aggregation, batch.token_share, algo.length_normaliser,
+                                algo.kl_ratio_correction)
+        loss = loss + term
+        stats = {**stats, "objective/kl_loss": term.item(), "objective/kl_per_token": kl_mean}
+    return loss, stats
 
 
 def score_rule(cfg: RunConfig, evaluation: bool = False) -> ScoreRule:

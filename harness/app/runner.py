@@ -225,7 +225,8 @@ def run(cfg: RunConfig, console: Console | None = None, runtime: Runtime | None 
     write_jsonl(run_dir.samples, samples)
     write_json(run_dir.evals / "tldr.json", final)  # the same file `harness eval RUN --suite tldr` writes
     summary = {"run_id": run_dir.path.name, "status": "completed", "algorithm": algo.name,
-               "algorithm_config": algo.hyperparameters(), "task": cfg.task.name, "data_source": source,
+               "algorithm_config": algo.hyperparameters(),
+               "objective": algo.objective(cfg.train.kl_coef), "task": cfg.task.name, "data_source": source,
                "preset": cfg.preset, "seed": cfg.seed, "config_hash": chash,
                "code_version": code_version(), "started_at": started, "resumed_from": start or None,
                "processes": runtime.world_size,

@@ -135,8 +135,28 @@ def _dpo_loss_starts_at_log_two_and_falls(calls, lines):
     assert abs(first[0] - math.log(2)) < 1e-5 and sum(first[-3:]) / 3 < math.log(2)
 
 
+@check("grpo")
+def _policy_term_is_zero_at_ratio_one_and_the_k3_term_is_the_loss(calls, lines):
+    for c in calls:  # one update per batch: ratio 1, group-centred advantages average to 0 per response
+        assert abs(c[0]["loss"] - c[0]["objective/kl_loss"]) < 1e-5 and c[0]["objective/kl_per_token"] >= 0
+    assert calls[-1][0]["objective/kl_loss"] > 0  # the policy moved away from the reference
+
+
+@check("gspo", "reinforce_pp")
+def _surrogate_is_minus_the_mean_advantage_at_ratio_one(calls, lines):
+    assert all(abs(c[0]["loss"]) < 1e-5 for c in calls)  # group-centred (GSPO) or globally whitened (REINFORCE++)
+
+
+@check("dr_grpo", "dapo", "cispo")
+def _no_kl_term_and_no_clipping_at_ratio_one(calls, lines):
+    for c in calls:
+        name = next(k.split("/")[0] for k in c[0] if k.endswith("/clipfrac"))
+        assert "objective/kl_loss" not in c[0] and c[0][f"{name}/clipfrac"] == 0.0
+
+
 RESPONSES_PER_PROMPT = {"ppo": 1, "reinforce": 1, "rebel": 2, "iterative_dpo": 2, "rloo": 2, "rloo_k4": 4, "dpo": 0,
-                        "rebel_hybrid": 1, "rebel_preference": 3}
+                        "rebel_hybrid": 1, "rebel_preference": 3, "grpo": 4, "dr_grpo": 4, "dapo": 4, "gspo": 4,
+                        "cispo": 4, "reinforce_pp": 1}
 
 
 @pytest.mark.parametrize("name", names())
@@ -147,8 +167,11 @@ def test_optimizer_trains_on_the_tiny_preset(name, tiny_test_models, harness_cac
     algo = make(name)
     last = lines[-1]
     n = _iterations(name)
-    assert last["prompts"] == n * PROMPTS
-    assert last["responses"] == RESPONSES_PER_PROMPT[name] * n * PROMPTS
+    if algo.dynamic_sampling:  # groups with equal scores were dropped and refilled: more prompts were sampled
+        assert last["prompts"] >= n * PROMPTS and last["groups_dropped"] >= 0
+    else:
+        assert last["prompts"] == n * PROMPTS
+    assert last["responses"] == RESPONSES_PER_PROMPT[name] * last["prompts"]
     assert last["optimizer_steps"] == n * algo.epochs * algo.minibatches
     if algo.data == "preference_pairs":
         assert last["rm_queries"] == 0 and "time/generation_s" not in last
