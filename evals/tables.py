@@ -121,11 +121,11 @@ def _fmt(x: float, d: int, sign: bool = False) -> str:
     return "–" if x is None or math.isnan(x) else f"{x:+.{d}f}" if sign else f"{x:.{d}f}"
 
 
-def _numeric_table(name: str, title: str, caption: str, preset_rows: dict[str, list[Row]],
+def numeric_table(name: str, title: str, caption: str, preset_rows: dict[str, list[Row]],
                    metrics: list[Metric], with_iqm: bool, level: float, reps: int, seed: int,
                    baseline_label: str | None = None) -> Table:
-    """Shared body of Tables 1, 2 and 6: per row and metric, mean (std) across seeds, optional IQM [CI],
-    optional difference to a baseline row of the same preset; marks per preset and column."""
+    """Shared body of Tables 1, 2, 6 and the matched-KL tables: per row and metric, mean (std) across seeds,
+    optional IQM [CI], optional difference to a baseline row of the same preset; marks per preset and column."""
     pct = f"{level:.0%}"
     columns = ["Preset", "Algorithm", "n"]
     for m in metrics:
@@ -196,7 +196,7 @@ def table1(runs: list[Run], labels: dict, observations: dict[str, tuple[dict, st
         caption += (f" With at most {n_max} seeds per row the IQM trims nothing and equals the mean, and the CI is "
                     f"about [min, max] of the seeds: read it as their spread, not a population interval.")
     caption += " " + budget_note if budget_note else " Values are each run's final evaluation (summary.json)."
-    return _numeric_table(name, "Table 1: TL;DR summarization", caption, preset_rows, TLDR_METRICS, True,
+    return numeric_table(name, "Table 1: TL;DR summarization", caption, preset_rows, TLDR_METRICS, True,
                           level, reps, seed)
 
 
@@ -223,11 +223,11 @@ def suite_table(runs: list[Run], labels: dict, metrics: list[Metric], name: str,
                "(the starting model evaluated on the same suite, the `base` block of the suite files); without a "
                "Base row the parenthesis is the standard deviation across seeds. Accuracies and win rates in %. "
                "The Base row shows mean (standard deviation). Bold: best, underlined: second best per preset and column (higher is better).")
-    return _numeric_table(name, title, caption, preset_rows, metrics, False, level, reps, seed, "Base")
+    return numeric_table(name, title, caption, preset_rows, metrics, False, level, reps, seed, "Base")
 
 
 def poi_table(preset: str, scores: dict[str, list[float]], sources: dict[str, list[dict]], metric: str,
-              level: float, reps: int, seed: int, name: str) -> Table:
+              level: float, reps: int, seed: int, name: str, budget_note: str = "") -> Table:
     """P(row > column) between optimizers of one preset on one metric, and a plain sentence per pair."""
     names = list(scores)
     pm = stats.poi_matrix(scores, level, reps, seed)
@@ -261,6 +261,8 @@ def poi_table(preset: str, scores: dict[str, list[float]], sources: dict[str, li
         caption += (" With fewer than 5 seeds per side the percentile CI is optimistic: when every seed of one side "
                     "beats every seed of the other it collapses to a single point, although e.g. 3 vs 3 seeds can "
                     "never give an exact two-sided Mann-Whitney p below 0.1. More seeds make these statements firm.")
+    if budget_note:
+        caption += " " + budget_note
     return Table(name, f"Probability of improvement ({preset}, {metric})", ["P(row > column)"] + names, rows,
                  caption, label_columns=1, notes=notes)
 

@@ -44,33 +44,56 @@ class Section:
     notes: list[str] = field(default_factory=list)
 
 
-def _observations(runs, opts: Options, skipped: list) -> dict[str, tuple[dict, str]]:
-    """Per run: the eval values Table 1 and the P(improvement) use, and the file position they came from."""
+# The metric pairwise statements are about (--poi-metric): its name in sentences, scale, unit and decimals.
+VERDICT_UNITS = {"win_rate": ("win rate", 100.0, "points", 1), "rm_score": ("RM score", 1.0, "RM score", 2)}
+
+
+def _observations(runs, opts: Options, skipped: list, notes: list[str]) -> dict[str, tuple[dict, str]]:
+    """Per run: the eval values Table 1, the P(improvement) and the final verdicts use, and where they came from."""
     from evals.runs import Skipped, budget_cut
     if opts.budget_metric is None:
         return {r.run_id: (r.summary["eval"], "summary.json:eval") for r in runs}
-    obs = {}
+    obs, lag = {}, 0
+    counter = opts.budget_metric
     for r in runs:
-        cut, reason = budget_cut(r, opts.budget_metric, opts.budget)
+        spent = [m[counter] for m in r.metrics if isinstance(m.get(counter), (int, float))]
+        if spent and max(spent) == 0:  # e.g. offline DPO samples no responses: "never reached" would mislead
+            skipped.append(Skipped(str(r.path), f"{r.run_id}: left out of the equal-budget table: it spends no "
+                                                 f"{counter} (0 over the whole run), so no cut on this axis"))
+            continue
+        cut, reason = budget_cut(r, counter, opts.budget)
         if cut is None:
             skipped.append(Skipped(str(r.path), f"{r.run_id}: left out of the equal-budget table: {reason}"))
             continue
-        at = ", ".join(f"{k}@{cut[k + '_iteration']}" for k in ("win_rate", "rm_score", "kl") if k in cut)
+        evals = [k for k in ("win_rate", "rm_score", "kl") if k in cut]
+        at = ", ".join(f"{k}@{cut[k + '_iteration']}" for k in evals)
+        lag = max([lag] + [cut["iteration"] - cut[k + "_iteration"] for k in evals
+                           if isinstance(cut["iteration"], int) and isinstance(cut[k + "_iteration"], int)])
         obs[r.run_id] = (cut, f"metrics.jsonl:cut at iteration {cut['iteration']} "
-                              f"({opts.budget_metric}={cut['counter']:g}; eval iterations {at})")
+                              f"({counter}={cut['counter']:g}; eval iterations {at})")
+    if lag:
+        notes.append(f"Equal-budget cut: evaluations are periodic, so the eval values lag the cut iteration by up "
+                     f"to {lag} iterations (the latest evaluation at or before it; provenance names each). A "
+                     f"smaller eval.every makes the cut sharper.")
     return obs
 
 
-def _poi_tables(runs, labels, obs, opts: Options, suffix: str, notes: list[str]) -> list:
+def _primary_metric(members, obs, opts: Options) -> str:
+    """--poi-metric, or rm_score when no run of the preset has a win rate (no judge)."""
+    if opts.poi_metric == "win_rate" and not any(obs[r.run_id][0].get("win_rate") is not None for r in members):
+        return "rm_score"
+    return opts.poi_metric
+
+
+def _poi_tables(runs, labels, obs, opts: Options, suffix: str, notes: list[str], budget_note: str = "") -> list:
     """One P(improvement) matrix per preset between optimizers (SFT is a baseline, not an optimizer)."""
     from evals.tables import poi_table
     out = []
     for preset in sorted({r.preset for r in runs}):
         members = [r for r in runs if r.preset == preset and r.run_id in obs]
-        metric = opts.poi_metric
-        if metric == "win_rate" and not any(obs[r.run_id][0].get("win_rate") is not None for r in members):
-            metric = "rm_score"
-            notes.append(f"{preset}: no win rates (no judge), so P(improvement) uses rm_score.")
+        metric = _primary_metric(members, obs, opts)
+        if metric != opts.poi_metric:
+            notes.append(f"{preset}: no win rates (no judge), so P(improvement) and the verdicts use rm_score.")
         scores: dict[str, list[float]] = {}
         sources: dict[str, list[dict]] = {}
         for r in members:
@@ -83,7 +106,64 @@ def _poi_tables(runs, labels, obs, opts: Options, suffix: str, notes: list[str])
             continue
         scores = dict(sorted(scores.items()))
         out.append(poi_table(preset, scores, sources, metric, opts.level, opts.reps, opts.seed,
-                             f"poi_{_slug(preset)}{suffix}"))
+                             f"poi_{_slug(preset)}{suffix}", budget_note))
+    return out
+
+
+def _matched_kl_tables(runs, labels, obs, opts: Options, suffix: str, notes: list[str],
+                       budget_note: str = "") -> tuple[list, dict]:
+    """Per preset and metric with periodic evaluations: the matched-KL table; also returns the matched values
+    ({(preset, metric): MatchedValues}) for the matched verdicts."""
+    from evals.matched_kl import MATCHED_METRICS, matched_table, matched_values
+    tables, matched = [], {}
+    for preset in sorted({r.preset for r in runs}):
+        members = [r for r in runs if r.preset == preset and r.run_id in obs]
+        for metric, header, scale, decimals in MATCHED_METRICS:
+            mv = matched_values(members, metric, opts.budget_metric, opts.budget)
+            if mv is None:
+                continue
+            if not mv.values:
+                notes += [f"{preset}: no matched-KL table for {metric}: {n}" for n in mv.notes]
+                continue
+            matched[(preset, metric)] = mv
+            tables.append(matched_table(preset, members, labels, mv, header, scale, decimals, opts.level,
+                                        opts.reps, opts.seed, f"matched_kl_{metric}_{_slug(preset)}{suffix}",
+                                        budget_note))
+    if runs and not matched:
+        notes.append("No matched-KL tables: no run logged periodic evaluations (eval/kl with eval/* in "
+                     "metrics.jsonl); set eval.every so each run evaluates several times.")
+    return tables, matched
+
+
+def _verdict_tables(runs, labels, obs, matched: dict, opts: Options, suffix: str, budget_note: str = "",
+                    matched_note: str = "") -> list:
+    """Per preset, pairwise verdicts on the primary metric twice: its final (or equal-budget) value, the one
+    Table 1 shows, and its mean over the common KL range, the matched-KL comparison."""
+    from evals.verdicts import verdict_table
+    out = []
+    for preset in sorted({r.preset for r in runs}):
+        members = [r for r in runs if r.preset == preset and r.run_id in obs]
+        metric = _primary_metric(members, obs, opts)
+        what, scale, unit, decimals = VERDICT_UNITS[metric]
+        mv = matched.get((preset, metric))
+        families = [("final", "at the equal-budget cut" if opts.budget_metric else "final evaluation",
+                     lambda r: obs[r.run_id][0].get(metric), lambda r: obs[r.run_id][1] + ":" + metric, budget_note)]
+        if mv is not None:
+            families.append(("matched_kl", f"mean over KL {mv.low:.3g}-{mv.high:.3g}",
+                             lambda r: mv.values.get(r.run_id, {}).get("area"),
+                             lambda r: mv.sources[r.run_id] + ":area", matched_note))
+        for key, when, value, source, note in families:
+            scores: dict[str, dict] = {}
+            sources: dict[str, list[dict]] = {}
+            for r in members:
+                v = value(r)
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    scores.setdefault(labels[r.row_key], {})[r.seed] = float(v) * scale
+                    sources.setdefault(labels[r.row_key], []).append(r.provenance(source(r)))
+            if len(scores) >= 2:
+                out.append(verdict_table(preset, dict(sorted(scores.items())), sources, f"{what}, {when}", unit,
+                                         decimals, opts.level, opts.reps, opts.seed,
+                                         f"verdicts_{key}_{_slug(preset)}{suffix}", note))
     return out
 
 
@@ -100,6 +180,10 @@ def build(paths: list[Path], opts: Options) -> tuple[list[Section], list, list[s
     notes = [n for r in runs for n in r.notes]
     if not runs:
         return [], skipped, notes
+    if opts.budget_metric and not any(isinstance(m.get(opts.budget_metric), (int, float))
+                                      for r in runs for m in r.metrics):
+        raise UserError(f"--budget-metric {opts.budget_metric}: no run's metrics.jsonl logs this counter "
+                        f"(runs written before it was counted); choose another of {', '.join(BUDGET_CHOICES)}")
     groups = comparison_groups(runs)
     if len(groups) > 1:
         notes.append(group_difference(groups))
@@ -107,12 +191,14 @@ def build(paths: list[Path], opts: Options) -> tuple[list[Section], list, list[s
     budget_note = (f"Equal-budget cut: {opts.budget_metric} <= {opts.budget:g}; each run's last iteration within "
                    f"the budget and its latest eval/* values at or before it (metrics.jsonl)."
                    if opts.budget_metric else "")
+    matched_note = (f"Equal-budget cut: {opts.budget_metric} <= {opts.budget:g}; trajectories hold only the "
+                    f"evaluations logged within the budget (metrics.jsonl)." if opts.budget_metric else "")
     for i, (key, members) in enumerate(groups):
         suffix = f"_g{i + 1}" if len(groups) > 1 else ""
         heading = ", ".join(f"{k}={v}" for k, v in key.items())
         sec = Section(f"Group {i + 1}: {heading}" if len(groups) > 1 else f"Comparison: {heading}")
         labels = row_labels(members)
-        obs = _observations(members, opts, skipped)
+        obs = _observations(members, opts, skipped, sec.notes)
         sec.tables.append(tables.table1(members, labels, obs, str(key.get("judge")), opts.level, opts.reps,
                                         opts.seed, "table1" + suffix, budget_note))
         for metrics, name, title in ((tables.CHAT_METRICS, "table2", "Table 2: chat benchmarks"),
@@ -121,8 +207,14 @@ def build(paths: list[Path], opts: Options) -> tuple[list[Section], list, list[s
             if t is None:
                 sec.notes.append(f"{title} skipped: no run has the evals/*.json files it reads.")
             else:
+                if opts.budget_metric:
+                    t.caption += (f" Not cut at {opts.budget_metric} <= {opts.budget:g}: evals/*.json evaluate "
+                                  f"each run's final policy.")
                 sec.tables.append(t)
-        sec.tables += _poi_tables(members, labels, obs, opts, suffix, sec.notes)
+        matched_tables, matched = _matched_kl_tables(members, labels, obs, opts, suffix, sec.notes, matched_note)
+        sec.tables += matched_tables
+        sec.tables += _poi_tables(members, labels, obs, opts, suffix, sec.notes, budget_note)
+        sec.tables += _verdict_tables(members, labels, obs, matched, opts, suffix, budget_note, matched_note)
         if opts.plots:
             pdir = opts.out / "plots"
             sec.figures = [_safe(plots.frontier, members, labels, pdir / f"frontier{suffix}.png"),

@@ -19,10 +19,12 @@ def register(app: typer.Typer) -> None:
         out: Optional[Path] = typer.Option(None, "--out", help="Report directory (default: <results root>/report, "
                                                                "or ./report for several inputs)."),
         budget_metric: Optional[str] = typer.Option(None, "--budget-metric",
-                                                    help=f"Equal-budget counter: {'|'.join(BUDGET_CHOICES)}."),
+                                                    help=f"Equal-budget counter: {'|'.join(BUDGET_CHOICES)}; "
+                                                         "the TL;DR tables are cut there, captions say so."),
         budget: Optional[float] = typer.Option(None, "--budget", help="Budget value for --budget-metric."),
         level: float = typer.Option(0.95, "--level", help="Confidence level of CIs and significance statements."),
-        poi_metric: str = typer.Option("win_rate", "--poi-metric", help="win_rate|rm_score for P(improvement)."),
+        poi_metric: str = typer.Option("win_rate", "--poi-metric", help="win_rate|rm_score for P(improvement) "
+                                                                   "and the pairwise verdicts."),
         x_metric: str = typer.Option("prompts", "--x-metric", help="Budget counter on the learning curves' x axis."),
         bench: Optional[Path] = typer.Option(None, "--bench", help="harness bench JSON (default: "
                                                                    "<results root>/bench/bench.json)."),

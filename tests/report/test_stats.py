@@ -87,3 +87,11 @@ def test_ellipse_axes_along_the_spread():
     assert width == pytest.approx(4 * math.sqrt(2.0))   # var x = 8/4 = 2
     assert height == pytest.approx(4 * math.sqrt(0.5))  # var y = 2/4
     assert stats.ellipse(pts[:2]) is None
+
+
+@pytest.mark.parametrize("values", [[0.2, 0.9], [1.0, 5.0, 2.0], [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0]])
+def test_iqm_ci_is_rliables_stratified_bootstrap_bit_for_bit(values):
+    """The vectorised bootstrap against rliable's own get_interval_estimates on the same seed (independent path)."""
+    x = np.array(values)[:, None]
+    reference = stats._bootstrap({"x": x}, lambda s: np.array([stats.rly_metrics.aggregate_iqm(s)]), REPS, 0.9, 7)
+    assert stats.iqm_ci(values, level=0.9, reps=REPS, seed=7) == pytest.approx(reference, abs=1e-12)

@@ -1,0 +1,100 @@
+"""Pairwise verdicts of `harness report`: every pair of optimizer rows of a table, paired by seed, corrected over
+all pairs of the table, with the seeds each pair would need; one table and one plain sentence per pair.
+
+Why a table of its own next to the probability of improvement: P(X > Y) says how often one seed beats another but,
+at 3-5 seeds, its percentile CI collapses to a point whenever one side wins every draw. The verdicts here test the
+mean paired difference exactly (sign-flip permutation, evals/compare.py), control the family-wise error over the
+m pairs of the table (Holm), and turn the observed spread into a number of seeds for 80% power, so a reader knows
+whether to buy seeds or stop. The arithmetic lives in evals/compare.py; this module only lays it out.
+"""
+from __future__ import annotations
+
+import math
+from itertools import combinations
+from typing import Hashable, Mapping
+
+from evals import compare
+from evals.tables import Cell, Table
+
+POWER = 0.8
+
+
+def _orient(a: str, b: str, scores: Mapping[str, Mapping], reps: int, seed: int, level: float):
+    """(winner, loser, comparison) with a non-negative mean difference, so every sentence reads 'better vs worse'
+    (the sign-flip test is symmetric: the p-value does not depend on the order)."""
+    res = compare.paired_difference(scores[a], scores[b], reps, seed, level)
+    if math.isfinite(res.mean_diff) and res.mean_diff < 0:
+        return b, a, compare.paired_difference(scores[b], scores[a], reps, seed, level)
+    return a, b, res
+
+
+def _seeds_text(res: compare.Comparison, alpha: float) -> tuple[str, int | None]:
+    if not res.paired:
+        return "n/a (no shared seeds)", None
+    need = compare.seeds_needed(res.diffs, alpha, POWER)
+    return (str(need.n), need.n) if need.n else (need.reason, None)
+
+
+def _fmt(x: float, decimals: int, sign: bool = False) -> str:
+    return "–" if not math.isfinite(x) else f"{x:+.{decimals}f}" if sign else f"{x:.{decimals}f}"
+
+
+def verdict_table(preset: str, scores: dict[str, dict[Hashable, float]], sources: dict[str, list[dict]], what: str,
+                  unit: str, decimals: int, level: float, reps: int, seed: int, name: str,
+                  budget_note: str = "") -> Table:
+    """`scores`: row label -> {seed: value, already scaled to `unit`}; `what` names the compared quantity for the
+    title and caption (e.g. 'win rate, final evaluation'). Rows sorted by Holm-adjusted p, then by pair."""
+    alpha = 1 - level
+    pairs = [_orient(a, b, scores, reps, seed, level) for a, b in combinations(sorted(scores), 2)]
+    adjusted = compare.holm({(a, b): res.p_value for a, b, res in pairs}, alpha)
+    m = sum(math.isfinite(p) for p, _ in adjusted.values())
+    # strongest evidence first: adjusted p, then raw p (Holm ties many at 1), then the larger effect
+    pairs.sort(key=lambda t: (not math.isfinite(adjusted[t[:2]][0]), adjusted[t[:2]][0], t[2].p_value,
+                              -abs(t[2].effect_size) if math.isfinite(t[2].effect_size) else 0.0, t[0], t[1]))
+    pct = f"{level:.0%}"
+    columns = ["Pair", f"Difference ({unit}) [{pct} CI]", "d", "n", "p", f"p Holm ({m} pairs)", "Verdict",
+               f"Seeds for {POWER:.0%} power"]
+    rows, sentences, short, needs = [], [], [], []
+    for a, b, res in pairs:
+        p_adj, reject = adjusted[(a, b)]
+        srcs = sources[a] + sources[b]
+        verdict = "not tested" if not math.isfinite(p_adj) else "significant" if reject else "not significant"
+        seeds, n_needed = _seeds_text(res, alpha / max(m, 1))
+        st = {"a": a, "b": b, "mean_diff": res.mean_diff, "ci_low": res.low, "ci_high": res.high,
+              "effect_size": res.effect_size, "n": res.n, "paired": res.paired, "p": res.p_value, "p_holm": p_adj,
+              "significant": bool(reject), "pairs": m, "seeds_needed": n_needed, "method": res.method}
+        rows.append([Cell(f"{a} vs {b}"),
+                     Cell(f"{_fmt(res.mean_diff, decimals, True)} [{_fmt(res.low, decimals)}, "
+                          f"{_fmt(res.high, decimals)}]", sources=srcs, stats=st),
+                     Cell(_fmt(res.effect_size, 1)), Cell(str(res.n) if res.paired else f"{res.n_a}+{res.n_b}"),
+                     Cell(_fmt(res.p_value, 3)), Cell(_fmt(p_adj, 3), sources=srcs, stats=st),
+                     Cell(verdict), Cell(seeds, sources=srcs, stats=st)])
+        sentences.append(compare.verdict_sentence(a, b, res, (p_adj, reject), m, unit, decimals, alpha, POWER) + ".")
+        if math.isfinite(p_adj) and not reject:
+            (needs if n_needed else short).append(n_needed)
+    caption = (f"Every pair of optimizer rows of preset {preset} on {what}, as better vs worse: the mean of the "
+               f"per-seed differences (runs of one seed share data order and initialisation) with a {pct} "
+               f"percentile-bootstrap CI, d = Cohen's d_z (mean / sd of the differences; d with pooled sd when no "
+               f"seeds are shared), n = paired seeds, p = exact two-sided sign-flip permutation test, corrected "
+               f"with Holm over the {m} tested pairs at alpha {alpha:.2g}. Seeds for {POWER:.0%} power: the paired "
+               f"seeds that would detect the observed difference with the observed spread at alpha {alpha:.2g}/{m} "
+               f"(Holm's strictest step; paired t power, never below the sign-flip test's floor 2/2^n <= alpha), "
+               f"itself an estimate from n seeds.")
+    n_min = min((st["n"] for st in (r[1].stats for r in rows) if st["paired"]), default=0)
+    if n_min and 2 / 2 ** n_min > alpha / max(m, 1):
+        caption += (f" With {n_min} paired seeds the smallest p the exact test can give is 2/2^{n_min} = "
+                    f"{2 / 2 ** n_min:.2g}, so no pair of this table can be significant after correction, "
+                    f"whatever its difference: more seeds are the only remedy.")
+    if budget_note:
+        caption += " " + budget_note
+    significant = sum(bool(r[5].stats["significant"]) for r in rows)
+    summary = f"{preset}, {what}: {significant} of {m} tested pairs significant after Holm correction"
+    if needs or short:
+        summary += (f"; of the {len(needs) + len(short)} not significant, {len(needs)} would need "
+                    f"{min(needs)}-{max(needs)} paired seeds for {POWER:.0%} power" if needs else
+                    f"; none of the {len(short)} not significant has a seed count for {POWER:.0%} power")
+        if needs and short:
+            summary += (f" and {len(short)} {'has' if len(short) == 1 else 'have'} none (no difference, or more "
+                        f"than 1000 seeds)")
+    return Table(name, f"Pairwise verdicts ({preset}, {what})", columns, rows, caption, label_columns=1,
+                 notes=[summary + "."] + sentences)

@@ -1,0 +1,173 @@
+"""Pairwise verdicts against hand computation, `harness report` on synthetic runs with known effects (a real
+difference is detected, a null one and a drift-bought one at matched KL are not), and equal-budget cuts on every
+budget axis."""
+import numpy as np
+import pytest
+
+import harness.app.report as report
+from evals.verdicts import verdict_table
+from harness.errors import UserError
+from harness.experience import Budget
+
+from .conftest import default_metrics, read, write_run
+from .test_report_cli import invoke
+
+DIFFS = [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]  # mean 2, sd sqrt(0.8): d_z = 2.236; all positive over 6 seeds
+
+
+def test_verdict_table_two_rows_hand_values():
+    scores = {"A": {s: 10 + d for s, d in enumerate(DIFFS)}, "B": {s: 10.0 for s in range(6)}}
+    t = verdict_table("tiny", scores, {"A": [{"run_id": "a"}], "B": [{"run_id": "b"}]}, "RM score, final", "RM score",
+                      2, 0.95, 500, 0, "v")
+    (row,) = t.rows
+    st = row[1].stats
+    assert row[0].text == "A vs B" and st["mean_diff"] == pytest.approx(2.0)
+    assert row[2].text == "2.2" and row[3].text == "6"  # d_z = 2 / sqrt(0.8); 6 paired seeds
+    # exact sign flip: only all-plus and all-minus reach |sum| = 12, p = 2 / 2^6; one pair, so Holm changes nothing
+    assert st["p"] == pytest.approx(2 / 64) and st["p_holm"] == pytest.approx(2 / 64) and row[6].text == "significant"
+    assert 1.0 <= st["ci_low"] < 2.0 < st["ci_high"] <= 3.0  # bootstrap means of the differences stay in [1, 3]
+    # d_z 2.2 needs ~5 seeds by the t power, but the sign-flip test cannot reach p < 0.05 below ceil(log2(40)) = 6
+    assert row[7].text == "6"
+    assert t.notes[1].startswith("A vs B: +2.00 RM score [") and "significant after Holm correction over 1 pairs" in \
+        t.notes[1]
+    assert t.notes[0] == "tiny, RM score, final: 1 of 1 tested pairs significant after Holm correction."
+
+
+def test_verdict_table_holm_over_three_pairs_hand_values():
+    noise = [0.1, -0.1, 0.2, -0.2, 0.1, -0.1]  # C - B: mean 0, a null pair
+    scores = {"A": {s: 10 + d for s, d in enumerate(DIFFS)}, "B": {s: 10.0 for s in range(6)},
+              "C": {s: 10 + n for s, n in enumerate(noise)}}
+    t = verdict_table("tiny", scores, {k: [{"run_id": k}] for k in scores}, "win rate, final", "points", 1, 0.95, 200,
+                      0, "v")
+    rows = {r[0].text: r[1].stats for r in t.rows}
+    assert set(rows) == {"A vs B", "A vs C", "B vs C"}
+    # raw p: A vs B = A vs C = 2/64 (all six differences positive), B vs C = 1 (sum 0); Holm: 3 x 2/64, then
+    # max(that, 2 x 2/64), then 1: 0.094, 0.094, 1 -- nothing survives at 0.05
+    assert rows["A vs B"]["p_holm"] == pytest.approx(3 / 32) and rows["A vs C"]["p_holm"] == pytest.approx(3 / 32)
+    assert rows["B vs C"]["p_holm"] == 1.0 and not any(r["significant"] for r in rows.values())
+    # power at alpha 0.05/3: the sign-flip floor ceil(log2(2 / (0.05/3))) = ceil(log2(120)) = 7 seeds
+    assert rows["A vs B"]["seeds_needed"] == 7
+    assert "no pair of this table can be significant after correction" in t.caption  # 2/64 > 0.05/3
+    assert t.rows[0][0].text in ("A vs B", "A vs C") and t.rows[-1][0].text == "B vs C"  # strongest evidence first
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the done-means test: `harness report` on synthetic runs with known effects
+
+SEEDS = range(10)  # 2/2^10 x 6 pairs < 0.05: a consistent difference can survive Holm over 6 pairs
+EVALS = 8
+ARMS = {"base": (4.0, 0.0), "twin": (4.0, 0.0), "better": (4.0, 0.03), "drifter": (6.0, 0.0)}  # final KL, shift
+
+
+def frontier(kl: float) -> float:
+    """Win rate vs KL shared by every arm but `better` (+3 points); linear, so interpolation is exact."""
+    return 0.3 + 0.06 * kl
+
+
+@pytest.fixture(scope="module")
+def known_effects(tmp_path_factory):
+    root = tmp_path_factory.mktemp("effects") / "results"
+    rng = np.random.default_rng(1234)
+    for seed in SEEDS:
+        offset = rng.normal(0, 0.02)  # what a seed shares across arms (data order, initialisation)
+        sft = {"kl": 0.0, "win_rate": frontier(0) + offset, "rm_score": 10 * (frontier(0) + offset)}
+        for arm, (final_kl, shift) in ARMS.items():
+            lines = []
+            for i in range(1, EVALS + 1):
+                kl = final_kl * i / EVALS
+                w = frontier(kl) + shift + offset + rng.normal(0, 0.004)
+                lines.append({"iteration": i, "prompts": 64 * i, "responses": 128 * i, "rm_queries": 128 * i,
+                              "optimizer_steps": 4 * i, "wall_time_s": 10.0 * i, "eval/kl": kl, "eval/win_rate": w,
+                              "eval/rm_score": 10 * w})
+            write_run(root, f"{arm}-{seed}", arm, seed, win_rate=w, rm_score=10 * w, kl=final_kl, sft=sft,
+                      metrics=lines)
+    out = root.parent / "out"
+    res = invoke(root, "--out", out, "--reps", 200, "--no-plots")
+    assert res.exit_code == 0, res.output
+    return out, res.output
+
+
+def verdict(out, family: str, a: str, b: str) -> dict:
+    cells = [c for c in read(out / "provenance.json")["cells"]
+             if c["table"] == f"verdicts_{family}_tiny" and c["column"].startswith("p Holm")]
+    (cell,) = [c for c in cells if {c["stats"]["a"], c["stats"]["b"]} == {a, b}]
+    return cell["stats"]
+
+
+@pytest.mark.parametrize("family, a, b, real", [
+    ("final", "better", "base", True), ("final", "better", "twin", True), ("final", "twin", "base", False),
+    ("final", "drifter", "base", True),  # drift buys final win rate: a real difference of final numbers...
+    ("matched_kl", "better", "base", True), ("matched_kl", "twin", "base", False),
+    ("matched_kl", "drifter", "base", False),  # ...which vanishes at matched KL: same frontier
+])
+def test_report_detects_real_differences_and_not_null_ones(known_effects, family, a, b, real):
+    st = verdict(known_effects[0], family, a, b)
+    assert st["pairs"] == 6 and st["n"] == len(SEEDS) and st["paired"]
+    assert st["significant"] is real, st
+    if real:
+        assert st["a"] == a and st["ci_low"] > 0  # oriented better vs worse, CI excludes 0
+
+
+def test_report_prints_matched_tables_sentences_and_seeds(known_effects):
+    out, printed = known_effects
+    md = (out / "report.md").read_text()
+    for name in ("matched_kl_win_rate_tiny", "matched_kl_rm_score_tiny", "verdicts_final_tiny",
+                 "verdicts_matched_kl_tiny", "poi_tiny"):
+        assert (out / "tables" / f"{name}.csv").is_file(), name
+    assert "### Matched KL (tiny): Win rate (%)" in md and "Win rate (%) @ KL 1" in md
+    assert "mean over KL 0-4" in md  # the common range ends where the non-drifting arms stop
+    assert "better vs base: +" in md and "significant after Holm correction over 6 pairs" in md
+    assert "Seeds for 80% power" in md and "not significant after Holm correction over 6 pairs" in printed
+    assert "evaluations (SFT included) in the common KL range" not in md  # 8 evaluations: none is thin
+    assert "P(row > column)" in md  # rliable's probability of improvement stays
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# equal-budget cuts on every axis the budget counts
+
+AT_ITERATION_3 = {"prompts": 192, "responses": 384, "rm_queries": 384, "optimizer_steps": 12, "wall_time_s": 30.0}
+
+
+@pytest.fixture(scope="module")
+def budget_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("budget") / "results"
+    for seed in range(2):
+        write_run(root, f"rebel-{seed}", "rebel", seed, metrics=default_metrics(final_win=0.6 + seed / 100))
+        write_run(root, f"ppo-{seed}", "ppo", seed, metrics=default_metrics(final_win=0.5 + seed / 100))
+    offline = [dict(m, responses=0, rm_queries=0) for m in default_metrics(final_win=0.55)]
+    write_run(root, "dpo-0", "dpo", 0, metrics=offline)
+    return root
+
+
+def test_every_budget_counter_has_a_cut_and_the_report_knows_it():
+    assert set(AT_ITERATION_3) == set(Budget.COUNTERS) == set(report.BUDGET_CHOICES), \
+        "a new budget counter: log it in conftest.default_metrics and give its iteration-3 value here"
+
+
+@pytest.mark.parametrize("counter", Budget.COUNTERS)
+def test_equal_budget_cut_on_every_axis(budget_runs, tmp_path, counter):
+    budget = AT_ITERATION_3[counter]
+    opts = report.Options(out=tmp_path, budget_metric=counter, budget=budget, reps=50, plots=False)
+    sections, skipped, _ = report.build([budget_runs], opts)
+    tables = {t.name: t for t in sections[0].tables}
+    assert {"table1", "matched_kl_win_rate_tiny", "poi_tiny", "verdicts_final_tiny",
+            "verdicts_matched_kl_tiny"} <= set(tables)
+    for t in tables.values():
+        assert f"Equal-budget cut: {counter} <= {budget:g}" in t.caption, t.name
+    rebel = next(r for r in tables["table1"].rows if r[1].text == "rebel")
+    assert all(f"cut at iteration 3 ({counter}={budget:g}" in s["source"] for s in rebel[3].sources)
+    # eval/win_rate of iteration 2, the latest at or before the cut: (0.60 + 0.61) / 2 x 2/6 = 20.17%, sd 0.24
+    assert rebel[3].text == "20.2 (0.2)"
+    assert any("lag the cut iteration by up to 1 iterations" in n for n in sections[0].notes)
+    dpo_skip = [s.reason for s in skipped if s.path.endswith("dpo-0")]
+    if counter in ("responses", "rm_queries"):  # offline pairs: it spends none of these, so it has no cut
+        assert dpo_skip == [f"dpo-0: left out of the equal-budget table: it spends no {counter} (0 over the whole "
+                            f"run), so no cut on this axis"]
+    else:
+        assert dpo_skip == []
+
+
+def test_a_counter_no_run_logged_is_one_clear_error(budget_runs, tmp_path):
+    opts = report.Options(out=tmp_path, budget_metric="generated_tokens", budget=100, reps=50, plots=False)
+    with pytest.raises(UserError, match="no run's metrics.jsonl logs this counter"):
+        report.build([budget_runs], opts)
