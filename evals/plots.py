@@ -272,3 +272,46 @@ def winrate_vs_length(runs: list[Run], labels: dict, path: Path) -> Figure:
     ax.legend(fontsize=8)
     return Figure("winrate_vs_length", _save(fig, path), "Final win rate against mean response length, one point "
                                                          "per run (SFT: the run's SFT baseline).")
+
+
+def scaling_figure(data: dict, path: Path) -> Path:
+    """`harness bench --scaling` (bench_scaling.json): seconds and peak memory per iteration against parameters and
+    against prompts per iteration, log-log, one line per contender (TRL dashed, in its counterpart's colour), the
+    fitted slope in the legend, and a dotted slope-1 guide (cost proportional to the work)."""
+    axes_of = (("sizes", "parameters", "parameters (policy)"),
+               ("prompts", "prompts_per_iteration", "prompts per iteration"))
+    names = sorted({n.removeprefix("TRL ") for sec in data.values() if isinstance(sec, dict)
+                    for p in sec.get("points", []) for n in p["contenders"]})
+    colours = _colours(names)
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), squeeze=False)
+    for col, (mode, key, xlabel) in enumerate(axes_of):
+        sec = data.get(mode) or {}
+        points, fits = sec.get("points") or [], sec.get("fits") or {}
+        for row, (value, ylabel, slope_key) in enumerate((("total_s", "seconds per iteration", "seconds_slope"),
+                                                          ("peak_memory_mb", "peak memory (MB)", "memory_slope"))):
+            ax = axes[row][col]
+            if not points:
+                ax.text(0.5, 0.5, f"not measured (harness bench --scaling {mode})", ha="center",
+                        transform=ax.transAxes)
+                ax.set(xlabel=xlabel, ylabel=ylabel, xticks=[], yticks=[])
+                continue
+            guide = None
+            for name in dict.fromkeys(n for p in points for n in p["contenders"]):
+                pts = sorted((float(p[key]), float(p["contenders"][name][value])) for p in points
+                             if name in p["contenders"] and p["contenders"][name][value] > 0)
+                if not pts:
+                    continue
+                xs, ys = zip(*pts)
+                slope = (fits.get(name) or {}).get(slope_key)
+                label = name + (f" (slope {slope:.2f})" if _num(slope) else "")
+                ax.plot(xs, ys, marker="o", color=colours[name.removeprefix("TRL ")], label=label,
+                        ls="--" if name.startswith("TRL ") else "-")
+                guide = guide or (xs, ys[0])
+            if guide and len(guide[0]) > 1:
+                xs, y0 = guide
+                ax.plot([xs[0], xs[-1]], [y0, y0 * xs[-1] / xs[0]], color="grey", ls=":", label="slope 1")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{ylabel} vs {xlabel}")
+            ax.legend(fontsize=7)
+    return _save(fig, path)

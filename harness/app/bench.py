@@ -259,12 +259,8 @@ def _combine(runs: list[dict]) -> dict:
     return {**merge(runs), "rounds": len(runs)}
 
 
-def run_bench(cfg: RunConfig, iterations: int, warmup: int, algos: list[str] | None, with_trl: bool,
-              out_dir: Path, log=print, rounds: int = 2, checkpointing: str = "off") -> dict:
-    """Every optimizer in `algos` (None: all; [] none), then ours vs TRL for each TRL_PAIRS entry with activation
-    checkpointing off / on / both (`checkpointing`), alternating for `rounds` rounds."""
-    from harness import tasks
-
+def quiet_libraries() -> None:
+    """No warnings or progress bars of datasets/transformers/TRL in the bench's terminal."""
     import datasets
     import transformers
 
@@ -272,6 +268,15 @@ def run_bench(cfg: RunConfig, iterations: int, warmup: int, algos: list[str] | N
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
     transformers.logging.set_verbosity_error()  # e.g. "caching is incompatible with gradient checkpointing"
+
+
+def run_bench(cfg: RunConfig, iterations: int, warmup: int, algos: list[str] | None, with_trl: bool,
+              out_dir: Path, log=print, rounds: int = 2, checkpointing: str = "off") -> dict:
+    """Every optimizer in `algos` (None: all; [] none), then ours vs TRL for each TRL_PAIRS entry with activation
+    checkpointing off / on / both (`checkpointing`), alternating for `rounds` rounds."""
+    from harness import tasks
+
+    quiet_libraries()
     _, data = tasks.load(cfg.task.name, cfg.task.source, cfg.task.dataset)
     load_models(cfg.model, resolve_paths(cfg.model, log=log))  # builds the preset if needed, outside any measurement
     algos = names() if algos is None else algos
