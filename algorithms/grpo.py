@@ -52,8 +52,8 @@ class GRPO(Algorithm):
         check_choice("scale_rewards", self.scale_rewards, REWARD_SCALES)
         if self.samples_per_prompt < 2:
             raise ValueError(f"{self.name} compares the responses of a group: samples_per_prompt must be >= 2")
-        if not (0 <= self.eps_low < 1 and self.eps_high >= 0 and self.std_eps > 0):
-            raise ValueError("need 0 <= eps_low < 1, eps_high >= 0, std_eps > 0")
+        if not (0 <= self.eps_low <= 1 and self.eps_high >= 0 and self.std_eps > 0):
+            raise ValueError("need 0 <= eps_low <= 1, eps_high >= 0, std_eps > 0")
         if self.length_normaliser is not None and self.length_normaliser <= 0:
             raise ValueError("length_normaliser must be positive")
 
