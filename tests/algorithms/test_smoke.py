@@ -111,7 +111,8 @@ def _starts_each_batch_at_log_two_then_fits(calls, lines):
 def _surrogate_starts_at_zero_then_improves(calls, lines):
     first, last = _first_last(calls)
     assert all(abs(f) < 1e-5 for f in first)  # leave-one-out advantages sum to zero per prompt at ratio one
-    assert sum(last) < 0
+    if len(calls[0]) > 1:  # later epochs (algo.epochs > 1) improve the surrogate; with one update per batch (the
+        assert sum(last) < 0  # default) the only call is the first, 0 up to rounding: the RM-score check decides
 
 
 @check("ppo")
