@@ -1,5 +1,6 @@
 """The types every task shares: one prompt with its references (Example), a task's splits (TaskData), the gold
-reward a synthetic task may carry (Gold), and how a prompt becomes at most N token ids (truncate_prompt).
+reward a synthetic task may carry (Gold), the exact reward a verifiable task carries instead of a reward model
+(TaskReward), and how a prompt becomes at most N token ids (truncate_prompt).
 
 The backbone reads tasks only through these: it never knows which task produced an Example.
 """
@@ -12,6 +13,15 @@ from harness.errors import UserError
 
 PROMPT_TEMPLATE = "SUBREDDIT: r/{subreddit}\n\nTITLE: {title}\n\nPOST: {post}\n\nTL;DR:"
 TRUNCATION_RULES = ("newline", "words")
+
+
+class TaskReward(Protocol):
+    """A verifiable task's reward: a checker that scores a response exactly (1.0 right, 0.0 wrong), used in place
+    of a reward model (no reward model is loaded). The missing-EOS rule is the backbone's, applied after it."""
+
+    name: str  # for the run's record, e.g. "exact-match checker"
+
+    def __call__(self, text: str, example: "Example") -> float: ...
 
 
 class Gold(Protocol):
@@ -39,9 +49,14 @@ class Example:
     rejected: str | None = None
     facts: dict | None = None  # what the task's gold reward checks (the synthetic stand-in's rows)
     messages: list[dict] | None = None  # chat tasks: the conversation so far
+    plain_prompt: str | None = None  # a prompt used verbatim (no TL;DR template); with `messages` too, this is the
+    # rendering for tokenizers without a chat template (truncate_prompt)
+    answer: int | float | None = None  # the ground truth a verifiable task's checker compares with
 
     @property
     def prompt(self) -> str:
+        if self.plain_prompt is not None:
+            return self.plain_prompt
         if self.messages is not None:
             return self.messages[-1]["content"]
         return format_prompt(self.subreddit, self.title, self.post)
@@ -55,6 +70,7 @@ class TaskData:
     pref_train: list[Example]
     pref_eval: list[Example]
     gold: Gold | None = None  # the task's gold reward, when it has one (the synthetic stand-in)
+    reward: TaskReward | None = None  # a verifiable task's checker: scores responses instead of a reward model
     sft_test: list[Example] = field(default_factory=list)  # the paper's win rates are on the test split
     test_note: str | None = None  # set when there is no test split: says evaluation uses validation instead
 
@@ -75,13 +91,16 @@ def truncate_prompt(example: Example, tokenizer, max_tokens: int, rule: str = "n
     of whole words. The authors' code fails on a post that cannot fit even when empty; here a title that alone is
     too long loses its end too (and the whole post). A limit that cannot hold even an empty title and post is a
     UserError. Chat prompts are rendered with the chat template; one over the limit keeps its last `max_tokens`
-    tokens.
+    tokens. A plain prompt (`Example.plain_prompt`) is used verbatim, and so is preferred to `messages` when the
+    tokenizer has no chat template; one over the limit keeps its last `max_tokens` tokens too (its answer cue).
     """
     if rule not in TRUNCATION_RULES:
         raise UserError(f"unknown prompt truncation rule {rule!r}; valid rules: {', '.join(TRUNCATION_RULES)}")
-    if example.messages is not None:
+    if example.messages is not None and (example.plain_prompt is None or getattr(tokenizer, "chat_template", None)):
         text = tokenizer.apply_chat_template(example.messages, tokenize=False, add_generation_prompt=True)
         return tokenizer.encode(text, add_special_tokens=False)[-max_tokens:]
+    if example.plain_prompt is not None:
+        return tokenizer.encode(example.plain_prompt, add_special_tokens=False)[-max_tokens:]
 
     def encode(title: str, post: str) -> list[int]:
         return tokenizer.encode(format_prompt(example.subreddit, title, post), add_special_tokens=False)

@@ -12,7 +12,7 @@ from harness.batch import Batch, PolicyOutput
 from harness.models import Models
 from harness.objective import kl_per_token
 from harness.rollout import HFEngine, truncate_after_eos
-from harness.examples import Example, Gold, truncate_prompt
+from harness.examples import Example, Gold, TaskReward, truncate_prompt
 from harness.scoring import (ScoreRule, has_eos, kl_penalised_reward, reward_scores, sequence_kl, sequence_logprobs,
                              token_rewards, token_values)
 from harness.tokens import decode_responses, encode_responses, left_pad
@@ -105,6 +105,20 @@ def gold_rewards(gold: Gold, response: Tensor, mask: Tensor, examples: list[Exam
                         device=response.device)
 
 
+def task_scores(reward: TaskReward, response: Tensor, mask: Tensor, examples: list[Example], tokenizer, eos_id: int,
+                rule: ScoreRule = ScoreRule()) -> Tensor:
+    """The task's own reward (a checker) of flat [P*K] responses, K consecutive per example, in place of a reward
+    model's score and under the same rule: times `rule.scale`, then a response without EOS gets the missing-EOS
+    score; [P*K]."""
+    K = len(response) // len(examples)
+    texts = decode_responses(response, mask, tokenizer)
+    score = torch.tensor([float(reward(t, examples[i // K])) for i, t in enumerate(texts)], device=response.device)
+    score = score * rule.scale
+    if rule.missing_eos_score is None:
+        return score
+    return torch.where(has_eos(response, mask, eos_id), score, torch.full_like(score, rule.missing_eos_score))
+
+
 def preference_probs(models: Models, examples: list[Example], response: Tensor, mask: Tensor,
                      score: Tensor, gold: Gold | None = None) -> Tensor:
     """P(y_i > y_j) for the K responses of each prompt; [P, K, K].
@@ -126,8 +140,11 @@ def collect_online(models: Models, examples: list[Example], samples_per_prompt: 
                    generator: torch.Generator, append_reference: bool = False, count_post_eos: bool = False,
                    preferences: bool = False, with_policy: bool = True, engine=None,
                    rule: ScoreRule = ScoreRule(), logprob_temperature: float | None = None, kl_estimator: str = "k1",
-                   gold: Gold | None = None) -> Batch:
+                   gold: Gold | None = None, reward: TaskReward | None = None) -> Batch:
     """Sample S responses per prompt from pi_t at `temperature`, cut at EOS, score them: the on-policy Batch.
+
+    reward: the task's own reward (a checker, TaskData.reward): it scores the responses under `rule` and the reward
+    model is not run (`models.reward_model` may then be None); budget.rm_queries counts its calls.
 
     logprob_temperature: the temperature of pi_t's and pi_ref's log-probs (default: the sampling temperature); it
     must be the one the optimizer's own forward uses (policy_output), or the ratio pi_theta / pi_t starts != 1.
@@ -166,7 +183,9 @@ def collect_online(models: Models, examples: list[Example], samples_per_prompt: 
     tokens, response, mask, logp_mask = (x[:, :width] for x in (tokens, response, mask, logp_mask))
     with Timer(budget, "scoring"):
         scored = _score_flat(models, query, response, mask, logprob_temperature or temperature, chunk,
-                             with_rewards=True, tokens=tokens, logp_mask=logp_mask, with_policy=with_policy, rule=rule)
+                             with_rewards=reward is None, tokens=tokens, logp_mask=logp_mask, with_policy=with_policy, rule=rule)
+        if reward is not None:
+            scored["score"] = task_scores(reward, response, mask, examples, tok, eos, rule)
         preference = (preference_probs(models, examples, response, mask, scored["score"], gold) if preferences
                       else None)
     budget.prompts += P

@@ -22,7 +22,7 @@ from harness.precision import Precision, resolve_precision
 class Models:
     policy: nn.Module
     reference: nn.Module | None  # None: the reference is the policy with its LoRA adapter disabled
-    reward_model: nn.Module
+    reward_model: nn.Module | None  # None: the task scores responses itself (TaskData.reward, a checker)
     tokenizer: object
     critic: nn.Module | None = None
     origin: dict = field(default_factory=dict)  # what was loaded from where, for the run's record
@@ -60,13 +60,14 @@ class Models:
         return params
 
 
-def named_paths(settings: ModelSettings) -> dict[str, str]:
+def named_paths(settings: ModelSettings, needs_reward_model: bool = True) -> dict[str, str | None]:
     """Where policy, reward model and tokenizer come from when the settings name them (directories or hub names);
-    a builtin preset is built by its task first (harness.tasks.tiny.resolve_paths)."""
+    a builtin preset is built by its task first (harness.tasks.tiny.resolve_paths). needs_reward_model=False (a
+    task that scores responses itself): the reward model is None unless the settings name one."""
     if settings.policy.startswith("builtin:"):
         raise UserError(f"model.policy {settings.policy!r} is a builtin preset: resolve it with "
                         f"harness.tasks.tiny.resolve_paths, which builds it")
-    if settings.reward_model is None:
+    if settings.reward_model is None and needs_reward_model:
         raise UserError("model.reward_model is required when model.policy is not a builtin preset")
     return {"policy": settings.policy, "reward_model": settings.reward_model,
             "tokenizer": settings.tokenizer or settings.policy}
@@ -150,6 +151,27 @@ def load_reward_model(name: str, tokenizer, dtype=torch.float32, frozen: bool = 
             raise UserError(f"cannot load reward model {name!r} (safetensors only): {str(e).splitlines()[0]}") from None
         fit_vocab(rm, tokenizer)
     return _frozen(rm) if frozen else rm
+
+
+def value_model_from_policy(path: str, tokenizer, dtype=torch.float32) -> nn.Module:
+    """A critic for a run without a reward model (a task with a checker): the policy's backbone with a scalar head
+    initialised to zero (values start at 0, as a reward model's bias-corrected head roughly does), safetensors only."""
+    from transformers import AutoModelForSequenceClassification
+
+    refuse_pickled(path, "policy (as the critic's backbone)")
+    try:
+        critic = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, use_safetensors=True,
+                                                                    dtype=dtype)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot build a critic from policy {path!r}: {str(e).splitlines()[0]}") from None
+    fit_vocab(critic, tokenizer)
+    head = getattr(critic, "score", None)
+    if head is None:
+        raise UserError(f"cannot build a critic from policy {path!r}: its sequence classifier has no `score` head; "
+                        f"set model.reward_model to a reward model to start the critic from")
+    torch.nn.init.zeros_(head.weight)
+    critic.config.reward_bias = 0.0
+    return critic
 
 
 def lora_config(lora: LoraSettings, model_type: str | None, task_type: str | None = "CAUSAL_LM"):
@@ -249,10 +271,12 @@ def load_models(settings: ModelSettings, paths: dict[str, str] | None = None, ne
 
         policy = get_peft_model(policy, lora_config(settings.lora, policy.config.model_type))
     fp32_master(policy)
-    reward_model = load_reward_model(paths["reward_model"], tokenizer, precision.frozen)
+    has_rm = paths.get("reward_model") is not None  # None: the task's checker scores responses
+    reward_model = load_reward_model(paths["reward_model"], tokenizer, precision.frozen) if has_rm else None
     critic = None
     if needs_critic:  # PROTOCOL.md: the critic starts from the reward model; LoRA on it when the policy has LoRA
-        critic = load_reward_model(paths["reward_model"], tokenizer, base_dtype, frozen=False)
+        critic = (load_reward_model(paths["reward_model"], tokenizer, base_dtype, frozen=False) if has_rm
+                  else value_model_from_policy(paths["policy"], tokenizer, base_dtype))
         if settings.lora is not None:
             critic = add_critic_lora(critic, settings.lora)
         fp32_master(critic).train()

@@ -23,7 +23,7 @@ from harness.experience import (Budget, Timer, adopt_policy_forward, collect_onl
 from harness.models import Models
 from harness.objective import kl_loss, token_share
 from harness.rollout import logprob_drift, make_engine
-from harness.examples import Example, Gold, TaskData
+from harness.examples import Example, Gold, TaskData, TaskReward
 from harness.scoring import ScoreRule, has_eos
 
 
@@ -57,6 +57,7 @@ class Trainer:
     budget: Budget
     runtime: Runtime = field(default_factory=Runtime.single)
     gold: Gold | None = None  # the task's gold reward (the stand-in's): the preference model, a logged statistic
+    reward: TaskReward | None = None  # a verifiable task's checker: scores responses in place of the reward model
 
     def __post_init__(self):
         t, rank = self.cfg.train, self.runtime.rank
@@ -148,7 +149,7 @@ class Trainer:
                                       count_post_eos=not self.algo.mask_post_eos,
                                       preferences=self.algo.needs_preference, with_policy=not self.single_pass,
                                       engine=self.engine, rule=score_rule(self.cfg),
-                                      logprob_temperature=self.temperature, gold=self.gold,
+                                      logprob_temperature=self.temperature, gold=self.gold, reward=self.reward,
                                       kl_estimator=self.algo.kl_estimator)
         finally:
             self.models.policy.train()
@@ -214,7 +215,7 @@ class Trainer:
         with Timer(self.budget, "update"):
             stats = self.update(batch, iteration)
         self.budget.wall_time_s += time.perf_counter() - start
-        stats = {**stats, **rollout_stats(batch, examples, self.models, self.gold),
+        stats = {**stats, **rollout_stats(batch, examples, self.models, self.gold, self.reward),
                  **{f"time/{k}_s": round(v, 4) for k, v in self.budget.timings.items()}}
         return {"iteration": iteration, **self.counters(), **self.runtime.mean(stats),
                 "lr": self.scheduler.get_last_lr()[0]}
@@ -269,14 +270,18 @@ def score_rule(cfg: RunConfig, evaluation: bool = False) -> ScoreRule:
     return ScoreRule(scale=cfg.train.reward_scale, missing_eos_score=missing)
 
 
-def rollout_stats(batch: Batch, examples: list[Example], models: Models, gold: Gold | None = None) -> dict[str, float]:
+def rollout_stats(batch: Batch, examples: list[Example], models: Models, gold: Gold | None = None,
+                  reward: TaskReward | None = None) -> dict[str, float]:
     """The shared training statistics every optimizer logs (docs/run_format.md); with a task's gold reward, how it
-    moves during training."""
+    moves during training; with a task's checker (exact 0/1 scores), `tie_frac`: the share of prompts whose K
+    responses all scored the same, which give a pairwise or group optimizer no signal."""
     out = {"response_length": batch.mask.sum(-1).float().mean().item()}
     if batch.score is None:
         return out
     out.update(score=batch.score.mean().item(), kl=batch.kl.mean().item(), reward=batch.reward.mean().item(),
                eos_rate=has_eos(batch.response, batch.mask, models.eos_id).float().mean().item())
+    if reward is not None and batch.score.shape[1] > 1:
+        out["tie_frac"] = (batch.score.max(1).values == batch.score.min(1).values).float().mean().item()
     if gold is not None:
         out["gold"] = gold_rewards(gold, batch.flat("response"), batch.flat("mask"), examples, models.tokenizer,
                                    models.eos_id).mean().item()

@@ -9,8 +9,8 @@ import pytest
 from evals.pass_at_k import mean_pass_at_k, pass_at_k, summary
 from harness.errors import UserError
 from harness.tasks import arith, gsm8k
-from harness.tasks.tldr import Example, TaskData
-from harness.tasks.verifier import check, extract_answer, no_answer, verify
+from harness.examples import Example, TaskData, truncate_prompt
+from harness.tasks.verifier import Checker, check, extract_answer, no_answer, verify
 
 # Rows written by hand in the exact openai/gsm8k "main" schema: the hub's train rows 0 and 1, and a made-up one
 # with a thousands separator in the question and a 4-digit answer.
@@ -64,12 +64,12 @@ def test_splits_are_disjoint_examples_carry_prompt_and_answer():
     assert not train_q & {ex.post for ex in task.sft_test + task.sft_eval}
     ex, prob = task.sft_test[0], data.problems["sft_test"][0]
     assert isinstance(ex, Example) and ex.reference == " " + prob.solution
-    assert arith.format_prompt(ex.post) == f"Question: {prob.question}\nAnswer:"
-    assert data.answer_of(ex) == prob.answer and data.answers("sft_test")[0] == prob.answer
+    assert ex.plain_prompt == ex.prompt == f"Question: {prob.question}\nAnswer:"
+    assert ex.messages == [{"role": "user", "content": f"{prob.question}\n{arith.INSTRUCTION}"}]
+    assert ex.answer == data.answer_of(ex) == prob.answer and data.answers("sft_test")[0] == prob.answer
     assert all(check(e.reference, data.answer_of(e)) == 1.0 for e in task.sft_eval)
-    chat = arith.load_arith({"sft_train": 5, "sft_eval": 2}, chat=True)
-    assert chat.task.sft_train[0].messages == [{"role": "user", "content": chat.problems["sft_train"][0].question}]
-    assert chat.answer_of(chat.task.sft_train[0]) == chat.problems["sft_train"][0].answer
+    assert isinstance(task.reward, Checker) and task.reward(ex.reference, ex) == 1.0
+    assert task.reward(" #### 100000", ex) == 0.0 and task.gold is None and task.pref_train == []
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -142,7 +142,18 @@ def test_gsm8k_local_files(tmp_path):
         gsm8k.load_gsm8k(str(tmp_path / "bad.jsonl"), n_eval=1)
 
 
-class ChatTokenizer:
+class PlainTokenizer:
+    """One token per character, no chat template: prompts are the plain format, verbatim."""
+    chat_template = None
+
+    def encode(self, text, add_special_tokens=False):
+        return [ord(c) for c in text]
+
+    def decode(self, ids):
+        return "".join(map(chr, ids))
+
+
+class ChatTokenizer(PlainTokenizer):
     chat_template = "{{ messages }}"
 
     def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False):
@@ -150,16 +161,13 @@ class ChatTokenizer:
         return "".join(f"<|{m['role']}|>{m['content']}\n" for m in messages) + "<|assistant|>"
 
 
-class PlainTokenizer:
-    chat_template = None
-
-
-def test_prompt_formats():
+def test_prompt_formats_follow_the_tokenizer():
+    ex = gsm8k.load_gsm8k("hub", n_eval=1, load=lambda name, config, split: GSM8K_ROWS).task.sft_train[0]
     q = GSM8K_ROWS[0]["question"]
-    assert arith.render_prompt(q) == arith.render_prompt(q, PlainTokenizer()) == f"Question: {q}\nAnswer:"
-    assert arith.render_prompt(q, ChatTokenizer()) == f"<|user|>{q}\n<|assistant|>"
-    assert arith.render_prompt(q, ChatTokenizer(), instruction="End with '#### N'.") == \
-        f"<|user|>{q}\nEnd with '#### N'.\n<|assistant|>"
+    plain, chat = PlainTokenizer(), ChatTokenizer()
+    assert plain.decode(truncate_prompt(ex, plain, 1000)) == f"Question: {q}\nAnswer:"
+    assert chat.decode(truncate_prompt(ex, chat, 1000)) == f"<|user|>{q}\n{arith.INSTRUCTION}\n<|assistant|>"
+    assert plain.decode(truncate_prompt(ex, plain, 20)) == f"Question: {q}\nAnswer:"[-20:]  # keeps the answer cue
 
 
 def _brute_pass_at_k(outcomes, k):
@@ -192,3 +200,26 @@ def test_pass_at_1_is_the_mean_and_summary():
     v = summary(verdicts)
     assert (v["pass@1"], v["pass@4"], v["pass@8"], v["no_answer_frac"]) == (0.5, 1.0, None, 0.25)
     assert summary([[1.0, 0.0]])["no_answer_frac"] is None and summary([[1.0, 0.0]])["min_samples"] == 2
+
+
+def test_registered_tasks_carry_the_checker(tmp_path):
+    from harness import tasks
+
+    assert {"arith", "gsm8k"} <= set(tasks.names())
+    assert tasks.get("arith").checker and tasks.get("gsm8k").checker and not tasks.get("tldr").checker
+    assert tasks.get("arith").preset == tasks.get("gsm8k").preset == "arith"
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in GSM8K_ROWS * 4), encoding="utf-8")
+    (tmp_path / "test.jsonl").write_text(json.dumps(GSM8K_ROWS[2]) + "\n", encoding="utf-8")
+    source, data = tasks.load("gsm8k", str(tmp_path))
+    assert source == str(tmp_path.resolve()) and isinstance(data.reward, Checker) and data.gold is None
+    assert len(data.sft_eval) == 1 and len(data.sft_train) == 11 and data.sft_test[0].answer == 2400
+    ex = data.sft_test[0]
+    assert data.reward(ex.reference, ex) == 1.0 and data.reward(" 1,200 * 2 = 2400\n#### 2401", ex) == 0.0
+    with pytest.raises(UserError, match="--task arith"):
+        tasks.load("gsm8k", "synthetic")
+    with pytest.raises(UserError, match="generated offline"):
+        tasks.load("arith", str(tmp_path))
+    (tmp_path / "train.jsonl").write_text(json.dumps(GSM8K_ROWS[0]) + "\n" + '{"question": "q", "answer": "7"}\n',
+                                          encoding="utf-8")
+    with pytest.raises(UserError, match=r"train\.jsonl:2: the solution does not end in a '#### <number>' line"):
+        tasks.load("gsm8k", str(tmp_path))

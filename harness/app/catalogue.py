@@ -25,6 +25,10 @@ def for_config(cfg, *, data: bool = True) -> list[Asset]:
         model_asset("tokenizer", m.tokenizer)
     if any(a.kind == "local" and not Path(a.name).exists() for a in out) and cfg.preset in BASE_MODELS:
         out += model_asset("base model (build-start)", BASE_MODELS[cfg.preset])
+    if data and cfg.task.source in ("hub", "auto") and cfg.task.name == "gsm8k":  # gsm8k's auto is the hub
+        from harness.tasks.gsm8k import hub_assets
+
+        out += hub_assets()
     if data and cfg.task.source == "hub":
         if cfg.task.name == "tldr":
             out += tldr_data(cfg.task.dataset, cfg.task.preference_dataset)

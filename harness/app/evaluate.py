@@ -168,8 +168,12 @@ def run_tldr(target: Target, *, prompts: int | None = None, judge: str | None = 
                 raise UserError(f"{flag} is for a model directory; a run directory brings its own (config.json)")
         cfg, origin, resolved_source = run_config(target.run_dir)
         if cfg.task.name != "tldr":
+            from harness import tasks
+
+            other = (f"its math evaluation (pass@k) is the run's own, in summary.json and evals/{cfg.task.name}.json"
+                     if tasks.get(cfg.task.name).checker else "use --suite chat")
             raise UserError(f"run {target.run_dir} trained on task {cfg.task.name!r}: --suite tldr evaluates TL;DR "
-                            f"runs (use --suite chat)")
+                            f"runs ({other})")
         source = resolved_source or resolve_source(cfg.task.source)
         settings = _settings(cfg, policy=origin["policy"], reward_model=origin["reward_model"],
                              tokenizer=origin.get("tokenizer"))

@@ -133,14 +133,14 @@ def estimate_memory_gb(trainable: int, frozen_bytes: dict[str, float], activatio
     return out
 
 
-def memory_plan(counts: Counts, cfg: RunConfig, algo, precision: Precision) -> dict:
-    """The parts that follow from the precision policy (harness/models.py loads exactly these): the reward model,
-    and a critic, assumed the policy's size."""
+def memory_plan(counts: Counts, cfg: RunConfig, algo, precision: Precision, reward_model: bool = True) -> dict:
+    """The parts that follow from the precision policy (harness/models.py loads exactly these): the reward model
+    (none for a task scored by its checker), and a critic, assumed the policy's size."""
     frozen = BYTES[precision.frozen_name]
     lora, total, trainable = cfg.model.lora is not None, counts.total, counts.trainable
     parts = {"policy_base": total * frozen if lora else (total - trainable) * 4,  # last-layers models stay fp32
              "reference": total * frozen if (cfg.model.reference == "frozen_copy" or not lora) else 0,
-             "reward_model": total * frozen}
+             "reward_model": total * frozen if reward_model else 0}
     if algo.needs_critic:  # the critic: LoRA on the reward model with the policy's settings, or all of it
         parts["critic_base"] = total * frozen if lora else 0
         trainable += trainable if lora else total
@@ -154,7 +154,20 @@ def dry_run(cfg: RunConfig) -> Plan:
     algo = make(cfg.algo, cfg.algo_args)
     plan.add("algorithm", f"{algo.name} {algo.hyperparameters()}")
     source = cfg.task.source
-    if cfg.task.name == "tldr" and source in ("auto", "hub"):
+    from harness import tasks
+
+    checker = tasks.get(cfg.task.name).checker and not cfg.model.reward_model
+    if cfg.task.name == "gsm8k" and source in ("auto", "hub"):
+        from harness.assets import locate
+        from harness.tasks.gsm8k import hub_assets
+
+        asset = hub_assets()[0]
+        found = locate(asset) is not None
+        plan.add("data", f"gsm8k from the hub ({asset.label}): " + ("in the local cache" if found else "not cached"))
+        if not found:
+            plan.problems.append(f"data: {asset.label} is not in the local cache (`python -m harness prepare "
+                                 f"--preset {cfg.preset} --set task.name=gsm8k --set task.source=hub` fetches it)")
+    elif cfg.task.name == "tldr" and source in ("auto", "hub"):
         from harness.assets import locate
         from harness.app.catalogue import tldr_data
         from harness.tasks.tldr import hub_reachable
@@ -169,10 +182,12 @@ def dry_run(cfg: RunConfig) -> Plan:
             plan.problems.append(f"data: not in the local cache and the hub is not reachable "
                                  f"(`python -m harness prepare --preset {cfg.preset}` fetches it)")
     else:
-        present = source == "synthetic" or Path(source).is_dir() or cfg.task.name == "chat" and source == "hub"
+        present = source == "synthetic" or Path(source).exists() or cfg.task.name == "chat" and source == "hub"
         plan.add("data", f"{cfg.task.name} from {source}" + (f" ({cfg.task.dataset})" if cfg.task.dataset else ""))
         if not present:
             plan.problems.append(f"data: {source} does not exist")
+    if checker:
+        plan.add("reward", "the task's exact-match checker (no reward model is loaded)")
     for role, name in (("policy", cfg.model.policy), ("reward model", cfg.model.reward_model or "builtin")):
         if name == "builtin":
             continue
@@ -205,13 +220,17 @@ def dry_run(cfg: RunConfig) -> Plan:
                   else "; the critic trains all of the reward model" if algo.needs_critic else "")
         plan.add("parameters", f"{counts.total / 1e6:,.1f}M total, {trained} ({counts.note}; {how}){critic}")
         if counts.trainable is not None:
-            mem = memory_plan(counts, cfg, algo, precision)
+            mem = memory_plan(counts, cfg, algo, precision, reward_model=not checker)
             parts = ", ".join(f"{k} {v:.1f}" for k, v in mem.items() if k != "total")
             plan.add("memory", f"~{mem['total']:.1f} GB peak on {device} at this precision ({parts}; rough: "
                      f"trained = fp32 weights + grads + AdamW states, 16 bytes each; the reward model and critic "
                      f"assumed the policy's size)")
-    plan.add("evaluation", f"{cfg.eval.prompts} held-out prompts at temperature {cfg.eval.temperature}, judge "
-             f"{cfg.eval.judge}" + (f" ({cfg.eval.judge_model})" if cfg.eval.judge == "openai" else ""))
+    if checker:
+        plan.add("evaluation", f"{cfg.eval.prompts} held-out problems x 8 samples at temperature "
+                 f"{cfg.eval.temperature}: pass@1/4/8, greedy pass@1, KL, length, no-answer share (evals/math.py)")
+    else:
+        plan.add("evaluation", f"{cfg.eval.prompts} held-out prompts at temperature {cfg.eval.temperature}, judge "
+                 f"{cfg.eval.judge}" + (f" ({cfg.eval.judge_model})" if cfg.eval.judge == "openai" else ""))
     return plan
 
 

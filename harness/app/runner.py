@@ -14,12 +14,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from algorithms.base import Algorithm, make
+from evals.math import METRIC_KEYS as MATH_KEYS, evaluate_math
 from evals.tldr import KL_DEFINITION, evaluate_tldr
 from harness.config import RunConfig
+from harness.contract import PREFERENCE_PAIRS
 from harness.errors import UserError
 from harness.experience import Budget
 from harness.app.catalogue import preflight_run
 from harness.models import Models, load_models, peak_memory_mb
+from harness.tasks.checked_pairs import cached_pairs
 from harness.tasks.tiny import resolve_paths
 from harness.store import RunDir, code_version, config_hash, read_json, writable_cache_root, write_json, write_jsonl
 from harness import checkpoint, tasks
@@ -30,6 +33,17 @@ from harness.trackers import open_trackers
 from harness.train import Trainer, TrainingDiverged, score_rule, training_examples
 
 EVAL_KEYS = ("rm_score", "kl", "kl_exact", "win_rate", "gold_reward", "response_length")
+
+
+def eval_keys(data: TaskData) -> tuple[str, ...]:
+    """The evaluation metrics a metrics line carries: the math suite's for a task with a checker, else TL;DR's."""
+    return MATH_KEYS if data.reward is not None else EVAL_KEYS
+
+
+def suite_file(cfg: RunConfig, data: TaskData) -> str:
+    """evals/<name>.json of the final evaluation: tldr.json (what `harness eval --suite tldr` writes), or the
+    task's name for a task with a checker (arith.json, gsm8k.json)."""
+    return f"{cfg.task.name}.json" if data.reward is not None else "tldr.json"
 
 
 def held_out(cfg: RunConfig, data: TaskData) -> list:
@@ -44,7 +58,10 @@ def held_out(cfg: RunConfig, data: TaskData) -> list:
 def make_judge(cfg: RunConfig, data: TaskData, base_url: str | None = None):
     """The one judge choice of `run` and `eval`: gold when the task has a gold reward (the stand-in); an
     OpenAI-compatible LLM judge when configured (an API key or `base_url`); otherwise none (win rate not
-    computed). An LLM judge's endpoint is checked here, before any generation."""
+    computed). An LLM judge's endpoint is checked here, before any generation. A task with a checker has no judge:
+    the checker grades its answers."""
+    if data.reward is not None:
+        return None
     choice = cfg.eval.judge
     if choice == "auto":
         has_key = os.environ.get("HARNESS_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
@@ -69,18 +86,27 @@ def make_judge(cfg: RunConfig, data: TaskData, base_url: str | None = None):
 
 def evaluate(cfg: RunConfig, models: Models, data: TaskData, judge, policy=None,
              runtime: Runtime | None = None) -> tuple[dict, list[dict]]:
-    """The end-of-run TL;DR evaluation of `policy` (default: the trained policy) on held-out prompts; with several
-    processes every rank scores its share and rank 0 gets the metrics (the others get ({}, []))."""
+    """The end-of-run evaluation of `policy` (default: the trained policy) on held-out prompts: the math suite
+    (evals/math.py: pass@k at eval.temperature, greedy pass@1, KL, length, no-answer share) for a task with a
+    checker, else TL;DR's; with several processes every rank scores its share and rank 0 gets the metrics (the
+    others get ({}, []))."""
     runtime = runtime or Runtime.single()
     with models.as_reference() as reference, runtime.gathered(models.policy):
         if policy is None:
             policy = models.policy
-        metrics, samples = evaluate_tldr(policy, reference, models.reward_model, models.tokenizer,
-                                         held_out(cfg, data), max_prompt_tokens=cfg.task.max_prompt_tokens,
-                                         max_new_tokens=cfg.generation.max_new_tokens,
-                                         temperature=cfg.eval.temperature, kl_temperature=cfg.generation.temperature,
-                                         judge=judge, runtime=runtime, rule=score_rule(cfg, evaluation=True),
-                                         gold=data.gold)
+        if data.reward is not None:
+            metrics, samples = evaluate_math(policy, reference, models.tokenizer, held_out(cfg, data),
+                                             max_prompt_tokens=cfg.task.max_prompt_tokens,
+                                             max_new_tokens=cfg.generation.max_new_tokens,
+                                             temperature=cfg.eval.temperature,
+                                             kl_temperature=cfg.generation.temperature, runtime=runtime)
+        else:
+            metrics, samples = evaluate_tldr(policy, reference, models.reward_model, models.tokenizer,
+                                             held_out(cfg, data), max_prompt_tokens=cfg.task.max_prompt_tokens,
+                                             max_new_tokens=cfg.generation.max_new_tokens,
+                                             temperature=cfg.eval.temperature,
+                                             kl_temperature=cfg.generation.temperature, judge=judge, runtime=runtime,
+                                             rule=score_rule(cfg, evaluation=True), gold=data.gold)
     bad = runtime.broadcast([k for k in ("rm_score", "kl", "kl_exact") if k in metrics
                              and not math.isfinite(metrics[k])])
     if bad:  # never written into a summary or the SFT-baseline cache
@@ -108,6 +134,20 @@ def sft_baseline(cfg: RunConfig, models: Models, data: TaskData, judge, console:
     return metrics
 
 
+def checked_pairs(cfg: RunConfig, models: Models, data: TaskData, console: Console, runtime: Runtime) -> dict:
+    """Offline pairs for a task with a checker (harness/tasks/checked_pairs.py): two SFT samples of each of the
+    first iterations x prompts_per_iteration training prompts, a pair where the checker tells them apart; made once
+    and cached. Returns the counts (pairs, ties)."""
+    t = cfg.train
+    counts = cached_pairs(data, models, n_prompts=min(len(data.sft_train), t.iterations * t.prompts_per_iteration),
+                          max_prompt_tokens=cfg.task.max_prompt_tokens, max_new_tokens=cfg.generation.max_new_tokens,
+                          temperature=cfg.generation.temperature, rule=score_rule(cfg), cache_dir=cfg.model.cache_dir,
+                          write=runtime.is_main, log=console.print)
+    console.print(f"[bold]pairs[/]      {counts['pairs']} checker-labelled SFT pairs from {counts['prompts']} prompts "
+                  f"(ties, no pair: {counts['ties_correct']} both right, {counts['ties_wrong']} both wrong)")
+    return counts
+
+
 def run_id(cfg: RunConfig, resolved_hash: str) -> str:
     """Derived from the settings, so that the same command finds (and resumes) the same run directory."""
     return cfg.run_id or f"{cfg.algo}-{cfg.task.name}-{cfg.preset}-s{cfg.seed}-{resolved_hash[:8]}"
@@ -119,11 +159,14 @@ def describe(cfg: RunConfig, algo: Algorithm, models: Models, data: TaskData, ju
     console.print(f"[bold]algorithm[/]  {algo.name} {algo.hyperparameters()}")
     console.print(f"[bold]model[/]      {cfg.model.policy} ({params / 1e6:.2f}M parameters) from {models.origin['policy']}"
                   + (f" - {escape(cfg.description)}" if cfg.description else ""))
-    console.print(f"[bold]reward[/]     {models.origin['reward_model']}")
+    reward = models.origin["reward_model"] if data.reward is None else f"the task's {data.reward.name} (no reward model)"
+    console.print(f"[bold]reward[/]     {reward}")
     source_note = " (SYNTHETIC stand-in, not the real TL;DR data)" if data.source == "synthetic" else ""
     console.print(f"[bold]data[/]       {cfg.task.name} from {data.source}{source_note}: {len(data.sft_train)} training prompts, "
                   f"{len(held_out(cfg, data))} held-out prompts ({cfg.eval.selection} of {cfg.eval.split})")
     judge_note = "none: win rate not computed (configure eval.judge=openai)" if judge is None else judge.name
+    if data.reward is not None:
+        judge_note = f"none: the {data.reward.name} grades every answer (pass@k, evals/math.py)"
     if judge is not None and judge.name == "gold":
         judge_note += " (the stand-in's programmatic gold reward)"
     console.print(f"[bold]judge[/]      {judge_note}")
@@ -164,7 +207,8 @@ def run(cfg: RunConfig, console: Console | None = None, runtime: Runtime | None 
                       f"pass another --run-id or delete that directory.")
         console.print(summary_table(read_json(run_dir.summary)))
         return run_dir.path
-    models = load_models(cfg.model, resolve_paths(cfg.model, log=console.print), needs_critic=algo.needs_critic, device=runtime.device)
+    paths = resolve_paths(cfg.model, log=console.print, needs_reward_model=data.reward is None)
+    models = load_models(cfg.model, paths, needs_critic=algo.needs_critic, device=runtime.device)
     runtime.prepare_models(models)
     if runtime.is_main:
         write_json(run_dir.config, {**read_json(run_dir.config), "model_origin": models.origin})
@@ -174,8 +218,12 @@ def run(cfg: RunConfig, console: Console | None = None, runtime: Runtime | None 
     if trackers.names:
         console.print(f"[bold]trackers[/]   {', '.join(trackers.names)} (metrics.jsonl stays the record)")
     sft = sft_baseline(cfg, models, data, judge, console, runtime)
+    pairs = None
+    if algo.data == PREFERENCE_PAIRS and data.reward is not None and cfg.train.iterations:
+        pairs = checked_pairs(cfg, models, data, console, runtime)
     budget = Budget()
-    trainer = Trainer(cfg, algo, models, training_examples(algo, data), budget, runtime, gold=data.gold)
+    trainer = Trainer(cfg, algo, models, training_examples(algo, data), budget, runtime, gold=data.gold,
+                      reward=data.reward)
     start = checkpoint.restore(run_dir.checkpoints, trainer, runtime)
     if runtime.is_main:
         run_dir.begin_attempt(start, code_version())
@@ -191,7 +239,7 @@ def run(cfg: RunConfig, console: Console | None = None, runtime: Runtime | None 
                 line = trainer.iteration(iteration)
                 if cfg.eval.every and iteration % cfg.eval.every == 0 and iteration != cfg.train.iterations:
                     metrics, _ = evaluate(cfg, models, data, judge, runtime=runtime)
-                    line.update({f"eval/{k}": metrics[k] for k in EVAL_KEYS if k in metrics})
+                    line.update({f"eval/{k}": metrics[k] for k in eval_keys(data) if k in metrics})
                 if runtime.is_main:
                     run_dir.log(line)
                     trackers.log(line)
@@ -218,12 +266,13 @@ def run(cfg: RunConfig, console: Console | None = None, runtime: Runtime | None 
     if not runtime.is_main:
         return run_dir.path
     if cfg.train.iterations:
-        last_line = {"iteration": iteration, **counters, "final": True, **{f"eval/{k}": final[k] for k in EVAL_KEYS}}
+        last_line = {"iteration": iteration, **counters, "final": True,
+                     **{f"eval/{k}": final[k] for k in eval_keys(data) if k in final}}
         run_dir.log(last_line)
         trackers.log(last_line)
     trackers.finish()
     write_jsonl(run_dir.samples, samples)
-    write_json(run_dir.evals / "tldr.json", final)  # the same file `harness eval RUN --suite tldr` writes
+    write_json(run_dir.evals / suite_file(cfg, data), final)  # tldr.json: what `harness eval RUN --suite tldr` writes
     summary = {"run_id": run_dir.path.name, "status": "completed", "algorithm": algo.name,
                "algorithm_config": algo.hyperparameters(),
                "objective": algo.objective(cfg.train.kl_coef), "task": cfg.task.name, "data_source": source,
@@ -235,6 +284,8 @@ def run(cfg: RunConfig, console: Console | None = None, runtime: Runtime | None 
                "comparison_key": {"task": cfg.task.name, "data_source": source, "preset": cfg.preset,
                                   "judge": final["win_rate_judge"], "eval_temperature": cfg.eval.temperature,
                                   "kl_definition": KL_DEFINITION}}
+    if pairs is not None:
+        summary["offline_pairs"] = pairs
     write_json(run_dir.summary, summary)
     if not cfg.train.keep_checkpoints:
         checkpoint.remove_all(run_dir.checkpoints)
@@ -260,6 +311,9 @@ def summary_table(summary: dict) -> Table:
     def fmt(x, pct=False):
         return "n/a" if x is None else f"{100 * x:.1f}%" if pct else f"{x:.3f}"
 
+    if "pass@1" in summary["eval"]:
+        return _math_table(summary, fmt)
+
     judge = summary["eval"].get("win_rate_judge") or "no judge"
     table = Table(title=f"{summary['algorithm']} on {summary['task']} ({summary['data_source']}, preset "
                         f"{summary['preset']}, seed {summary['seed']})")
@@ -268,7 +322,25 @@ def summary_table(summary: dict) -> Table:
     for name, m in (("SFT", summary["sft"]), (summary["algorithm"], summary["eval"])):
         table.add_row(name, fmt(m["win_rate"], pct=True), fmt(m["rm_score"]), fmt(m["kl"]), fmt(m["kl_exact"]),
                       fmt(m["gold_reward"]), f"{m['response_length']:.1f}")
-    b = summary["budget"]
-    table.caption = (f"{b['prompts']} prompts, {b['responses']} responses, {b['optimizer_steps']} optimizer steps, "
-                     f"{b['wall_time_s']:.0f} s training, peak memory {b['peak_memory_mb']:.0f} MB")
+    table.caption = _budget_caption(summary["budget"])
     return table
+
+
+def _math_table(summary: dict, fmt) -> Table:
+    """The summary table of a task with a checker: pass@k and the rest of the math suite, SFT against trained."""
+    e = summary["eval"]
+    table = Table(title=f"{summary['algorithm']} on {summary['task']} ({summary['data_source']}, preset "
+                        f"{summary['preset']}, seed {summary['seed']}; sampled at T={e['temperature']})")
+    columns = ("pass@1", "pass@4", "pass@8", "greedy_pass@1", "kl", "no_answer_frac", "response_length")
+    for col in ("policy",) + columns:
+        table.add_column(col.replace("_", " "), justify="right")
+    for name, m in (("SFT", summary["sft"]), (summary["algorithm"], e)):
+        table.add_row(name, *(fmt(m.get(k)) if k in ("kl", "response_length") else fmt(m.get(k), pct=True)
+                              for k in columns))
+    table.caption = _budget_caption(summary["budget"])
+    return table
+
+
+def _budget_caption(b: dict) -> str:
+    return (f"{b['prompts']} prompts, {b['responses']} responses, {b['optimizer_steps']} optimizer steps, "
+            f"{b['wall_time_s']:.0f} s training, peak memory {b['peak_memory_mb']:.0f} MB")

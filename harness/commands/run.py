@@ -13,7 +13,8 @@ def register(app: typer.Typer) -> None:
     def run_command(
         algo: str = typer.Option("rebel", "--algo", "-a", help="optimizer name (see `harness list`)"),
         task: Optional[str] = typer.Option(None, "--task", "-t", help="task name (default: the preset's)"),
-        preset: str = typer.Option("tiny", "--preset", "-p", help="model/data preset (see `harness list`)"),
+        preset: Optional[str] = typer.Option(None, "--preset", "-p", help="model/data preset (see `harness list`; "
+                                             "default: the task's own, tiny for tldr, arith for arith and gsm8k)"),
         seed: int = typer.Option(0, "--seed", "-s"),
         iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="training iterations"),
         source: Optional[str] = typer.Option(None, "--source", help="data: auto | hub | synthetic | DIR"),
@@ -37,6 +38,10 @@ def register(app: typer.Typer) -> None:
             overrides["output_dir"] = output_dir
         if run_id is not None:
             overrides["run_id"] = run_id
+        if preset is None:
+            from harness import tasks
+
+            preset = tasks.get(task).preset if task is not None else "tiny"
         cfg = resolve(preset, overrides)
         if dry_run:
             from harness.app.plan import dry_run as make_plan, render

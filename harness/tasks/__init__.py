@@ -18,6 +18,8 @@ class Task:
     name: str
     summary: str  # one line for `harness list`
     load: Callable[..., tuple[str, TaskData]]  # (source, dataset, preference_dataset) -> (resolved source, data)
+    preset: str = "tiny"  # the preset `harness run --task NAME` uses when no --preset is given
+    checker: bool = False  # scored by its own checker (TaskData.reward): no reward model is loaded
 
 
 def register(task: Task) -> Task:

@@ -16,20 +16,26 @@ locally trained BPE tokenizer can learn it. The difficulty knob is `mix`: how of
 operations. A problem is also a row of the hub's openai/gsm8k "main" schema ({"question", "answer"}; see
 `Problem.row`), so the stand-in and the real data go through the same loader (harness.tasks.gsm8k).
 
-The ground truth lives on `Problem.answer`: harness.tasks.tldr.Example has no field for it (nor for a plain-text
-prompt), so `ArithData` keeps the problems aligned index by index with the TaskData splits, and `answer_of` maps an
-Example back to its integer.
+An Example carries the problem three ways: `plain_prompt` ("Question: ...\nAnswer:", for tokenizers without a
+chat template, such as the tiny model's), `messages` (one user turn: the question and INSTRUCTION, for a chat
+model's template) and `answer` (the integer the checker, harness.tasks.verifier.Checker, compares with).
+`ArithData` also keeps the problems aligned index by index with the TaskData splits.
+
+The task is registered as `arith` (source "synthetic"; `auto` means the same: it is generated offline).
 """
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from harness.errors import UserError
 from harness.examples import Example, TaskData
+from harness.tasks import Task, register
+from harness.tasks.verifier import Checker
 
 VERSION = 1  # bump when generated data change
 PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
+INSTRUCTION = "Solve it step by step and give the final answer on a last line as '#### <number>'."
 OPS = ("+", "-", "*", "/")
 DEFAULT_MIX = {1: 1.0, 2: 1.0, 3: 1.0}  # relative weights of 1, 2 and 3 operations
 DEFAULT_MAX_VALUE = 100
@@ -204,23 +210,13 @@ def format_prompt(question: str) -> str:
     return PROMPT_TEMPLATE.format(question=question)
 
 
-def render_prompt(question: str, tokenizer=None, instruction: str | None = None) -> str:
-    """The prompt text for `tokenizer`: its chat template (one user turn, generation prompt added) when it has
-    one, else the plain `format_prompt`. `instruction` (e.g. "End with '#### <number>'.") goes after the question
-    in the user turn; the plain format never carries one (the tiny model learns the format from its SFT data)."""
-    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        content = question if not instruction else f"{question}\n{instruction}"
-        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                             add_generation_prompt=True)
-    return format_prompt(question)
-
-
-def to_example(problem: Problem, chat: bool = False) -> Example:
-    """An Example of the harness: the question in `post`, the solution as the reference (" " + text, no EOS, as
-    every harness response is held). chat=True also sets `messages` (one user turn holding the question), so that
-    tldr.truncate_prompt renders it with the tokenizer's chat template."""
+def to_example(problem: Problem) -> Example:
+    """An Example of the harness: the plain prompt, the chat turn (question + INSTRUCTION; the tokenizer's chat
+    template renders it when it has one, harness.examples.truncate_prompt), the integer answer, the question in
+    `post`, and the solution as the reference (" " + text, no EOS, as every harness response is held)."""
+    turn = {"role": "user", "content": f"{problem.question}\n{INSTRUCTION}"}
     return Example(post=problem.question, reference=" " + problem.solution,
-                   messages=[{"role": "user", "content": problem.question}] if chat else None)
+                   plain_prompt=format_prompt(problem.question), messages=[turn], answer=problem.answer)
 
 
 @dataclass
@@ -240,7 +236,9 @@ class ArithData:
                     if table.setdefault(p.question, p.answer) != p.answer:
                         raise UserError(f"the question {p.question[:60]!r}... appears twice with different answers")
             self._by_question = table
-        question = example.messages[-1]["content"] if example.messages and not example.post else example.post
+        if example.answer is not None:
+            return example.answer
+        question = example.post
         try:
             return self._by_question[question]
         except KeyError:
@@ -251,11 +249,12 @@ class ArithData:
         return [p.answer for p in self.problems[split]]
 
 
-def task_from_problems(source: str, problems: dict[str, list[Problem]], chat: bool = False) -> ArithData:
-    """ArithData of per-split problems ("sft_train", "sft_eval", optional "sft_test"); no preference pairs."""
-    splits = {k: [to_example(p, chat) for p in v] for k, v in problems.items()}
+def task_from_problems(source: str, problems: dict[str, list[Problem]]) -> ArithData:
+    """ArithData of per-split problems ("sft_train", "sft_eval", optional "sft_test"), scored by the exact-match
+    checker. No preference pairs: offline DPO's come from SFT samples labelled by the checker (tasks/checked_pairs)."""
+    splits = {k: [to_example(p) for p in v] for k, v in problems.items()}
     task = TaskData(source=source, sft_train=splits["sft_train"], sft_eval=splits["sft_eval"], pref_train=[],
-                    pref_eval=[], sft_test=splits.get("sft_test", []))
+                    pref_eval=[], sft_test=splits.get("sft_test", []), reward=Checker())
     return ArithData(task=task, problems=problems)
 
 
@@ -273,6 +272,29 @@ def splits(sizes: dict[str, int] | None = None, seed: int = 0, mix=None, ops: tu
 
 
 def load_arith(sizes: dict[str, int] | None = None, seed: int = 0, mix=None, ops: tuple[str, ...] = OPS,
-               max_value: int = DEFAULT_MAX_VALUE, chat: bool = False) -> ArithData:
+               max_value: int = DEFAULT_MAX_VALUE) -> ArithData:
     """The stand-in as ArithData: train / eval / test Examples with their answers (see `splits`)."""
-    return task_from_problems("synthetic-arith", splits(sizes, seed, mix, ops, max_value), chat)
+    return task_from_problems(SOURCE, splits(sizes, seed, mix, ops, max_value))
+
+
+SOURCE = "synthetic-arith"
+_CACHE: dict[str, ArithData] = {}  # the default stand-in, generated once per process (runs, builds, evaluations)
+
+
+def standard() -> ArithData:
+    """The task's data: the default SIZES, seed 0, DEFAULT_MIX, every operation (what the tiny arith model is built
+    on and every `--task arith` run trains and evaluates on)."""
+    if "default" not in _CACHE:
+        _CACHE["default"] = load_arith()
+    return _CACHE["default"]
+
+
+def _load(source: str, dataset: str | None = None, preference_dataset: str | None = None) -> tuple[str, TaskData]:
+    if source not in ("synthetic", "auto", SOURCE):
+        raise UserError(f"the arith task is generated offline: task.source must be synthetic, got {source!r} (real "
+                        f"GSM8K rows: --task gsm8k --source hub|DIR)")
+    return SOURCE, replace(standard().task)  # a copy: a run may set its pref_train (checked_pairs)
+
+
+register(Task("arith", "GSM8K-style arithmetic word problems generated offline, scored by an exact-match checker",
+              _load, preset="arith", checker=True))

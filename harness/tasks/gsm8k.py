@@ -8,13 +8,16 @@
 
 The gold integer is N (thousands separators allowed: "#### 1,000"). The SFT reference is the solution with the
 "<<...>>" annotations removed and the "#### N" line kept (so the policy learns to end with the marker the checker
-reads first). Prompts use the same plain "Question: ...\\nAnswer:" format as the stand-in (harness.tasks.arith),
-or a tokenizer's chat template (`arith.render_prompt`, `chat=True`).
+reads first). Prompts are the stand-in's (harness.tasks.arith.to_example): the tokenizer's chat template over one
+user turn (question + arith.INSTRUCTION) when it has one, else the plain "Question: ...\\nAnswer:". The reward is
+the same exact-match checker (harness.tasks.verifier.Checker).
 
 Sources: rows from datasets.load_dataset("openai/gsm8k", "main") (`hub_problems`), or local files in that schema:
 a .jsonl / .json / .parquet file, or a directory holding train and test files (train.jsonl, test.jsonl,
 train.parquet, test.parquet, or the hub repository's layout main/train-00000-of-00001.parquet). GSM8K has no
 validation split: the last `n_eval` training rows are held out for it.
+
+Registered as task `gsm8k`: task.source `hub` (or `auto`), a directory or a file.
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ import re
 from pathlib import Path
 
 from harness.errors import UserError
+from harness.examples import TaskData
+from harness.tasks import Task, register
 from harness.tasks.arith import ArithData, Problem, task_from_problems
 
 HUB_DATASET = ("openai/gsm8k", "main")
@@ -138,10 +143,11 @@ def local_problems(path: Path) -> dict[str, list[Problem]]:
     return out
 
 
-def load_gsm8k(source: str, n_eval: int = DEFAULT_EVAL, chat: bool = False, load=None) -> ArithData:
+def load_gsm8k(source: str, n_eval: int | None = None, load=None) -> ArithData:
     """ArithData of GSM8K: source "hub" (`load(name, config, split)` returns rows; default datasets.load_dataset),
     a local directory (`local_problems`) or a single file (its rows are the training set, no test split).
-    The last `n_eval` training problems become the evaluation split; the test split is GSM8K's test set."""
+    The last `n_eval` training problems become the evaluation split (None: DEFAULT_EVAL, or a tenth of a smaller
+    training file, at least one); the test split is GSM8K's test set."""
     if source == "hub":
         if load is None:
             import datasets
@@ -157,10 +163,33 @@ def load_gsm8k(source: str, n_eval: int = DEFAULT_EVAL, chat: bool = False, load
     else:
         raise UserError(f"a GSM8K source is 'hub', a directory or a .jsonl/.json/.parquet file; got {source!r}")
     train = split_problems["train"]
+    if n_eval is None:
+        n_eval = min(DEFAULT_EVAL, max(1, len(train) // 10))
     if not 0 < n_eval < len(train):
         raise UserError(f"GSM8K evaluation holds out the last n_eval training rows: need 0 < n_eval < "
                         f"{len(train)} (the training rows), got {n_eval}")
     problems = {"sft_train": train[:-n_eval], "sft_eval": train[-n_eval:]}
     if split_problems.get("test"):
         problems["sft_test"] = split_problems["test"]
-    return task_from_problems(source, problems, chat)
+    return task_from_problems(source, problems)
+
+
+def hub_assets():
+    """The hub data the gsm8k task reads with task.source=hub (for `harness prepare` and the preflight)."""
+    from harness.assets import Asset
+
+    return [Asset("gsm8k problems", "dataset", HUB_DATASET[0], config=HUB_DATASET[1], splits=("train", "test"))]
+
+
+def _load(source: str, dataset: str | None = None, preference_dataset: str | None = None) -> tuple[str, TaskData]:
+    if source == "auto":
+        source = "hub"
+    if source == "synthetic":
+        raise UserError("gsm8k reads task.source=hub, a directory or a .jsonl/.json/.parquet file; the offline "
+                        "stand-in is its own task: --task arith")
+    resolved = source if source == "hub" else str(Path(source).resolve())
+    return resolved, load_gsm8k(resolved).task
+
+
+register(Task("gsm8k", "GSM8K math word problems (openai/gsm8k main on the hub, or local rows in its schema), scored "
+              "by an exact-match checker", _load, preset="arith", checker=True))

@@ -46,17 +46,22 @@ class TinyPaths:
 
 def ensure_tiny(recipe: TinyRecipe, cache_dir: str | None = None, log=print) -> TinyPaths:
     key = config_hash({"recipe": recipe.model_dump(), "build_version": BUILD_VERSION, "data": synthetic.VERSION})
-    final = cache_root(cache_dir) / f"tiny-{key}"
+    return ensure_built("tiny", key, lambda out: build(recipe, out, log), cache_dir, log)
+
+
+def ensure_built(name: str, key: str, build_into, cache_dir: str | None = None, log=print) -> TinyPaths:
+    """<cache>/<name>-<key>/, built by `build_into(TinyPaths(tmp))` on first use (locked, then renamed into place)."""
+    final = cache_root(cache_dir) / f"{name}-{key}"
     if (final / "build_info.json").exists():
         return TinyPaths(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    with _build_lock(final.parent / f".tiny-{key}.lock", log):  # one build per key at a time, others wait for it
+    with _build_lock(final.parent / f".{name}-{key}.lock", log):  # one build per key at a time, others wait for it
         if (final / "build_info.json").exists():
             return TinyPaths(final)
-        log(f"Building the tiny preset (first use; cached afterwards) in {final}")
+        log(f"Building the {name} preset (first use; cached afterwards) in {final}")
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".building-"))
         try:
-            build(recipe, TinyPaths(tmp), log)
+            build_into(TinyPaths(tmp))
             if final.exists():  # a concurrent build (without the lock: another file system) finished first
                 shutil.rmtree(tmp)
             else:
@@ -101,7 +106,9 @@ def train_tokenizer(data: TaskData, vocab_size: int):
 def _encode(examples, tokenizer, recipe: TinyRecipe, fields: tuple[str, ...]):
     # One batched tokenizer call for every prompt that fits; only the rare longer ones take truncate_prompt's
     # per-example cut (the same ids either way: truncate_prompt returns the plain encoding when it fits).
-    texts = [format_prompt(ex.subreddit, ex.title, ex.post) if ex.messages is None else None for ex in examples]
+    # (a plain prompt is used verbatim: these tokenizers have no chat template)
+    texts = [ex.plain_prompt if ex.plain_prompt is not None else
+             format_prompt(ex.subreddit, ex.title, ex.post) if ex.messages is None else None for ex in examples]
     plain = tokenizer([t or "" for t in texts], add_special_tokens=False)["input_ids"]
     prompts = [ids if t is not None and len(ids) <= recipe.max_prompt_tokens
                else truncate_prompt(ex, tokenizer, recipe.max_prompt_tokens)
@@ -184,8 +191,22 @@ def _train(model, loss_fn, tensors, lengths, steps: int, batch: int, lr: float, 
     model.eval()
 
 
+def new_policy(recipe: TinyRecipe, tokenizer):
+    """A freshly initialised small Pythia-architecture (GPT-NeoX) causal LM for the recipe and tokenizer."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    config = GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=recipe.hidden_size,
+                           num_hidden_layers=recipe.layers, num_attention_heads=recipe.heads,
+                           intermediate_size=4 * recipe.hidden_size,
+                           max_position_embeddings=recipe.max_prompt_tokens + recipe.max_response_tokens + 8,
+                           rotary_pct=0.25, use_parallel_residual=True, tie_word_embeddings=False,
+                           eos_token_id=eos, bos_token_id=eos, pad_token_id=pad)
+    return GPTNeoXForCausalLM(config)
+
+
 def build(recipe: TinyRecipe, out: TinyPaths, log=print) -> None:
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, GPTNeoXForSequenceClassification
+    from transformers import GPTNeoXForSequenceClassification
 
     t0 = clock = time.time()
     seconds: dict[str, float] = {}  # where the build's time goes (build_info["seconds"])
@@ -203,13 +224,7 @@ def build(recipe: TinyRecipe, out: TinyPaths, log=print) -> None:
     tokenizer = train_tokenizer(data, recipe.vocab_size)
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     lap("tokenizer")
-    config = GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=recipe.hidden_size,
-                           num_hidden_layers=recipe.layers, num_attention_heads=recipe.heads,
-                           intermediate_size=4 * recipe.hidden_size,
-                           max_position_embeddings=recipe.max_prompt_tokens + recipe.max_response_tokens + 8,
-                           rotary_pct=0.25, use_parallel_residual=True, tie_word_embeddings=False,
-                           eos_token_id=eos, bos_token_id=eos, pad_token_id=pad)
-    policy = GPTNeoXForCausalLM(config)
+    policy = new_policy(recipe, tokenizer)
     info: dict = {"recipe": recipe.model_dump(), "build_version": BUILD_VERSION,
                   "parameters": sum(p.numel() for p in policy.parameters()), "torch_threads": torch.get_num_threads()}
 
@@ -273,13 +288,28 @@ def build_info(paths: TinyPaths) -> dict:
     return json.loads(paths.info.read_text())
 
 
-def resolve_paths(settings: ModelSettings, log=print) -> dict[str, str]:
+BUILTINS = ("builtin:tiny", "builtin:arith")
+
+
+def resolve_paths(settings: ModelSettings, log=print, needs_reward_model: bool = True) -> dict[str, str | None]:
     """Where policy, reward model and tokenizer come from: the tiny preset (built and cached on first use) for
-    `builtin:tiny`, else the names in the settings (harness.models.named_paths)."""
+    `builtin:tiny`, the arithmetic task's tiny policy (harness.tasks.arith_tiny; no reward model: its task has a
+    checker) for `builtin:arith`, else the names in the settings (harness.models.named_paths). needs_reward_model
+    False: a task that scores responses itself; the reward model is then None unless the settings name one."""
     if not settings.policy.startswith("builtin:"):
-        return named_paths(settings)
-    if settings.policy != "builtin:tiny":
-        raise UserError(f"unknown builtin model {settings.policy!r}; valid: builtin:tiny")
+        return named_paths(settings, needs_reward_model)
+    if settings.policy not in BUILTINS:
+        raise UserError(f"unknown builtin model {settings.policy!r}; valid: {', '.join(BUILTINS)}")
+    if settings.policy == "builtin:arith":
+        from harness.tasks import arith_tiny  # it builds on this module's helpers
+
+        paths = arith_tiny.ensure_arith_tiny(settings.tiny, settings.cache_dir, log=log)
+        if needs_reward_model and not settings.reward_model:
+            raise UserError("builtin:arith has no reward model (its task, arith or gsm8k, is scored by a checker); "
+                            "set model.reward_model to use it on another task")
+        return {"policy": str(paths.policy), "reward_model": settings.reward_model or None,
+                "tokenizer": settings.tokenizer or str(paths.policy), "build_info": str(paths.info)}
     paths = ensure_tiny(settings.tiny, settings.cache_dir, log=log)
-    return {"policy": str(paths.policy), "reward_model": settings.reward_model or str(paths.reward_model),
+    reward_model = settings.reward_model or (str(paths.reward_model) if needs_reward_model else None)
+    return {"policy": str(paths.policy), "reward_model": reward_model,
             "tokenizer": settings.tokenizer or str(paths.policy), "build_info": str(paths.info)}

@@ -69,3 +69,17 @@ def verify(response: str, answer: int | float) -> Verdict:
     got = extract_answer(response)
     correct = 0.0 if got is None else float(Fraction(got) == Fraction(answer))
     return Verdict(correct=correct, no_answer=got is None, extracted=got)
+
+
+@dataclass(frozen=True)
+class Checker:
+    """The exact-match checker as a task's reward (harness.examples.TaskReward): 1.0 when the response's final
+    number equals `example.answer`, else 0.0. The backbone replaces the score of a response without EOS by the
+    run's missing-EOS score, as it does a reward model's."""
+
+    name: str = "exact-match checker"
+
+    def __call__(self, text: str, example) -> float:
+        if example.answer is None:
+            raise ValueError("the checker needs Example.answer (the ground truth); this example has none")
+        return check(text, example.answer)
