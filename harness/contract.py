@@ -90,7 +90,7 @@ class Algorithm:
         if not self.kl_placements:
             return {"kl_placement": "none", "loss_aggregation": self.loss_aggregation}
         return {"kl_placement": self.kl_placement, "kl_estimator": self.kl_estimator,
-                "kl_coef": train_kl_coef if self.kl_coef is None else self.kl_coef,
+                "kl_coef": self.resolved_kl_coef(train_kl_coef),
                 "kl_ratio_correction": self.kl_ratio_correction, "loss_aggregation": self.loss_aggregation,
                 "length_normaliser": self.length_normaliser, "dynamic_sampling": self.dynamic_sampling}
 
