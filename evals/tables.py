@@ -251,12 +251,15 @@ def poi_table(preset: str, scores: dict[str, list[float]], sources: dict[str, li
             if sig is None:
                 notes.append(f"{head}; not testable: one side has a single seed.")
             elif sig:
-                notes.append(f"{head} [{lo:.2f}, {hi:.2f}]: significant at {level:.0%} (the CI excludes 0.5).")
+                notes.append(f"{head} [{lo:.2f}, {hi:.2f}]: the seeds order these two (the {level:.0%} CI excludes "
+                             f"0.5; uncorrected: whether the difference is significant is the pairwise verdicts' call).")
             else:
-                notes.append(f"{head} [{lo:.2f}, {hi:.2f}]: not significant at {level:.0%} "
-                             f"(the CI contains 0.5); the seeds do not order these two.")
+                notes.append(f"{head} [{lo:.2f}, {hi:.2f}]: the seeds do not order these two (the {level:.0%} CI "
+                             f"contains 0.5).")
     caption = (f"Probability of improvement P(row > column) on {metric} across seeds (rliable; ties count one half), "
-               f"with a {level:.0%} stratified-bootstrap CI ({reps} resamples, seed {seed}). Preset {preset}.")
+               f"with a {level:.0%} stratified-bootstrap CI ({reps} resamples, seed {seed}). Preset {preset}. "
+               f"One CI per pair with no multiple-comparison correction: it says how often one side's seeds beat the "
+               f"other's, not whether the difference is significant; the pairwise verdicts (Holm-corrected) say that.")
     if min(len(v) for v in scores.values()) < 5:
         caption += (" With fewer than 5 seeds per side the percentile CI is optimistic: when every seed of one side "
                     "beats every seed of the other it collapses to a single point, although e.g. 3 vs 3 seeds can "

@@ -127,8 +127,9 @@ def test_poi_table_statements():
     t = tables.poi_table("tiny", {"a": [0.7, 0.8, 0.9], "b": [0.1, 0.2, 0.3], "c": [0.15, 0.25, 0.2]},
                          {"a": [], "b": [], "c": []}, "win_rate", 0.95, REPS, 0, "poi")
     assert t.rows[0][2].text == "1.00 [1.00, 1.00]" and t.rows[1][1].text == "0.00 [0.00, 0.00]"
-    assert any(n.startswith("a vs b") and "significant at 95%" in n and "not" not in n for n in t.notes)
-    assert any(n.startswith("b vs c") and "not significant" in n for n in t.notes)
+    assert any(n.startswith("a vs b") and "the seeds order these two" in n for n in t.notes)
+    assert any(n.startswith("b vs c") and "do not order" in n for n in t.notes)
+    assert not any("significant at" in n for n in t.notes)  # significance is the corrected verdicts' word alone
 
 
 def test_renderers_carry_marks(two_algos):
