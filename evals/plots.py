@@ -125,19 +125,7 @@ def learning_curves(runs: list[Run], labels: dict, counter: str, level: float, p
     for i, preset in enumerate(presets):
         for j, (title, col, scale) in enumerate(panels):
             ax = axes[i][j]
-            for (p, lab), members in rows.items():
-                series = [s for s in (_curve(r, counter, col) for r in members) if len(s[0]) >= 2]
-                if p != preset or not series:
-                    continue
-                lo, hi = max(s[0][0] for s in series), min(s[0][-1] for s in series)
-                if hi <= lo:
-                    continue
-                grid = np.linspace(lo, hi, 60)
-                curves = np.array([np.interp(grid, x, y * scale) for x, y in series])
-                mean, band_lo, band_hi = stats.t_band(curves, level)
-                ax.plot(grid, mean, color=colours[lab], label=f"{lab} (n={len(series)})")
-                ax.fill_between(grid, band_lo, band_hi, color=colours[lab], alpha=0.2)
-                drawn += 1
+            drawn += _mean_bands(ax, rows, preset, lambda r: _curve(r, counter, col), scale, level, colours)
             ax.set(xlabel=counter, ylabel=title, title=f"{preset}: {title}")
             if ax.lines:
                 ax.legend(fontsize=8)
@@ -149,6 +137,68 @@ def learning_curves(runs: list[Run], labels: dict, counter: str, level: float, p
     return Figure("learning_curves", _save(fig, path),
                   f"Learning curves against {counter}: mean across seeds with a {level:.0%} Student-t band "
                   f"(seeds interpolated onto the range all of them reached).")
+
+
+def _mean_bands(ax, rows: dict, preset: str, series_of, scale: float, level: float, colours: dict,
+                marks: bool = False) -> int:
+    """Per row of `preset`: its seeds' curves (series_of(run) -> (x, y)) interpolated onto the x range all of them
+    reached, their mean and Student-t band; `marks` also dots every seed's measured points. Returns rows drawn."""
+    drawn = 0
+    for (p, lab), members in rows.items():
+        series = [s for s in (series_of(r) for r in members) if len(s[0]) >= 2]
+        if p != preset or not series:
+            continue
+        lo, hi = max(s[0][0] for s in series), min(s[0][-1] for s in series)
+        if hi <= lo:
+            continue
+        grid = np.linspace(lo, hi, 60)
+        curves = np.array([np.interp(grid, x, y * scale) for x, y in series])
+        mean, band_lo, band_hi = stats.t_band(curves, level)
+        ax.plot(grid, mean, color=colours[lab], label=f"{lab} (n={len(series)})")
+        ax.fill_between(grid, band_lo, band_hi, color=colours[lab], alpha=0.2)
+        for x, y in series if marks else ():
+            ax.scatter(x, y * scale, color=colours[lab], s=10, alpha=0.6)
+        drawn += 1
+    return drawn
+
+
+def _pass_at_1_curve(run: Run, counter: str) -> tuple[np.ndarray, np.ndarray]:
+    """The SFT policy's pass@1 at counter 0 (summary `sft`: the policy before the first update, same problems),
+    then every logged eval/pass@1 (periodic, eval.every, and the final line)."""
+    x, y = _curve(run, counter, "eval/pass@1")
+    sft = (run.summary.get("sft") or {}).get("pass@1")
+    if _num(sft) and not (len(x) and x[0] <= 0):
+        x, y = np.concatenate([[0.0], x]), np.concatenate([[float(sft)], y])
+    return x, y
+
+
+def pass_at_1_curves(runs: list[Run], labels: dict, counter: str, level: float, path: Path) -> Figure:
+    """Held-out pass@1 against a budget counter, one panel per preset: mean and Student-t band across seeds,
+    every seed's evaluations dotted; runs that logged pass@1 only at the end are named in the caption."""
+    rows = _by_row(runs, labels)
+    presets = sorted({p for p, _ in rows})
+    colours = _colours([lab for _, lab in rows])
+    fig, axes = plt.subplots(1, len(presets), figsize=(5.5 * len(presets), 4.2), squeeze=False)
+    drawn = 0
+    for ax, preset in zip(axes[0], presets):
+        drawn += _mean_bands(ax, rows, preset, lambda r: _pass_at_1_curve(r, counter), 100.0, level, colours, True)
+        ax.set(xlabel=counter, ylabel="pass@1 (%)", title=f"{preset}: held-out pass@1")
+        if ax.lines:
+            ax.legend(fontsize=8)
+    if not drawn:
+        plt.close(fig)
+        return Figure("pass_at_1_curves", None, f"pass@1 curves skipped: no run logged {counter} with eval/pass@1 "
+                                                f"(and an SFT pass@1 in its summary).")
+    caption = (f"Held-out pass@1 against {counter}: the SFT policy at 0, then every evaluation the run logged "
+               f"(eval/pass@1 every eval.every iterations, and the final one); mean across seeds with a {level:.0%} "
+               f"Student-t band (seeds interpolated onto the range all of them reached); dots: the evaluations.")
+    final_only = [r.run_id for r in runs
+                  if not any(_num(m.get("eval/pass@1")) and not m.get("final") for m in r.metrics)]
+    if final_only:
+        caption += (f" {len(final_only)} of {len(runs)} runs logged pass@1 only at the end (eval.every = 0 or "
+                    f"beyond the last iteration: {', '.join(final_only[:6])}{' ...' if len(final_only) > 6 else ''}): "
+                    f"their lines are straight from the SFT point to the final evaluation, not a measured trajectory.")
+    return Figure("pass_at_1_curves", _save(fig, path), caption)
 
 
 def bench(bench_file: Path | None, path: Path) -> Figure:

@@ -20,6 +20,9 @@ BUDGET_COUNTERS = ("prompts", "responses", "rm_queries", "optimizer_steps", "wal
 COMPARISON_FIELDS = ("task", "data_source", "preset", "judge", "eval_temperature", "kl_definition")
 REQUIRED_SUMMARY = ("run_id", "status", "algorithm", "preset", "seed", "eval", "comparison_key")
 EVAL_SUITES = ("chat", "open_llm")
+# The math suite's fractions (evals/math.py): a run whose evaluation carries pass@1 is one of a task with a checker.
+MATH_RATES = ("pass@1", "pass@4", "pass@8", "greedy_pass@1", "no_answer_frac")
+RATES = ("win_rate",) + MATH_RATES  # fractions in [0, 1]: a percentage here would silently be x100
 
 
 @dataclass
@@ -135,9 +138,10 @@ def load_run(path: Path) -> Run | Skipped:
         return Skipped(str(path), "summary.json: eval and comparison_key must be objects")
     for block in ("eval", "sft"):
         b = summary.get(block)
-        wr = b.get("win_rate") if isinstance(b, dict) else None
-        if _finite(wr) and not 0 <= wr <= 1:
-            return Skipped(str(path), f"summary.json {block}.win_rate = {wr} is not a fraction in [0, 1]")
+        for key in RATES:
+            v = b.get(key) if isinstance(b, dict) else None
+            if _finite(v) and not 0 <= v <= 1:
+                return Skipped(str(path), f"summary.json {block}.{key} = {v} is not a fraction in [0, 1]")
     if not rd.config.exists():
         return Skipped(str(path), "missing config.json (needed to trace the run's configuration)")
     try:
@@ -158,11 +162,25 @@ def load_run(path: Path) -> Run | Skipped:
     return run
 
 
+def is_math_run(run: Run) -> bool:
+    """A run of a task with a checker (arith, gsm8k): its evaluation is the math suite's (pass@k), not TL;DR's."""
+    return "pass@1" in run.summary["eval"]
+
+
+def math_file(run: Run) -> str:
+    """evals/<task>.json: the math suite's file, written by the run and by `harness eval RUN --suite math`."""
+    return f"evals/{run.summary['comparison_key'].get('task') or run.summary.get('task')}.json"
+
+
 def load_suites(run: Run) -> list[Skipped]:
-    """Attach evals/chat.json and evals/open_llm.json when present; a bad suite file drops that suite only."""
+    """Attach evals/chat.json and evals/open_llm.json when present, and a math run's evals/<task>.json (as
+    run.evals["math"]); a bad suite file drops that suite only."""
     skipped = []
-    for suite in EVAL_SUITES:
-        path = RunDir(run.path).evals / f"{suite}.json"
+    files = {suite: f"evals/{suite}.json" for suite in EVAL_SUITES}
+    if is_math_run(run):
+        files["math"] = math_file(run)
+    for suite, name in files.items():
+        path = run.path / name
         if not path.exists():
             continue
         data, err = _load_suite(path)
@@ -181,6 +199,8 @@ def _check_rates(suite: str, data: dict) -> str | None:
         values = [("alpaca_eval." + k, (data.get("alpaca_eval") or {}).get(k)) for k in ("lc_win_rate", "win_rate")]
     elif suite == "open_llm":
         values = [("tasks." + k, v) for k, v in (data.get("tasks") or {}).items()]
+    elif suite == "math":
+        values = [(k, data.get(k)) for k in MATH_RATES]
     for name, v in values:
         if v is not None and isinstance(v, (int, float)) and not 0 <= v <= 1:
             return f"{name} = {v} is not a fraction in [0, 1]"
@@ -251,7 +271,7 @@ def row_labels(runs: list[Run]) -> dict[tuple, str]:
 # ---------------------------------------------------------------------------------------------------------------
 # equal-budget cut
 
-EVAL_COLUMNS = {"win_rate": "eval/win_rate", "rm_score": "eval/rm_score", "kl": "eval/kl"}
+EVAL_COLUMNS = {k: f"eval/{k}" for k in ("win_rate", "rm_score", "kl") + MATH_RATES + ("response_length",)}
 
 
 def _finite(x: Any) -> bool:

@@ -167,10 +167,10 @@ def numeric_table(name: str, title: str, caption: str, preset_rows: dict[str, li
     return Table(name, title, columns, table_rows, caption)
 
 
-def table1(runs: list[Run], labels: dict, observations: dict[str, tuple[dict, str]], judge: str,
-           level: float, reps: int, seed: int, name: str = "table1", budget_note: str = "") -> Table:
-    """Table 1 (TL;DR): SFT row and one row per preset x algorithm; `observations` maps run_id to the run's
-    eval dict and the source it came from (summary.json or an equal-budget cut of metrics.jsonl)."""
+def sft_and_optimizer_rows(runs: list[Run], labels: dict,
+                           observations: dict[str, tuple[dict, str]]) -> dict[str, list[Row]]:
+    """Per preset: the SFT row (each run's summary `sft` block, averaged per seed), then one row per optimizer
+    row label with one observation per run (`observations`: run_id -> (values, the source they came from))."""
     preset_rows: dict[str, list[Row]] = {}
     for preset in sorted({r.preset for r in runs}):
         members = [r for r in runs if r.preset == preset]
@@ -185,16 +185,30 @@ def table1(runs: list[Run], labels: dict, observations: dict[str, tuple[dict, st
                 by_row.setdefault(labels[r.row_key], []).append((obs, {"runs": [r.provenance(source)]}))
         rows += sorted(by_row.items())
         preset_rows[preset] = rows
+    return preset_rows
+
+
+def few_seeds_note(preset_rows: dict[str, list[Row]]) -> str:
+    """The caption's warning when no row has the 4 seeds an IQM needs to trim anything."""
     n_max = max((len(o) for rows in preset_rows.values() for _, o in rows), default=0)
+    if n_max >= 4:
+        return ""
+    return (f" With at most {n_max} seeds per row the IQM trims nothing and equals the mean, and the CI is "
+            f"about [min, max] of the seeds: read it as their spread, not a population interval.")
+
+
+def table1(runs: list[Run], labels: dict, observations: dict[str, tuple[dict, str]], judge: str,
+           level: float, reps: int, seed: int, name: str = "table1", budget_note: str = "") -> Table:
+    """Table 1 (TL;DR): SFT row and one row per preset x algorithm; `observations` maps run_id to the run's
+    eval dict and the source it came from (summary.json or an equal-budget cut of metrics.jsonl)."""
+    preset_rows = sft_and_optimizer_rows(runs, labels, observations)
     caption = (f"Each cell: mean (standard deviation, ddof=1) across seeds; n = seeds. IQM: interquartile mean with "
                f"a {level:.0%} stratified-bootstrap percentile CI (rliable, {reps} resamples, seed {seed}). "
                f"Win rate judged by {judge}. Bold: best, underlined: second best per preset and column, among all "
                f"rows including SFT (higher is better for win rate and RM score). KL is not ranked: a lower KL is "
                f"not better per se, it is what the policy paid for its reward. The SFT row is the SFT policy "
                f"evaluated inside each run (summary `sft` block), averaged per seed.")
-    if n_max < 4:
-        caption += (f" With at most {n_max} seeds per row the IQM trims nothing and equals the mean, and the CI is "
-                    f"about [min, max] of the seeds: read it as their spread, not a population interval.")
+    caption += few_seeds_note(preset_rows)
     caption += " " + budget_note if budget_note else " Values are each run's final evaluation (summary.json)."
     return numeric_table(name, "Table 1: TL;DR summarization", caption, preset_rows, TLDR_METRICS, True,
                           level, reps, seed)

@@ -45,12 +45,14 @@ class Section:
 
 
 # The metric pairwise statements are about (--poi-metric): its name in sentences, scale, unit and decimals.
-VERDICT_UNITS = {"win_rate": ("win rate", 100.0, "points", 1), "rm_score": ("RM score", 1.0, "RM score", 2)}
+VERDICT_UNITS = {"win_rate": ("win rate", 100.0, "points", 1), "rm_score": ("RM score", 1.0, "RM score", 2),
+                 "pass@1": ("pass@1", 100.0, "points", 1), "pass@4": ("pass@4", 100.0, "points", 1),
+                 "pass@8": ("pass@8", 100.0, "points", 1), "greedy_pass@1": ("greedy pass@1", 100.0, "points", 1)}
 
 
 def _observations(runs, opts: Options, skipped: list, notes: list[str]) -> dict[str, tuple[dict, str]]:
     """Per run: the eval values Table 1, the P(improvement) and the final verdicts use, and where they came from."""
-    from evals.runs import Skipped, budget_cut
+    from evals.runs import MATH_RATES, Skipped, budget_cut
     if opts.budget_metric is None:
         return {r.run_id: (r.summary["eval"], "summary.json:eval") for r in runs}
     obs, lag = {}, 0
@@ -65,7 +67,7 @@ def _observations(runs, opts: Options, skipped: list, notes: list[str]) -> dict[
         if cut is None:
             skipped.append(Skipped(str(r.path), f"{r.run_id}: left out of the equal-budget table: {reason}"))
             continue
-        evals = [k for k in ("win_rate", "rm_score", "kl") if k in cut]
+        evals = [k for k in ("win_rate", "rm_score", "kl") + MATH_RATES if k in cut]
         at = ", ".join(f"{k}@{cut[k + '_iteration']}" for k in evals)
         lag = max([lag] + [cut["iteration"] - cut[k + "_iteration"] for k in evals
                            if isinstance(cut["iteration"], int) and isinstance(cut[k + "_iteration"], int)])
@@ -78,11 +80,21 @@ def _observations(runs, opts: Options, skipped: list, notes: list[str]) -> dict[
     return obs
 
 
-def _primary_metric(members, obs, opts: Options) -> str:
-    """--poi-metric, or rm_score when no run of the preset has a win rate (no judge)."""
-    if opts.poi_metric == "win_rate" and not any(obs[r.run_id][0].get("win_rate") is not None for r in members):
-        return "rm_score"
-    return opts.poi_metric
+def _primary_metric(members, obs, opts: Options) -> tuple[str, str]:
+    """(metric, note) of P(improvement) and the verdicts: --poi-metric where it applies to the runs' task. A math
+    group (a task with a checker) uses pass@1 unless a math metric is chosen; a TL;DR group uses win rate when a
+    math metric is chosen, and rm_score when no run of the preset has a win rate (no judge)."""
+    from evals.math_tables import COMPARED, is_math_group
+    chosen = opts.poi_metric
+    if is_math_group(members):
+        if chosen in COMPARED or chosen == "win_rate":  # win_rate: the default, which means "the task's own"
+            return (chosen if chosen in COMPARED else "pass@1"), ""
+        return "pass@1", f"--poi-metric {chosen} does not apply to a task with a checker: pass@1 is used."
+    metric, note = (chosen, "") if chosen not in COMPARED else \
+        ("win_rate", f"--poi-metric {chosen} applies to runs of a task with a checker: win rate is used.")
+    if metric == "win_rate" and not any(obs[r.run_id][0].get("win_rate") is not None for r in members):
+        return "rm_score", "no win rates (no judge), so P(improvement) and the verdicts use rm_score."
+    return metric, note
 
 
 def _poi_tables(runs, labels, obs, opts: Options, suffix: str, notes: list[str], budget_note: str = "") -> list:
@@ -91,9 +103,9 @@ def _poi_tables(runs, labels, obs, opts: Options, suffix: str, notes: list[str],
     out = []
     for preset in sorted({r.preset for r in runs}):
         members = [r for r in runs if r.preset == preset and r.run_id in obs]
-        metric = _primary_metric(members, obs, opts)
-        if metric != opts.poi_metric:
-            notes.append(f"{preset}: no win rates (no judge), so P(improvement) and the verdicts use rm_score.")
+        metric, note = _primary_metric(members, obs, opts)
+        if note:
+            notes.append(f"{preset}: {note}")
         scores: dict[str, list[float]] = {}
         sources: dict[str, list[dict]] = {}
         for r in members:
@@ -114,11 +126,12 @@ def _matched_kl_tables(runs, labels, obs, opts: Options, suffix: str, notes: lis
                        budget_note: str = "") -> tuple[list, dict]:
     """Per preset and metric with periodic evaluations: the matched-KL table; also returns the matched values
     ({(preset, metric): MatchedValues}) for the matched verdicts."""
+    from evals import math_tables
     from evals.matched_kl import MATCHED_METRICS, matched_table, matched_values
     tables, matched = [], {}
     for preset in sorted({r.preset for r in runs}):
         members = [r for r in runs if r.preset == preset and r.run_id in obs]
-        for metric, header, scale, decimals in MATCHED_METRICS:
+        for metric, header, scale, decimals in MATCHED_METRICS + math_tables.MATCHED_METRICS:
             mv = matched_values(members, metric, opts.budget_metric, opts.budget)
             if mv is None:
                 continue
@@ -127,7 +140,7 @@ def _matched_kl_tables(runs, labels, obs, opts: Options, suffix: str, notes: lis
                 continue
             matched[(preset, metric)] = mv
             tables.append(matched_table(preset, members, labels, mv, header, scale, decimals, opts.level,
-                                        opts.reps, opts.seed, f"matched_kl_{metric}_{_slug(preset)}{suffix}",
+                                        opts.reps, opts.seed, f"matched_kl_{_slug(metric)}_{_slug(preset)}{suffix}",
                                         budget_note))
     if runs and not matched:
         notes.append("No matched-KL tables: no run logged periodic evaluations (eval/kl with eval/* in "
@@ -143,7 +156,7 @@ def _verdict_tables(runs, labels, obs, matched: dict, opts: Options, suffix: str
     out = []
     for preset in sorted({r.preset for r in runs}):
         members = [r for r in runs if r.preset == preset and r.run_id in obs]
-        metric = _primary_metric(members, obs, opts)
+        metric = _primary_metric(members, obs, opts)[0]
         what, scale, unit, decimals = VERDICT_UNITS[metric]
         mv = matched.get((preset, metric))
         families = [("final", "at the equal-budget cut" if opts.budget_metric else "final evaluation",
@@ -174,7 +187,7 @@ def _slug(s: str) -> str:
 def build(paths: list[Path], opts: Options) -> tuple[list[Section], list, list[str]]:
     """All sections of the report, the skipped runs/files and general notes. Raises UserError when nothing is
     usable; never raises on a bad run (it is listed as skipped)."""
-    from evals import plots, tables
+    from evals import math_tables, plots, tables
     from evals.runs import comparison_groups, group_difference, load_runs, row_labels
     runs, skipped = load_runs(paths)
     notes = [n for r in runs for n in r.notes]
@@ -199,35 +212,62 @@ def build(paths: list[Path], opts: Options) -> tuple[list[Section], list, list[s
         sec = Section(f"Group {i + 1}: {heading}" if len(groups) > 1 else f"Comparison: {heading}")
         labels = row_labels(members)
         obs = _observations(members, opts, skipped, sec.notes)
-        sec.tables.append(tables.table1(members, labels, obs, str(key.get("judge")), opts.level, opts.reps,
-                                        opts.seed, "table1" + suffix, budget_note))
-        for metrics, name, title in ((tables.CHAT_METRICS, "table2", "Table 2: chat benchmarks"),
-                                     (tables.OPEN_LLM_METRICS, "table6", "Table 6: Open LLM Leaderboard tasks")):
-            t = tables.suite_table(members, labels, metrics, name + suffix, title, opts.level, opts.reps, opts.seed)
-            if t is None:
-                sec.notes.append(f"{title} skipped: no run has the evals/*.json files it reads.")
-            else:
-                if opts.budget_metric:
-                    t.caption += (f" Not cut at {opts.budget_metric} <= {opts.budget:g}: evals/*.json evaluate "
-                                  f"each run's final policy.")
-                sec.tables.append(t)
+        math_group = math_tables.is_math_group(members)
+        if math_group:  # a task with a checker: pass@k in place of Table 1's win rate and RM score
+            obs = obs if opts.budget_metric else math_tables.math_observations(members, obs, sec.notes)
+            task = str(key.get("task"))
+            sec.tables.append(math_tables.math_table(members, labels, obs, task, opts.level, opts.reps, opts.seed,
+                                                     f"math_{_slug(task)}{suffix}", budget_note))
+        else:
+            sec.tables.append(tables.table1(members, labels, obs, str(key.get("judge")), opts.level, opts.reps,
+                                            opts.seed, "table1" + suffix, budget_note))
+        sec.tables += _suite_tables(members, labels, opts, suffix, sec.notes, quiet=math_group)
         matched_tables, matched = _matched_kl_tables(members, labels, obs, opts, suffix, sec.notes, matched_note)
         sec.tables += matched_tables
         sec.tables += _poi_tables(members, labels, obs, opts, suffix, sec.notes, budget_note)
         sec.tables += _verdict_tables(members, labels, obs, matched, opts, suffix, budget_note, matched_note)
         if opts.plots:
-            pdir = opts.out / "plots"
-            sec.figures = [_safe(plots.frontier, members, labels, pdir / f"frontier{suffix}.png"),
-                           _safe(plots.learning_curves, members, labels, opts.x_metric, opts.level,
-                                 pdir / f"learning_curves{suffix}.png"),
-                           _safe(plots.mt_bench_radar, members, labels, pdir / f"mt_bench_radar{suffix}.png"),
-                           _safe(plots.eta_ablation, members, pdir / f"eta_ablation{suffix}.png"),
-                           _safe(plots.winrate_vs_length, members, labels, pdir / f"winrate_vs_length{suffix}.png")]
+            sec.figures = _figures(members, labels, opts, suffix, math_group)
         sections.append(sec)
     if opts.plots:
         bench_file = opts.bench or _bench_default(paths)
         sections[0].figures.append(_safe(plots.bench, bench_file, opts.out / "plots" / "bench.png"))
     return sections, skipped, notes
+
+
+def _suite_tables(members, labels, opts: Options, suffix: str, notes: list[str], quiet: bool = False) -> list:
+    """Tables 2 and 6 from evals/chat.json and evals/open_llm.json; `quiet`: no note when absent (a math group,
+    where those suites are not expected)."""
+    from evals import tables
+    out = []
+    for metrics, name, title in ((tables.CHAT_METRICS, "table2", "Table 2: chat benchmarks"),
+                                 (tables.OPEN_LLM_METRICS, "table6", "Table 6: Open LLM Leaderboard tasks")):
+        t = tables.suite_table(members, labels, metrics, name + suffix, title, opts.level, opts.reps, opts.seed)
+        if t is None:
+            if not quiet:
+                notes.append(f"{title} skipped: no run has the evals/*.json files it reads.")
+            continue
+        if opts.budget_metric:
+            t.caption += (f" Not cut at {opts.budget_metric} <= {opts.budget:g}: evals/*.json evaluate "
+                          f"each run's final policy.")
+        out.append(t)
+    return out
+
+
+def _figures(members, labels, opts: Options, suffix: str, math_group: bool) -> list:
+    """A math group's pass@1 curves; else the TL;DR figures (their reward, win-rate and MT-Bench axes would be
+    empty or mislabelled for checker-scored runs)."""
+    from evals import plots
+    pdir = opts.out / "plots"
+    if math_group:
+        return [_safe(plots.pass_at_1_curves, members, labels, opts.x_metric, opts.level,
+                      pdir / f"pass_at_1_curves{suffix}.png")]
+    return [_safe(plots.frontier, members, labels, pdir / f"frontier{suffix}.png"),
+            _safe(plots.learning_curves, members, labels, opts.x_metric, opts.level,
+                  pdir / f"learning_curves{suffix}.png"),
+            _safe(plots.mt_bench_radar, members, labels, pdir / f"mt_bench_radar{suffix}.png"),
+            _safe(plots.eta_ablation, members, pdir / f"eta_ablation{suffix}.png"),
+            _safe(plots.winrate_vs_length, members, labels, pdir / f"winrate_vs_length{suffix}.png")]
 
 
 def _safe(fn, *args):
@@ -369,9 +409,10 @@ def report(paths: list[Path] | None, out: Path | None = None, budget_metric: str
             raise UserError(f"{p} is not a directory: pass run directories or a results root")
     if (budget_metric is None) != (budget is None):
         raise UserError("--budget-metric and --budget go together: give both, or neither")
+    poi_metric = poi_metric.replace("_at_", "@")  # pass_at_1 spells pass@1 without a shell-unfriendly character
     for name, value, choices in (("--budget-metric", budget_metric, BUDGET_CHOICES),
                                  ("--x-metric", x_metric, BUDGET_CHOICES),
-                                 ("--poi-metric", poi_metric, ("win_rate", "rm_score"))):
+                                 ("--poi-metric", poi_metric, tuple(VERDICT_UNITS))):
         if value is not None and value not in choices:
             raise UserError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
     if not 0 < level < 1:

@@ -1,5 +1,6 @@
-"""`harness eval TARGET --suite tldr|chat|open-llm`: evaluate a finished run's policy (or any model) and write the
-suite files `harness report` reads. The suites themselves live in harness/app/evaluate.py; this module only wires options."""
+"""`harness eval TARGET --suite tldr|chat|open-llm|math`: evaluate a finished run's policy (or any model) and write
+the suite files `harness report` reads. The suites themselves live in harness/app/evaluate.py; this module only wires
+options."""
 from __future__ import annotations
 
 from typing import Optional
@@ -8,32 +9,47 @@ import typer
 
 from harness.errors import UserError
 
+# the options that describe what a suite evaluates, and the suites they apply to
+SUITE_OPTIONS = {"--prompts": ("tldr", "math"), "--judge": ("tldr",), "--temperature": ("tldr", "math"),
+                 "--reward-model": ("tldr",), "--reference": ("tldr", "math"), "--source": ("tldr", "math"),
+                 "--preset": ("tldr", "math"), "--task": ("math",)}
+
+
+def check_suite_options(chosen: list[str], given: dict) -> None:
+    """One line for the options that none of the chosen suites reads (they would be silently ignored)."""
+    unread = [flag for flag, value in given.items() if value is not None and not set(SUITE_OPTIONS[flag]) & set(chosen)]
+    if unread:
+        suites = dict.fromkeys(s for flag in unread for s in SUITE_OPTIONS[flag])
+        raise UserError(f"{', '.join(unread)} only apply to --suite {' or --suite '.join(suites)}")
+
 
 def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_command(
         target: str = typer.Argument(..., help="a run directory (evaluates checkpoints/final), a model directory or "
                                                "a hub name"),
-        suite: list[str] = typer.Option(..., "--suite", "-s", help="tldr | chat | open-llm (repeatable)"),
+        suite: list[str] = typer.Option(..., "--suite", "-s", help="tldr | chat | open-llm | math (repeatable)"),
         checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="another directory under the run's "
                                                  "checkpoints/ (results go to evals/checkpoints/NAME/)"),
         out: Optional[str] = typer.Option(None, "--out", "-o", help="output directory (default: RUN/evals, or "
                                           "results/evals/<model name> for a model)"),
-        # tldr
-        prompts: Optional[int] = typer.Option(None, "--prompts", min=1, help="tldr: held-out prompts (default: the "
-                                              "run's eval.prompts; the paper used 600)"),
+        # tldr and math
+        prompts: Optional[int] = typer.Option(None, "--prompts", min=1, help="tldr, math: held-out prompts or "
+                                              "problems (default: the run's eval.prompts; the paper used 600)"),
         judge: Optional[str] = typer.Option(None, "--judge", help="tldr: gold | openai | none (default: the run's "
                                             "eval.judge)"),
-        temperature: Optional[float] = typer.Option(None, "--temperature", help="tldr: sampling temperature of the "
-                                                    "evaluated responses (default: the run's eval.temperature)"),
+        temperature: Optional[float] = typer.Option(None, "--temperature", help="tldr, math: sampling temperature of "
+                                                    "the evaluated responses (default: the run's eval.temperature)"),
         reward_model: Optional[str] = typer.Option(None, "--reward-model", help="tldr on a model: reward model "
                                                    "directory or hub name (required)"),
-        reference: Optional[str] = typer.Option(None, "--reference", help="tldr on a model: the KL reference "
+        reference: Optional[str] = typer.Option(None, "--reference", help="tldr, math on a model: the KL reference "
                                                 "(e.g. its SFT model; default: the model itself, KL 0)"),
         source: Optional[str] = typer.Option(None, "--source", help="tldr on a model: data auto | hub | synthetic | "
-                                             "DIR"),
-        preset: Optional[str] = typer.Option(None, "--preset", help="tldr on a model: take prompt/generation/eval "
-                                             "settings from this preset"),
+                                             "DIR; math on a model: gsm8k rows hub | DIR | FILE (default hub)"),
+        preset: Optional[str] = typer.Option(None, "--preset", help="tldr, math on a model: take prompt/generation/"
+                                             "eval settings from this preset (math: default the task's own)"),
+        task: Optional[str] = typer.Option(None, "--task", help="math on a model: arith | gsm8k (default arith; a "
+                                           "run directory brings its own)"),
         # judge endpoint (tldr with --judge openai, chat)
         judge_model: Optional[str] = typer.Option(None, "--judge-model", help="judge model (else "
                                                   "HARNESS_JUDGE_MODEL, else the run's eval.judge_model / gpt-4o)"),
@@ -64,8 +80,9 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = typer.Option(None, "--device", help="chat, open-llm: cpu | cuda (default: cuda when "
                                              "available)"),
     ) -> None:
-        """Evaluate a run's saved policy (or any model) on TL;DR, chat (AlpacaEval 2.0 + MT-Bench) or the Open LLM
-        Leaderboard tasks; writes <suite>.json and per-sample records into the run's evals/."""
+        """Evaluate a run's saved policy (or any model) on TL;DR, chat (AlpacaEval 2.0 + MT-Bench), the Open LLM
+        Leaderboard tasks or a math task's pass@k (arith, gsm8k); writes <suite>.json (math: <task>.json) and
+        per-sample records into the run's evals/."""
         from rich.console import Console
 
         from harness.app import evaluate as suites
@@ -74,12 +91,9 @@ def register(app: typer.Typer) -> None:
         console = Console(stderr=True)
         chosen = suites.parse_suites(suite)
         tgt = suites.resolve_target(target, checkpoint, out)
-        tldr_only = {"--prompts": prompts, "--judge": judge, "--temperature": temperature,
-                     "--reward-model": reward_model, "--reference": reference, "--source": source, "--preset": preset}
-        if "tldr" not in chosen:
-            given = [flag for flag, v in tldr_only.items() if v is not None]
-            if given:
-                raise UserError(f"{', '.join(given)} only apply to --suite tldr")
+        check_suite_options(chosen, {"--prompts": prompts, "--judge": judge, "--temperature": temperature,
+                                     "--reward-model": reward_model, "--reference": reference, "--source": source,
+                                     "--preset": preset, "--task": task})
         judge_cache = None
         if tgt.run_dir is not None and "chat" in chosen:
             judge_cache = cache_root(suites.run_config(tgt.run_dir)[0].model.cache_dir) / "judge"
@@ -88,7 +102,7 @@ def register(app: typer.Typer) -> None:
             from evals.judge import Endpoint
 
             Endpoint.resolve(judge_model, judge_base_url)
-        for name in chosen:  # every suite's hub assets, before the first suite loads a model (tldr: in run_tldr)
+        for name in chosen:  # every suite's hub assets before a model loads (tldr, math: in run_tldr, run_math)
             suites.check_suite_assets(name, tgt, alpaca_reference=alpaca_reference,
                                       mt_bench_questions=mt_bench_questions, hub_cache_dir=hub_cache_dir,
                                       include_path=include_path, tasks=task_list, log=console.print)
@@ -100,6 +114,9 @@ def register(app: typer.Typer) -> None:
                                          judge_base_url=judge_base_url, temperature=temperature,
                                          reward_model=reward_model, reference=reference, source=source, preset=preset,
                                          log=console.print)
+            elif name == "math":
+                result = suites.run_math(tgt, prompts=prompts, temperature=temperature, reference=reference,
+                                         source=source, preset=preset, task=task, log=console.print)
             elif name == "chat":
                 result = suites.run_chat(tgt, judge_model=judge_model, judge_base_url=judge_base_url,
                                          alpaca_reference=alpaca_reference, mt_bench_questions=mt_bench_questions,

@@ -23,8 +23,9 @@ def register(app: typer.Typer) -> None:
                                                          "the TL;DR tables are cut there, captions say so."),
         budget: Optional[float] = typer.Option(None, "--budget", help="Budget value for --budget-metric."),
         level: float = typer.Option(0.95, "--level", help="Confidence level of CIs and significance statements."),
-        poi_metric: str = typer.Option("win_rate", "--poi-metric", help="win_rate|rm_score for P(improvement) "
-                                                                   "and the pairwise verdicts."),
+        poi_metric: str = typer.Option("win_rate", "--poi-metric", help="win_rate|rm_score (TL;DR), "
+                                     "pass@1|pass@4|pass@8|greedy_pass@1 (math tasks) for P(improvement) and the "
+                                     "pairwise verdicts."),
         x_metric: str = typer.Option("prompts", "--x-metric", help="Budget counter on the learning curves' x axis."),
         bench: Optional[Path] = typer.Option(None, "--bench", help="harness bench JSON (default: "
                                                                    "<results root>/bench/bench.json)."),
