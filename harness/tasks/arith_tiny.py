@@ -19,7 +19,8 @@ from harness.config import TinyRecipe
 from harness.scoring import cross_entropy_on_response
 from harness.store import config_hash, write_json
 from harness.tasks import arith
-from harness.tasks.tiny import TinyPaths, _encode, _lengths, _train, ensure_built, new_policy, train_tokenizer
+from harness.tasks.tiny import (TinyPaths, _encode, _lengths, _train, ensure_built, new_policy, quiet_transformers,
+                                train_tokenizer)
 
 BUILD_VERSION = 1
 UNUSED = ("rm_steps", "rm_batch", "rm_lr")  # recipe fields of the TL;DR build's reward model
@@ -36,6 +37,7 @@ def ensure_arith_tiny(recipe: TinyRecipe, cache_dir: str | None = None, log=prin
 
 
 def build(recipe: TinyRecipe, out: TinyPaths, log=print) -> None:
+    quiet_transformers()
     t0 = time.time()
     torch.manual_seed(recipe.seed)
     random.seed(recipe.seed)

@@ -205,8 +205,19 @@ def new_policy(recipe: TinyRecipe, tokenizer):
     return GPTNeoXForCausalLM(config)
 
 
+def quiet_transformers() -> None:
+    """A first run's terminal shows the build's own lines, not transformers' save/load bars or the reward model's
+    load report (its LM head "unexpected", its scalar head "missing": both by design)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def build(recipe: TinyRecipe, out: TinyPaths, log=print) -> None:
     from transformers import GPTNeoXForSequenceClassification
+
+    quiet_transformers()
 
     t0 = clock = time.time()
     seconds: dict[str, float] = {}  # where the build's time goes (build_info["seconds"])
