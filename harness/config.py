@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from harness.errors import UserError, invalid
 
@@ -131,6 +131,8 @@ class EvalSettings(Strict):
     selection_seed: int = Field(0, description="seed of the random subset: the same prompts for every run and seed")
     temperature: float = Field(0.01, gt=0)
     every: int = Field(0, ge=0, description="held-out evaluation every N iterations (0: at the end only)")
+    at: list[PositiveInt] = Field([], description="also evaluate after these iterations: dense where the KL moves "
+                                  "fastest (early), so matched-KL tables interpolate between measured points")
     missing_eos_penalty: bool = Field(False, description="replace the RM score of an evaluated response without "
                                       "EOS by train.missing_eos_score (the authors' evaluation reports raw scores)")
     judge: Literal["auto", "gold", "openai", "none"] = "auto"
@@ -139,6 +141,11 @@ class EvalSettings(Strict):
                                                    "tie (stricter); random: one seeded random order per pair (N+ code)")
     judge_template: str | None = Field(None, description="a prompt template file with {post}, {a}, {b} "
                                        "(default: evals/templates/tldr_judge.txt)")
+
+    def due(self, iteration: int, last: int) -> bool:
+        """A held-out evaluation after `iteration` (the final one, after `last`, is the run's own)."""
+        periodic = bool(self.every) and iteration % self.every == 0
+        return (periodic or iteration in self.at) and iteration != last
 
 
 class LogSettings(Strict):

@@ -35,3 +35,18 @@ def test_bad_input_fails_with_one_line_that_lists_choices(call, message):
     assert "\n" not in str(err.value)
     if "; valid" in message:  # the message names the valid choices
         assert "rebel" in str(err.value) or "tiny" in str(err.value) or "tldr" in str(err.value)
+
+
+def test_evaluation_schedule_every_and_at():
+    """Periodic evaluations, extra early ones from eval.at, never a duplicate of the run's final evaluation."""
+    from pydantic import ValidationError
+
+    from harness.config import EvalSettings
+
+    s = EvalSettings(every=10, at=[2, 4, 40])
+    assert [i for i in range(1, 41) if s.due(i, 40)] == [2, 4, 10, 20, 30]
+    assert [i for i in range(1, 6) if EvalSettings(every=0, at=[3]).due(i, 5)] == [3]
+    assert not any(EvalSettings().due(i, 40) for i in range(1, 41))  # the default: the end only
+    assert resolve("tiny").eval.at == [2, 4, 6]
+    with pytest.raises(ValidationError):
+        EvalSettings(at=[0])

@@ -237,7 +237,7 @@ def run(cfg: RunConfig, console: Console | None = None, runtime: Runtime | None 
             task = bar.add_task(f"{algo.name}", total=cfg.train.iterations, completed=start, status="")
             for iteration in range(start + 1, cfg.train.iterations + 1):
                 line = trainer.iteration(iteration)
-                if cfg.eval.every and iteration % cfg.eval.every == 0 and iteration != cfg.train.iterations:
+                if cfg.eval.due(iteration, cfg.train.iterations):
                     metrics, _ = evaluate(cfg, models, data, judge, runtime=runtime)
                     line.update({f"eval/{k}": metrics[k] for k in eval_keys(data) if k in metrics})
                 if runtime.is_main:
