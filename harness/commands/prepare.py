@@ -41,8 +41,10 @@ def resolve_assets(config: str | None, preset: str | None, suites: list[str], mo
             out += catalogue.tldr_data(task and task.dataset, task and task.preference_dataset)
         elif suite == "chat":
             out += catalogue.chat_assets()
-        else:
+        elif suite == "open-llm":
             out += catalogue.open_llm_assets(tasks, include_path)
+        else:  # a suite name added to SUITES must say here what it needs
+            raise AssertionError(f"harness prepare does not know the assets of suite {suite!r}")
     for name in models:
         out += assets.model_asset("model", name)
     return assets.unique(out)
