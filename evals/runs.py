@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from harness.store import RunDir, is_run_dir, read_json, read_jsonl
+from harness.config import ROW_SECTIONS
 
 BUDGET_COUNTERS = ("prompts", "responses", "rm_queries", "optimizer_steps", "wall_time_s")
-COMPARISON_FIELDS = ("task", "data_source", "preset", "judge", "eval_temperature", "kl_definition")
+COMPARISON_FIELDS = ("task", "data_source", "preset", "judge", "eval_temperature", "kl_definition", "settings")
 REQUIRED_SUMMARY = ("run_id", "status", "algorithm", "preset", "seed", "eval", "comparison_key")
 EVAL_SUITES = ("chat", "open_llm")
 # The math suite's fractions (evals/math.py): a run whose evaluation carries pass@1 is one of a task with a checker.
@@ -57,9 +58,17 @@ class Run:
         return tuple((k, json.dumps(ck.get(k), sort_keys=True)) for k in COMPARISON_FIELDS)
 
     @property
+    def row_config(self) -> dict:
+        """algorithm_config plus the train/generation settings the run changed against its preset (summary
+        `settings`; runs written before it have none)."""
+        changed = self.summary.get("settings") or {}
+        return {**self.algorithm_config, **{k: v for k, v in changed.items() if k.split(".")[0] in ROW_SECTIONS}}
+
+    @property
     def row_key(self) -> tuple[str, str, str]:
-        """Runs pooled as seeds in one row share preset, algorithm and algorithm_config (e.g. RLOO k=2 != k=4)."""
-        return self.preset, self.algorithm, json.dumps(self.algorithm_config, sort_keys=True)
+        """Runs pooled as seeds in one row share preset, algorithm and row_config (e.g. RLOO k=2 != k=4, and a run
+        at train.lr=1e-5 is not a seed of the preset's lr)."""
+        return self.preset, self.algorithm, json.dumps(self.row_config, sort_keys=True)
 
     def provenance(self, source: str) -> dict:
         return {"run_id": self.run_id, "config_hash": self.config_hash, "code_version": self.code_version,
@@ -252,18 +261,18 @@ def group_difference(groups: list[tuple[dict, list[Run]]]) -> str:
 
 
 def row_labels(runs: list[Run]) -> dict[tuple, str]:
-    """Row label = algorithm, plus the algorithm_config fields that distinguish it from its siblings (k=4)."""
+    """Row label = algorithm, plus the row_config fields that distinguish it from its siblings (k=4, train.lr=1e-05)."""
     by_algo: dict[tuple[str, str], list[dict]] = {}
     for run in runs:
         configs = by_algo.setdefault((run.preset, run.algorithm), [])
-        if run.algorithm_config not in configs:
-            configs.append(run.algorithm_config)
+        if run.row_config not in configs:
+            configs.append(run.row_config)
     labels = {}
     for (preset, algo), configs in by_algo.items():
         keys = sorted({k for c in configs for k in c})
         differing = [k for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1]
         for c in configs:
-            extra = ", ".join(f"{k}={c.get(k)}" for k in differing)
+            extra = ", ".join(f"{k}={c[k]}" if k in c else f"{k}=default" for k in differing)
             labels[(preset, algo, json.dumps(c, sort_keys=True))] = f"{algo} ({extra})" if extra else algo
     return labels
 

@@ -225,3 +225,32 @@ def resolve(preset: str = "tiny", overrides: dict | None = None) -> RunConfig:
     except ValidationError as e:
         raise invalid(e, "invalid config value") from None
     return cfg  # task and algorithm names are checked against their registries where they are used
+
+
+ROW_SECTIONS = ("train", "generation")  # a run that changes one of these is a row of its own in the report
+TABLE_SECTIONS = ("model", "task")  # another model or data set: a table of its own (its own SFT row)
+NOT_A_SETTING = ("model.cache_dir",)  # where files live changes no number
+
+
+def _dotted(data: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def changed_settings(cfg: RunConfig) -> dict:
+    """The run's settings of ROW_SECTIONS and TABLE_SECTIONS that differ from its preset's own (with the preset's
+    per-optimizer section), as dotted keys: what `--set` or a sweep grid changed, so that `harness report` never
+    pools a run at lr 1e-5 with the preset's lr as seeds of one row. {} when the preset is not a named one."""
+    try:
+        base = _dotted(resolve(cfg.preset, {"algo": cfg.algo}).model_dump())
+    except UserError:
+        return {}
+    mine = _dotted(cfg.model_dump())
+    return {k: v for k, v in mine.items() if k.split(".")[0] in ROW_SECTIONS + TABLE_SECTIONS
+            and k not in NOT_A_SETTING and base.get(k) != v}
+

@@ -16,7 +16,7 @@ from rich.table import Table
 from algorithms.base import Algorithm, make
 from evals.math import METRIC_KEYS as MATH_KEYS, evaluate_math
 from evals.tldr import KL_DEFINITION, evaluate_tldr
-from harness.config import RunConfig
+from harness.config import TABLE_SECTIONS, RunConfig, changed_settings
 from harness.contract import PREFERENCE_PAIRS
 from harness.errors import UserError
 from harness.experience import Budget
@@ -273,6 +273,7 @@ def run(cfg: RunConfig, console: Console | None = None, runtime: Runtime | None 
     trackers.finish()
     write_jsonl(run_dir.samples, samples)
     write_json(run_dir.evals / suite_file(cfg, data), final)  # tldr.json: what `harness eval RUN --suite tldr` writes
+    settings = changed_settings(cfg)  # what --set or a sweep grid changed against the preset
     summary = {"run_id": run_dir.path.name, "status": "completed", "algorithm": algo.name,
                "algorithm_config": algo.hyperparameters(),
                "objective": algo.objective(cfg.train.kl_coef), "task": cfg.task.name, "data_source": source,
@@ -281,9 +282,13 @@ def run(cfg: RunConfig, console: Console | None = None, runtime: Runtime | None 
                "processes": runtime.world_size,
                "finished_at": dt.datetime.now().isoformat(timespec="seconds"), "eval": final, "sft": sft,
                "budget": {**counters, "peak_memory_mb": round(peak_memory_mb(), 1)},
+               "settings": settings,
                "comparison_key": {"task": cfg.task.name, "data_source": source, "preset": cfg.preset,
                                   "judge": final["win_rate_judge"], "eval_temperature": cfg.eval.temperature,
                                   "kl_definition": KL_DEFINITION}}
+    other_setup = {k: v for k, v in settings.items() if k.split(".")[0] in TABLE_SECTIONS}
+    if other_setup:  # another model or data set than the preset's: never pooled with the preset's runs
+        summary["comparison_key"]["settings"] = other_setup
     if pairs is not None:
         summary["offline_pairs"] = pairs
     write_json(run_dir.summary, summary)

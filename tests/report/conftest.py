@@ -34,7 +34,7 @@ def write_run(root: Path, run_id: str, algorithm: str = "rebel", seed: int = 0, 
               win_rate: float | None = 0.5, rm_score: float = 1.0, kl: float = 10.0, sft: dict | None = None,
               algorithm_config: dict | None = None, comparison: dict | None = None, status: str = "completed",
               metrics: list[dict] | None = None, summary: bool = True, chat: dict | None = None,
-              open_llm: dict | None = None, response_length: float = 40.0) -> Path:
+              open_llm: dict | None = None, response_length: float = 40.0, settings: dict | None = None) -> Path:
     """One run directory with known numbers; `summary=False` leaves it incomplete (as after a crash)."""
     path = Path(root) / "runs" / run_id
     algorithm_config = {"eta": 1.0} if algorithm_config is None else algorithm_config
@@ -57,7 +57,7 @@ def write_run(root: Path, run_id: str, algorithm: str = "rebel", seed: int = 0, 
             "sft": sft if sft is not None else {"rm_score": -0.5, "kl": 0.0, "win_rate": 0.25, "response_length": 35.0},
             "budget": {"prompts": 384, "responses": 768, "rm_queries": 768, "optimizer_steps": 24,
                        "wall_time_s": 60.0, "peak_memory_mb": 900.0},
-            "comparison_key": ck})
+            "comparison_key": ck, **({"settings": settings} if settings is not None else {})})
     if chat is not None:
         write_json(path / "evals" / "chat.json", chat)
     if open_llm is not None:

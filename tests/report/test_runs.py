@@ -97,6 +97,33 @@ def test_row_labels_name_the_differing_config(results):
     assert sorted(labels[r.row_key] for r in runs) == ["rebel", "rloo (k=2)", "rloo (k=4)"]
 
 
+def test_a_changed_training_setting_is_a_row_of_its_own_and_a_changed_model_a_group(results):
+    """A run at train.lr=1e-5 is not a seed of the preset's lr (before `settings` was recorded the report kept only
+    the later of two such runs as 'same row and seed'); a run on another model is another comparison."""
+    write_run(results, "base", seed=0)
+    write_run(results, "slow", seed=0, settings={"train.lr": 1e-5})
+    write_run(results, "slow1", seed=1, settings={"train.lr": 1e-5})
+    write_run(results, "big", seed=0, settings={"model.tiny.hidden_size": 192},
+              comparison={"settings": {"model.tiny.hidden_size": 192}})
+    runs, skipped = load_runs([results])
+    assert not skipped and len(runs) == 4
+    groups = comparison_groups(runs)
+    assert sorted(len(m) for _, m in groups) == [1, 3] and "settings" in group_difference(groups)
+    main = next(m for _, m in groups if len(m) == 3)
+    labels = row_labels(main)
+    assert sorted({labels[r.row_key] for r in main}) == ["rebel (train.lr=1e-05)", "rebel (train.lr=default)"]
+    assert len({r.row_key for r in main if r.run_id.startswith("slow")}) == 1  # two seeds of one row
+
+
+def test_changed_settings_are_what_differs_from_the_preset():
+    from harness.config import changed_settings, parse_overrides, resolve
+
+    cfg = resolve("tiny", parse_overrides(["train.lr=1e-5", "model.cache_dir=/x", "eval.prompts=8", "algo.eta=2"]))
+    assert changed_settings(cfg) == {"train.lr": 1e-5}  # cache dir changes no number; eval and algo have own homes
+    assert changed_settings(resolve("tiny")) == {}
+    assert changed_settings(resolve("arith", parse_overrides(["model.tiny.layers=4"]))) == {"model.tiny.layers": 4}
+
+
 def test_budget_cut_picks_the_last_iteration_within_budget(results):
     metrics = default_metrics(n_iter=6, final_score=6.0, final_kl=60.0, final_win=0.6, eval_every=2)
     write_run(results, "a", metrics=metrics)
