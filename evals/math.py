@@ -15,11 +15,10 @@ from __future__ import annotations
 import torch
 
 from evals.pass_at_k import DEFAULT_KS, summary
-from evals.tldr import KL_DEFINITION
+from evals.tldr import KL_DEFINITION, sampled_chunks
 from harness.distributed import Runtime
 from harness.examples import Example
-from harness.experience import encode_queries
-from harness.rollout import sample, truncate_after_eos
+from harness.rollout import truncate_after_eos
 from harness.scoring import has_eos, sequence_logprobs
 from harness.tasks.verifier import verify
 from harness.tokens import decode_responses
@@ -45,16 +44,10 @@ def score_problems(policy, reference, tokenizer, examples: list[Example], *, max
     """One record per problem: its `samples` sampled responses (text, correct, no_answer, extracted, eos, length,
     kl) and its greedy response."""
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    device = next(policy.parameters()).device
-    generator = torch.Generator(device).manual_seed(seed)  # the same sampling noise for every policy evaluated
-    was_training = policy.training
-    policy.eval()
     records: list[dict] = []
-    for start in range(0, len(examples), chunk):
-        batch = examples[start : start + chunk]
-        query = encode_queries(batch, tokenizer, max_prompt_tokens, device)
-        raw = sample(policy, query, max_new_tokens, temperature, pad, generator, group=samples)
-        response, mask = truncate_after_eos(raw, eos, pad)
+    for batch, query, response, mask in sampled_chunks(policy, tokenizer, examples, max_prompt_tokens=max_prompt_tokens,
+                                                       max_new_tokens=max_new_tokens, temperature=temperature,
+                                                       seed=seed, chunk=chunk, group=samples):
         kl = (sequence_logprobs(policy, query, response, mask, pad, kl_temperature, group=samples).sum
               - sequence_logprobs(reference, query, response, mask, pad, kl_temperature, group=samples).sum)
         texts, ended = decode_responses(response, mask, tokenizer), has_eos(response, mask, eos).tolist()
@@ -70,7 +63,6 @@ def score_problems(policy, reference, tokenizer, examples: list[Example], *, max
             g = verify(g_texts[i], ex.answer)
             records.append({"samples": rows, "greedy": {"response": g_texts[i], "correct": g.correct if g_ended[i]
                                                         else 0.0, "extracted": g.extracted, "eos": g_ended[i]}})
-    policy.train(was_training)
     return records
 
 

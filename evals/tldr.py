@@ -17,22 +17,36 @@ from harness.tokens import decode_responses
 KL_DEFINITION = "masked_sequence_sum"
 
 
+def sampled_chunks(policy, tokenizer, examples: list[Example], *, max_prompt_tokens: int, max_new_tokens: int,
+                   temperature: float, seed: int, chunk: int, group: int = 1):
+    """The evaluations' sampling loop: chunks of examples -> (examples, query, response, mask), `group` responses per
+    example cut after EOS, from one seeded generator (the same sampling noise for every policy evaluated), the
+    policy in eval mode meanwhile."""
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    device = next(policy.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed)
+    was_training = policy.training
+    policy.eval()
+    try:
+        for start in range(0, len(examples), chunk):
+            batch = examples[start : start + chunk]
+            query = encode_queries(batch, tokenizer, max_prompt_tokens, device)
+            raw = sample(policy, query, max_new_tokens, temperature, pad, generator, group=group)
+            yield (batch, query, *truncate_after_eos(raw, eos, pad))
+    finally:
+        policy.train(was_training)
+
+
 @torch.no_grad()
 def score_responses(policy, reference, reward_model, tokenizer, examples: list[Example], *, max_prompt_tokens: int,
                     max_new_tokens: int, temperature: float, kl_temperature: float, seed: int = 1234,
                     chunk: int = 64, rule: ScoreRule = ScoreRule(missing_eos_score=None)) -> list[dict]:
     """Sample one response per example at `temperature`; its text, RM score, KL (both estimates), length, EOS."""
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    device = next(policy.parameters()).device
-    generator = torch.Generator(device).manual_seed(seed)  # the same sampling noise for every policy evaluated
-    was_training = policy.training
-    policy.eval()
     records: list[dict] = []
-    for start in range(0, len(examples), chunk):
-        batch = examples[start : start + chunk]
-        query = encode_queries(batch, tokenizer, max_prompt_tokens, device)
-        raw = sample(policy, query, max_new_tokens, temperature, pad, generator)
-        response, mask = truncate_after_eos(raw, eos, pad)
+    for batch, query, response, mask in sampled_chunks(policy, tokenizer, examples, max_prompt_tokens=max_prompt_tokens,
+                                                       max_new_tokens=max_new_tokens, temperature=temperature,
+                                                       seed=seed, chunk=chunk):
         pi = sequence_logprobs(policy, query, response, mask, pad, kl_temperature, keep_logits=True)
         ref = sequence_logprobs(reference, query, response, mask, pad, kl_temperature, keep_logits=True)
         columns = {"response": decode_responses(response, mask, tokenizer),
@@ -40,7 +54,6 @@ def score_responses(policy, reference, reward_model, tokenizer, examples: list[E
                    "kl": (pi.sum - ref.sum).tolist(), "kl_exact": exact_kl(pi.logits, ref.logits, mask).tolist(),
                    "length": mask.sum(-1).tolist(), "eos": has_eos(response, mask, eos).tolist()}
         records += [dict(zip(columns, row)) for row in zip(*columns.values())]
-    policy.train(was_training)
     return records
 
 
