@@ -248,7 +248,8 @@ def verdict_sentence(name_a: str, name_b: str, result: Comparison, adjusted: tup
     Holm's first (strictest) step, so it is what the family-wide claim needs in the worst case."""
     f = lambda x: "nan" if not math.isfinite(x) else f"{x:+.{decimals}f}"  # noqa: E731
     g = lambda x: "nan" if not math.isfinite(x) else f"{x:.{decimals}f}"  # noqa: E731
-    head = f"{name_a} vs {name_b}: {f(result.mean_diff)} {unit} [{g(result.low)}, {g(result.high)}]"
+    ci = f" [{g(result.low)}, {g(result.high)}]" if math.isfinite(result.low) and math.isfinite(result.high) else ""
+    head = f"{name_a} vs {name_b}: {f(result.mean_diff)} {unit}{ci}"  # one seed a side: a difference, no interval
     adj_p, reject = adjusted
     if not math.isfinite(adj_p):
         return f"{head}, not tested ({result.note or 'no p-value'})"

@@ -79,7 +79,10 @@ def verdict_table(preset: str, scores: dict[str, dict[Hashable, float]], sources
                f"with Holm over the {m} tested pairs at alpha {alpha:.2g}. Seeds for {POWER:.0%} power: the paired "
                f"seeds that would detect the observed difference with the observed spread at alpha {alpha:.2g}/{m} "
                f"(Holm's strictest step; paired t power, never below the sign-flip test's floor 2/2^n <= alpha), "
-               f"itself an estimate from n seeds.")
+               f"itself an estimate from n seeds." if m else
+               f"Every pair of optimizer rows of preset {preset} on {what}, as better vs worse: the difference of "
+               f"their means. No pair could be tested (each sentence below says why): run two or more of the same "
+               f"seeds for every optimizer.")
     n_min = min((st["n"] for st in (r[1].stats for r in rows) if st["paired"]), default=0)
     if n_min and 2 / 2 ** n_min > alpha / max(m, 1):
         caption += (f" With {n_min} paired seeds the smallest p the exact test can give is 2/2^{n_min} = "

@@ -98,6 +98,8 @@ def test_verdict_sentence():
     assert "not significant after Holm correction over 36 pairs" in s and "seeds for 80% power" in s
     assert "significant after Holm" in compare.verdict_sentence("A", "B", r, (0.001, True), 2, unit="%")
     assert "not tested" in compare.verdict_sentence("A", "B", r, (float("nan"), False), 2)
+    single = compare.paired_difference({0: 20.1}, {0: 19.9}, reps=50)  # one seed a side: no interval to print
+    assert compare.verdict_sentence("A", "B", single, (float("nan"), False), 0).startswith("A vs B: +0.2 points, not")
 
 
 # ---------------------------------------------------------------------------------------------------------------
