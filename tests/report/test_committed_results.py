@@ -1,25 +1,31 @@
-"""The committed reference results (results/tiny/) are what their committed runs give: Table 1 rebuilt from
-results/tiny/runs equals results/tiny/report/tables/table1.csv, and every run in it completed on the tiny preset."""
+"""The committed reference results are what their committed runs give: the main table rebuilt from each result
+set's runs equals its committed CSV (results/tiny: Table 1; results/arith: the pass@k table), and every run in it
+completed on the set's preset, with seeds 0, 1, 2 of every registered optimizer."""
 from pathlib import Path
+
+import pytest
 
 import harness.app.report as report
 from evals import tables
 from harness.store import read_json
 
-RESULTS = Path(__file__).resolve().parents[2] / "results" / "tiny"
+RESULTS = Path(__file__).resolve().parents[2] / "results"
+SETS = [("tiny", "table1.csv"), ("arith", "math_arith.csv")]  # (preset = folder, its main table)
 
 
-def test_committed_table1_is_what_the_committed_runs_give(tmp_path, monkeypatch):
-    monkeypatch.setattr(report, "_poi_tables", lambda *a, **k: [])  # only Table 1 is compared (saves time)
-    sections, skipped, _ = report.build([RESULTS / "runs"], report.Options(out=tmp_path, plots=False))
+@pytest.mark.parametrize("preset,table", SETS)
+def test_committed_table_is_what_the_committed_runs_give(preset, table, tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "_poi_tables", lambda *a, **k: [])  # only the main table is compared (saves time)
+    sections, skipped, _ = report.build([RESULTS / preset / "runs"], report.Options(out=tmp_path, plots=False))
     assert not skipped and len(sections) == 1
     rebuilt = tables.to_csv(sections[0].tables[0])
-    assert rebuilt == (RESULTS / "report" / "tables" / "table1.csv").read_bytes().decode("utf-8")
+    assert rebuilt == (RESULTS / preset / "report" / "tables" / table).read_bytes().decode("utf-8")
 
 
-def test_committed_runs_are_complete_tiny_runs_of_every_optimizer():
-    summaries = [read_json(p) for p in sorted((RESULTS / "runs").glob("*/summary.json"))]
-    assert all(s["status"] == "completed" and s["preset"] == "tiny" for s in summaries)
+@pytest.mark.parametrize("preset", [p for p, _ in SETS])
+def test_committed_runs_are_complete_runs_of_every_optimizer(preset):
+    summaries = [read_json(p) for p in sorted((RESULTS / preset / "runs").glob("*/summary.json"))]
+    assert all(s["status"] == "completed" and s["preset"] == preset for s in summaries)
     seeds: dict[str, set] = {}
     for s in summaries:
         seeds.setdefault(s["algorithm"], set()).add(s["seed"])
