@@ -10,17 +10,17 @@ summary (a re-evaluation).
 from __future__ import annotations
 
 from evals.runs import Run, is_math_run, math_file
-from evals.tables import Metric, Row, Table, _dig, few_seeds_note, numeric_table, sft_and_optimizer_rows
+from evals.tables import Metric, Row, Table, field_getter, few_seeds_note, numeric_table, sft_and_optimizer_rows
 
 # pass@k is ranked (higher is better); KL, length and the no-answer share are what a policy paid or how it answers,
 # not better or worse per se, so they are not ranked
-MATH_METRICS = [Metric("pass@1", "pass@1 (%)", _dig("pass@1"), 100, 1),
-                Metric("pass@4", "pass@4 (%)", _dig("pass@4"), 100, 1),
-                Metric("pass@8", "pass@8 (%)", _dig("pass@8"), 100, 1),
-                Metric("greedy_pass@1", "Greedy pass@1 (%)", _dig("greedy_pass@1"), 100, 1),
-                Metric("kl", "KL(π‖π_ref)", _dig("kl"), 1, 2, None),
-                Metric("response_length", "Length (tokens)", _dig("response_length"), 1, 1, None),
-                Metric("no_answer_frac", "No answer (%)", _dig("no_answer_frac"), 100, 1, None)]
+MATH_METRICS = [Metric("pass@1", "pass@1 (%)", field_getter("pass@1"), 100, 1),
+                Metric("pass@4", "pass@4 (%)", field_getter("pass@4"), 100, 1),
+                Metric("pass@8", "pass@8 (%)", field_getter("pass@8"), 100, 1),
+                Metric("greedy_pass@1", "Greedy pass@1 (%)", field_getter("greedy_pass@1"), 100, 1),
+                Metric("kl", "KL(π‖π_ref)", field_getter("kl"), 1, 2, None),
+                Metric("response_length", "Length (tokens)", field_getter("response_length"), 1, 1, None),
+                Metric("no_answer_frac", "No answer (%)", field_getter("no_answer_frac"), 100, 1, None)]
 COMPARED = ("pass@1", "pass@4", "pass@8", "greedy_pass@1")  # the metrics P(improvement) and the verdicts may use
 MATCHED_METRICS = (("pass@1", "pass@1 (%)", 100.0, 1),)  # as evals.matched_kl.MATCHED_METRICS
 SETTINGS = ("n", "samples_per_problem", "temperature")  # what makes two evaluations comparable

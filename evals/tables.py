@@ -49,7 +49,8 @@ class Metric:
     higher_is_better: bool | None = True
 
 
-def _dig(*path: str) -> Callable[[dict], float | None]:
+def field_getter(*path: str) -> Callable[[dict], float | None]:
+    """A reader of one number at `path` in a summary dict (None when absent or not a number)."""
     def get(d: dict) -> float | None:
         for p in path:
             d = d.get(p) if isinstance(d, dict) else None
@@ -57,27 +58,27 @@ def _dig(*path: str) -> Callable[[dict], float | None]:
     return get
 
 
-TLDR_METRICS = [Metric("win_rate", "Win rate (%)", _dig("win_rate"), 100, 1),
-                Metric("rm_score", "RM score", _dig("rm_score"), 1, 2),
-                Metric("kl", "KL(π‖π_ref)", _dig("kl"), 1, 1, None)]
+TLDR_METRICS = [Metric("win_rate", "Win rate (%)", field_getter("win_rate"), 100, 1),
+                Metric("rm_score", "RM score", field_getter("rm_score"), 1, 2),
+                Metric("kl", "KL(π‖π_ref)", field_getter("kl"), 1, 1, None)]
 
 
 def _open_llm_average(d: dict) -> float | None:
     """Mean of the six tasks when all are present (computed, not trusted), else the file's own average."""
-    tasks = [_dig("open_llm", "tasks", t)(d) for t in OPEN_LLM_TASKS]
+    tasks = [field_getter("open_llm", "tasks", t)(d) for t in OPEN_LLM_TASKS]
     if all(v is not None for v in tasks):
         return sum(tasks) / len(tasks)
-    return _dig("open_llm", "average")(d)
+    return field_getter("open_llm", "average")(d)
 
 
 OPEN_LLM_TASKS = ("mmlu", "gsm8k", "arc_challenge", "winogrande", "truthfulqa_mc2", "hellaswag")
-CHAT_METRICS = [Metric("mmlu", "MMLU", _dig("open_llm", "tasks", "mmlu"), 100, 1),
-                Metric("mt1", "MT-Bench turn 1", _dig("chat", "mt_bench", "turn_1"), 1, 2),
-                Metric("mt2", "MT-Bench turn 2", _dig("chat", "mt_bench", "turn_2"), 1, 2),
-                Metric("mt_avg", "MT-Bench avg", _dig("chat", "mt_bench", "average"), 1, 2),
-                Metric("lc", "AlpacaEval LC (%)", _dig("chat", "alpaca_eval", "lc_win_rate"), 100, 1),
-                Metric("wr", "AlpacaEval WR (%)", _dig("chat", "alpaca_eval", "win_rate"), 100, 1)]
-OPEN_LLM_METRICS = [Metric(t, h, _dig("open_llm", "tasks", t), 100, 1) for t, h in
+CHAT_METRICS = [Metric("mmlu", "MMLU", field_getter("open_llm", "tasks", "mmlu"), 100, 1),
+                Metric("mt1", "MT-Bench turn 1", field_getter("chat", "mt_bench", "turn_1"), 1, 2),
+                Metric("mt2", "MT-Bench turn 2", field_getter("chat", "mt_bench", "turn_2"), 1, 2),
+                Metric("mt_avg", "MT-Bench avg", field_getter("chat", "mt_bench", "average"), 1, 2),
+                Metric("lc", "AlpacaEval LC (%)", field_getter("chat", "alpaca_eval", "lc_win_rate"), 100, 1),
+                Metric("wr", "AlpacaEval WR (%)", field_getter("chat", "alpaca_eval", "win_rate"), 100, 1)]
+OPEN_LLM_METRICS = [Metric(t, h, field_getter("open_llm", "tasks", t), 100, 1) for t, h in
                     zip(OPEN_LLM_TASKS, ("MMLU", "GSM8K", "ARC", "Winogrande", "TruthfulQA", "HellaSwag"))] + [
                     Metric("average", "Average", _open_llm_average, 100, 1)]
 
