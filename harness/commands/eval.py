@@ -1,6 +1,6 @@
 """`harness eval TARGET --suite tldr|chat|open-llm|math`: evaluate a finished run's policy (or any model) and write
-the suite files `harness report` reads. The suites themselves live in harness/app/evaluate.py; this module only wires
-options."""
+the suite files `harness report` reads. The suites themselves live in harness/app/evaluate.py (tldr, math) and
+harness/app/evaluate_chat.py (chat, open-llm); this module only wires options."""
 from __future__ import annotations
 
 from typing import Optional
@@ -86,6 +86,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from harness.app import evaluate as suites
+        from harness.app import evaluate_chat
         from harness.store import cache_root
 
         console = Console(stderr=True)
@@ -103,7 +104,7 @@ def register(app: typer.Typer) -> None:
 
             Endpoint.resolve(judge_model, judge_base_url)
         for name in chosen:  # every suite's hub assets before a model loads (tldr, math: in run_tldr, run_math)
-            suites.check_suite_assets(name, tgt, alpaca_reference=alpaca_reference,
+            evaluate_chat.check_suite_assets(name, tgt, alpaca_reference=alpaca_reference,
                                       mt_bench_questions=mt_bench_questions, hub_cache_dir=hub_cache_dir,
                                       include_path=include_path, tasks=task_list, log=console.print)
         console.print(f"[bold]evaluating[/] {tgt.model} -> {tgt.out_dir}")
@@ -118,13 +119,13 @@ def register(app: typer.Typer) -> None:
                 result = suites.run_math(tgt, prompts=prompts, temperature=temperature, reference=reference,
                                          source=source, preset=preset, task=task, log=console.print)
             elif name == "chat":
-                result = suites.run_chat(tgt, judge_model=judge_model, judge_base_url=judge_base_url,
+                result = evaluate_chat.run_chat(tgt, judge_model=judge_model, judge_base_url=judge_base_url,
                                          alpaca_reference=alpaca_reference, mt_bench_questions=mt_bench_questions,
                                          mt_bench_references=mt_bench_references, limit=limit, annotator=annotator,
                                          hub_cache_dir=hub_cache_dir, max_new_tokens=max_new_tokens, device=device,
                                          cache_dir=judge_cache or cache_root(None) / "judge", log=console.print)
             else:
-                result = suites.run_open_llm_suite(tgt, include_path=include_path, limit=limit, tasks=task_list,
+                result = evaluate_chat.run_open_llm_suite(tgt, include_path=include_path, limit=limit, tasks=task_list,
                                                    device=device, log=console.print)
             console.print(suites.describe(name, result), markup=False, highlight=False)
         console.print(f"[bold]written[/] {tgt.out_dir}")
