@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_serializer, model_validator
 
 from harness.errors import UserError, invalid
 
@@ -39,6 +39,18 @@ class TinyRecipe(Strict):
     length_buckets: int = Field(0, ge=0, description="0: random batches; N > 1: batches of similar length drawn "
                                 "from runs of N batches (less padding; harness/tasks/tiny.py)")
     seed: int = 0
+    posts: Literal["standard", "hard"] = Field("standard", description="the synthetic stand-in's profile the build "
+                                               "trains on (task.source synthetic / synthetic-hard)")
+
+    @model_serializer(mode="wrap")
+    def _without_standard_posts(self, handler):
+        """`posts` is left out of a dump while it is "standard": every hash of a dumped recipe or run config (the
+        build's cache key, run ids, the SFT-baseline cache, the arith build's key) stays what it was before the field
+        existed, so cached builds and committed runs stay valid; a hard recipe hashes to keys of its own."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("posts") == "standard":
+            del data["posts"]
+        return data
 
 
 class LoraSettings(Strict):
@@ -82,7 +94,7 @@ class ModelSettings(Strict):
 
 class TaskSettings(Strict):
     name: str = "tldr"
-    source: str = Field("auto", description="auto | hub | synthetic | a local directory")
+    source: str = Field("auto", description="auto | hub | synthetic | synthetic-hard | a local directory")
     dataset: str | None = Field(None, description="hub data set of prompts (tldr: SFT prompts and references; chat: "
                                 "prompts); None: the task's default")
     preference_dataset: str | None = Field(None, description="hub data set of preference pairs (tldr); None: the "
@@ -224,7 +236,24 @@ def resolve(preset: str = "tiny", overrides: dict | None = None) -> RunConfig:
         cfg = RunConfig.model_validate(data)
     except ValidationError as e:
         raise invalid(e, "invalid config value") from None
+    check_tiny_posts(cfg)
     return cfg  # task and algorithm names are checked against their registries where they are used
+
+
+POSTS_OF_SOURCE = {"synthetic": "standard", "synthetic-hard": "hard", "auto": "standard"}  # auto: its fallback
+
+
+def check_tiny_posts(cfg: RunConfig) -> None:
+    """builtin:tiny is built on one profile of the synthetic posts (model.tiny.posts); a TL;DR run on the stand-in
+    must train and evaluate on the same profile, or its SFT policy and reward model would meet posts they never saw
+    and the run would measure that, not the optimizer. Hub and directory sources are the user's choice."""
+    expected = POSTS_OF_SOURCE.get(cfg.task.source)
+    if cfg.model.policy != "builtin:tiny" or cfg.task.name != "tldr" or expected in (None, cfg.model.tiny.posts):
+        return
+    means = "falls back to" if cfg.task.source == "auto" else "means"
+    raise UserError(f"task.source {cfg.task.source} {means} the stand-in's {expected} posts, but model.tiny.posts is "
+                    f"{cfg.model.tiny.posts}: the tiny model must be built on the posts it trains and evaluates on; "
+                    f"use --preset tiny-hard for the hard posts, or set task.source and model.tiny.posts to match")
 
 
 ROW_SECTIONS = ("train", "generation")  # a run that changes one of these is a row of its own in the report

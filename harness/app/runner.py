@@ -24,6 +24,7 @@ from harness.app.catalogue import preflight_run
 from harness.models import Models, load_models, peak_memory_mb
 from harness.tasks.checked_pairs import cached_pairs
 from harness.tasks.tiny import resolve_paths
+from harness.tasks.tldr import SYNTHETIC_SOURCES
 from harness.store import RunDir, code_version, config_hash, read_json, writable_cache_root, write_json, write_jsonl
 from harness import checkpoint, tasks
 from harness.distributed import Runtime
@@ -161,7 +162,7 @@ def describe(cfg: RunConfig, algo: Algorithm, models: Models, data: TaskData, ju
                   + (f" - {escape(cfg.description)}" if cfg.description else ""))
     reward = models.origin["reward_model"] if data.reward is None else f"the task's {data.reward.name} (no reward model)"
     console.print(f"[bold]reward[/]     {reward}")
-    source_note = " (SYNTHETIC stand-in, not the real TL;DR data)" if data.source == "synthetic" else ""
+    source_note = " (SYNTHETIC stand-in, not the real TL;DR data)" if data.source in SYNTHETIC_SOURCES else ""
     console.print(f"[bold]data[/]       {cfg.task.name} from {data.source}{source_note}: {len(data.sft_train)} training prompts, "
                   f"{len(held_out(cfg, data))} held-out prompts ({cfg.eval.selection} of {cfg.eval.split})")
     judge_note = "none: win rate not computed (configure eval.judge=openai)" if judge is None else judge.name

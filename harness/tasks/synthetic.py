@@ -4,12 +4,17 @@ Each post hides three key facts (who, what happened, what the poster asks) among
 that mention *other* people and events. A good summary names the three key facts, nothing else, briefly, and ends.
 References are written like human TL;DRs: they often miss a fact, sometimes ramble or pick up a distractor, so the
 SFT policy that imitates them leaves headroom that RL against an imperfect reward model can (partly) recover.
+
+Two difficulty profiles (`generate(..., profile=)`): "standard" (the above; its rows are pinned by digests in
+tests/test_tldr_task.py) and "hard": five key facts (who, event, when, where, ask) in longer posts with two
+distractor people, a distractor time and a distractor place, so a summary must pick the right facts among similar
+ones. The tiny preset saturates on "standard" within ~20 iterations; "hard" is meant to leave longer headroom.
 """
 from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 VERSION = 2  # bump when generated data change: cached presets built on them are then rebuilt
 LABELLER_LENGTH_BIAS = 0.05  # per word: labellers lean toward longer summaries, which the gold reward penalises
@@ -29,18 +34,50 @@ FILLER = ["i am 24 and work in retail.", "we have known each other for five year
           "i tried to ignore it at first.", "my job keeps me busy most days.", "english is not my first language."]
 REMARK = ["says it is not a big deal.", "thinks i am overreacting.", "told me to let it go.", "is on my side."]
 RAMBLE = ["idk", "long story", "it is complicated", "anyway", "not sure what to think", "help"]
+# The hard profile's extra fact pools. No value is a substring of another value, of a WHO/EVENT value or of a
+# filler sentence: the gold reward finds facts by substring, so an overlap would count one fact as another.
+WHEN = ["last month", "two days ago", "on new year's eve", "last weekend", "yesterday", "three weeks ago",
+        "over the summer", "on thanksgiving", "this morning", "in january"]
+WHERE = ["at work", "at a party", "at my parents' house", "at the gym", "at a wedding", "at school", "at the airport",
+         "on vacation", "at dinner", "at the mall"]
+HARD_FILLER = FILLER + ["i have been thinking about this a lot.", "we still text most days.",
+                        "money has been tight lately.", "i do not want to make things worse.",
+                        "my therapist is away this month.", "i know this sounds petty."]
+PROFILES = ("standard", "hard")
 
 
 @dataclass(frozen=True)
 class Facts:
+    """An example's facts. The fields after distractor_event belong to the hard profile: empty ("") on standard
+    rows, whose facts dicts never carry them (rows written before they existed load unchanged)."""
     who: str
     event: str
     ask: str
     distractor_who: str
     distractor_event: str
+    when: str = ""
+    where: str = ""
+    distractor_who2: str = ""
+    distractor_event2: str = ""
+    distractor_when: str = ""
+    distractor_where: str = ""
 
     def key(self) -> list[str]:
-        return [self.who, self.event, self.ask]
+        """The facts a good summary names: who, event, (when, where,) ask."""
+        return [fact for fact in (self.who, self.event, self.when, self.where, self.ask) if fact]
+
+    def as_row(self) -> dict:
+        """The row's "facts" dict: the set fields only, so a standard row keeps its five keys."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name)}
+
+    @property
+    def profile(self) -> str:
+        return "hard" if self.when else "standard"
+
+
+def ideal_summary(f: Facts) -> str:
+    """All key facts, nothing else (leading space, as a response is held): the gold reward's length yardstick."""
+    return " " + " ".join(x for x in (f.who, f.event, f.where, f.when) if x) + f". {f.ask}?"
 
 
 def sample_facts(rng: random.Random) -> Facts:
@@ -99,11 +136,18 @@ def gold_reward(summary: str, f: Facts, terminated: bool = True) -> float:
     if not terminated:
         return -1.0
     s = " ".join(summary.lower().split())
-    coverage = sum(fact in s for fact in f.key()) / 3
-    wrong = sum(w in s for w in WHO if w != f.who) + sum(e in s for e in EVENT if e != f.event)
-    ideal_words = len(f"{f.who} {f.event}. {f.ask}?".split())
+    key = f.key()
+    coverage = sum(fact in s for fact in key) / len(key)
+    wrong = sum(value in s for pool, right in _fact_pools(f) for value in pool if value != right)
+    ideal_words = len(ideal_summary(f).split())
     verbosity = 0.04 * max(0, len(s.split()) - ideal_words - 1)
     return coverage - 0.5 * wrong - verbosity
+
+
+def _fact_pools(f: Facts) -> list[tuple[list[str], str]]:
+    """(pool, right value) of each fact kind a summary can get wrong; when/where only where the example has them."""
+    pools = [(WHO, f.who), (EVENT, f.event)]
+    return pools + [(pool, right) for pool, right in ((WHEN, f.when), (WHERE, f.where)) if right]
 
 
 def labeller_utility(summary: str, f: Facts) -> float:
@@ -132,23 +176,95 @@ class StandInGold:
         return bradley_terry_prob(gold_a, gold_b, BT_TEMPERATURE)
 
 
-def generate(n: int, seed: int, bt_temperature: float = BT_TEMPERATURE) -> list[dict]:
-    """n synthetic rows, each with the post, a reference summary, a gold-labelled preference pair and its facts."""
+def generate(n: int, seed: int, bt_temperature: float = BT_TEMPERATURE, profile: str = "standard") -> list[dict]:
+    """n synthetic rows of a profile ("standard" or "hard"), each with the post, a reference summary, a gold-labelled
+    preference pair and its facts."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    sample, post_of, summary_of = ((sample_facts, write_post, write_summary) if profile == "standard" else
+                                   (sample_hard_facts, write_hard_post, write_hard_summary))
+    prefix = "synthetic" if profile == "standard" else f"synthetic-{profile}"
     rng = random.Random(seed)
     rows = []
     for i in range(n):
-        facts = sample_facts(rng)
-        post = write_post(facts, rng)
+        facts = sample(rng)
+        post = post_of(facts, rng)
         # Preference candidates span a wider quality range than the references, as the policies in the real data did.
-        a, b = (write_summary(facts, rng, p_fact=rng.uniform(0.3, 0.95), p_ask=rng.uniform(0.2, 0.9),
-                              p_distract=rng.uniform(0, 0.5), p_ramble=rng.uniform(0.2, 0.8)) for _ in range(2))
+        a, b = (summary_of(facts, rng, p_fact=rng.uniform(0.3, 0.95), p_ask=rng.uniform(0.2, 0.9),
+                           p_distract=rng.uniform(0, 0.5), p_ramble=rng.uniform(0.2, 0.8)) for _ in range(2))
         p_a = bradley_terry_prob(labeller_utility(a, facts), labeller_utility(b, facts), bt_temperature)
         chosen, rejected = (a, b) if rng.random() < p_a else (b, a)
-        rows.append({"id": f"synthetic-{seed}-{i}", **post, "summary": write_summary(facts, rng),
-                     "chosen": chosen, "rejected": rejected,
-                     "facts": {"who": facts.who, "event": facts.event, "ask": facts.ask,
-                               "distractor_who": facts.distractor_who, "distractor_event": facts.distractor_event}})
+        rows.append({"id": f"{prefix}-{seed}-{i}", **post, "summary": summary_of(facts, rng),
+                     "chosen": chosen, "rejected": rejected, "facts": facts.as_row()})
     return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The hard profile: five key facts, two distractor people, a distractor time and place, longer posts.
+
+def sample_hard_facts(rng: random.Random) -> Facts:
+    who, d_who, d_who2 = rng.sample(WHO, 3)
+    event, d_event, d_event2 = rng.sample(EVENT, 3)
+    when, d_when = rng.sample(WHEN, 2)
+    where, d_where = rng.sample(WHERE, 2)
+    return Facts(who, event, rng.choice(ASK), d_who, d_event, when=when, where=where, distractor_who2=d_who2,
+                 distractor_event2=d_event2, distractor_when=d_when, distractor_where=d_where)
+
+
+def _hard_key_sentences(f: Facts, rng: random.Random) -> list[str]:
+    """Who, event, when and where: in one sentence, or the place in a sentence of its own (to be placed apart)."""
+    together = [f"{f.when} {f.who} {f.event} {f.where}.", f"{f.who} {f.event} {f.where} {f.when} and i do not know "
+                f"how to feel.", f"{f.when}, {f.where}, {f.who} {f.event}."]
+    apart = [f"so {f.when} {f.who} {f.event}.", f"{f.who} {f.event} {f.when}, out of nowhere."]
+    if rng.random() < 0.5:
+        return [rng.choice(together)]
+    return [rng.choice(apart), rng.choice([f"it happened {f.where}.", f"we were {f.where} when it happened."])]
+
+
+def _hard_distractors(f: Facts, rng: random.Random) -> list[str]:
+    """Both distractor people with their own events, one with the distractor time, one with the distractor place,
+    and 0-2 remarks: the same kinds of facts as the key ones, so naming the right ones takes reading."""
+    first = rng.choice([f"{f.distractor_who} {f.distractor_event} {f.distractor_when}, but that was different.",
+                        f"{f.distractor_when} {f.distractor_who} {f.distractor_event} too.",
+                        f"{f.distractor_who} {f.distractor_event} {f.distractor_when} and i got over it."])
+    second = rng.choice([f"{f.distractor_who2} {f.distractor_event2} {f.distractor_where} once.",
+                         f"{f.distractor_where} {f.distractor_who2} {f.distractor_event2}, which was worse.",
+                         f"{f.distractor_who2} also {f.distractor_event2} {f.distractor_where}."])
+    remarks = [f"{who} {rng.choice(REMARK)}" for who in (f.distractor_who, f.distractor_who2)]
+    return [first, second] + rng.sample(remarks, rng.randint(0, 2))
+
+
+def write_hard_post(f: Facts, rng: random.Random) -> dict:
+    """A longer post: 3-6 filler sentences and the distractors, the key sentence(s) anywhere among them, the ask
+    last."""
+    body = rng.sample(HARD_FILLER, rng.randint(3, 6)) + _hard_distractors(f, rng)
+    rng.shuffle(body)
+    for sentence in _hard_key_sentences(f, rng):
+        body.insert(rng.randint(0, len(body)), sentence)
+    ask = rng.choice([f"{f.ask}?", f"honestly, {f.ask}?", f"so {f.ask}?"])
+    title = rng.choice([f"{_cap(f.who)} {f.event}", f"Need advice about {f.who}", "Not sure what to do",
+                        f"{_cap(f.who)} {f.event} {f.when}", "Long post, need advice"])
+    return {"subreddit": rng.choice(SUBREDDITS), "title": title, "post": " ".join(_cap(s) for s in body + [ask])}
+
+
+def write_hard_summary(f: Facts, rng: random.Random, p_fact: float = 0.75, p_ask: float = 0.4,
+                       p_distract: float = 0.25, p_ramble: float = 0.5, p_detail: float | None = None) -> str:
+    """A human-like TL;DR of a hard post: as `write_summary`, and the place and time each kept with p_detail
+    (default two thirds of p_fact: people leave the circumstances out more often than who and what)."""
+    p_detail = 2 * p_fact / 3 if p_detail is None else p_detail
+    who = f.who if rng.random() < p_fact else rng.choice(["someone", "this person", "they"])
+    head = f"{who} {f.event}" if rng.random() < p_fact else f"{who} did something" if rng.random() < 0.5 else who
+    details = [x for x in (f.where, f.when) if rng.random() < p_detail]
+    parts = [" ".join([head, *details])]
+    if rng.random() < p_distract:
+        parts.append(rng.choice([f"{f.distractor_who} {f.distractor_event}",
+                                 f"{f.distractor_who2} {f.distractor_event2}",
+                                 f"{f.distractor_who2} {f.distractor_event2} {f.distractor_where}",
+                                 f"{f.distractor_who} is involved"]))
+    if rng.random() < p_ramble:
+        parts.extend(rng.sample(RAMBLE, rng.randint(1, 3)))
+    text = ", ".join(parts)
+    return " " + text + (f". {f.ask}?" if rng.random() < p_ask else ".")
 
 
 def facts_of(row: dict) -> Facts:

@@ -27,7 +27,7 @@ from harness.errors import UserError
 from harness.models import named_paths
 from harness.store import cache_root, config_hash, write_json
 from harness.tasks import synthetic
-from harness.tasks.tldr import load_task
+from harness.tasks.tldr import load_task, synthetic_source
 from harness.examples import TaskData, format_prompt, truncate_prompt
 from harness.tokens import encode_responses, left_pad
 
@@ -44,9 +44,14 @@ class TinyPaths:
     info = property(lambda self: self.root / "build_info.json")
 
 
+def recipe_key(recipe: TinyRecipe) -> str:
+    """The build's cache key. A standard-posts recipe dumps without its `posts` field (TinyRecipe's serializer), so
+    its key is the one it had before hard posts existed; a hard recipe gets a key of its own."""
+    return config_hash({"recipe": recipe.model_dump(), "build_version": BUILD_VERSION, "data": synthetic.VERSION})
+
+
 def ensure_tiny(recipe: TinyRecipe, cache_dir: str | None = None, log=print) -> TinyPaths:
-    key = config_hash({"recipe": recipe.model_dump(), "build_version": BUILD_VERSION, "data": synthetic.VERSION})
-    return ensure_built("tiny", key, lambda out: build(recipe, out, log), cache_dir, log)
+    return ensure_built("tiny", recipe_key(recipe), lambda out: build(recipe, out, log), cache_dir, log)
 
 
 def ensure_built(name: str, key: str, build_into, cache_dir: str | None = None, log=print) -> TinyPaths:
@@ -230,7 +235,7 @@ def build(recipe: TinyRecipe, out: TinyPaths, log=print) -> None:
     torch.manual_seed(recipe.seed)
     random.seed(recipe.seed)
     rng = torch.Generator().manual_seed(recipe.seed)
-    data = load_task("synthetic")
+    data = load_task(synthetic_source(recipe.posts))  # the stand-in's profile the recipe names
     lap("data")
     tokenizer = train_tokenizer(data, recipe.vocab_size)
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id

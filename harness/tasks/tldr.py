@@ -1,7 +1,8 @@
 """TL;DR summarisation (Stiennon et al. 2020, as preprocessed for the REBEL paper's code).
 
 Data sources: the hub data sets the paper's code uses, a local directory in the same (flat) schema, or the
-synthetic stand-in (harness.tasks.synthetic), which also carries a gold reward for offline win rates.
+synthetic stand-in (harness.tasks.synthetic), which also carries a gold reward for offline win rates: `synthetic`
+(its standard posts) or `synthetic-hard` (its hard profile: five key facts, longer posts, more distractors).
 
 Response texts (reference, chosen, rejected) are held as " " + text with no EOS, whatever the source: the prompt
 ends in "TL;DR:" and every sampled summary starts with a space token, and `encode_responses` appends the one EOS.
@@ -14,7 +15,7 @@ import json
 import os
 import random
 import sys
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 from harness.assets import Asset
@@ -37,10 +38,17 @@ LOCAL_OPTIONAL = {"sft_test": "sft_test.jsonl"}  # absent: evaluation falls back
 # Insertion order fixes each split's generator seed (0, 1, ...): append new splits, never reorder (committed
 # results depend on the first four being bit-identical).
 SYNTHETIC_SIZES = {"sft_train": 20000, "sft_eval": 1000, "pref_train": 20000, "pref_eval": 1000, "sft_test": 1000}
+SYNTHETIC_SOURCES = {"synthetic": "standard", "synthetic-hard": "hard"}  # task.source -> the stand-in's profile
 
 
 ROW_FIELDS = {"sft": ("summary",), "preference": ("chosen", "rejected")}  # besides subreddit, title, post
 FACT_FIELDS = {f.name for f in fields(synthetic.Facts)}
+REQUIRED_FACT_FIELDS = {f.name for f in fields(synthetic.Facts) if f.default is MISSING}  # a standard row's five
+
+
+def synthetic_source(posts: str) -> str:
+    """The task.source of the stand-in's profile `posts` ("standard" -> synthetic, "hard" -> synthetic-hard)."""
+    return next(source for source, profile in SYNTHETIC_SOURCES.items() if profile == posts)
 
 
 def split_kind(split: str) -> str:
@@ -99,8 +107,10 @@ def _row_problem(values: dict, required: tuple[str, ...], facts) -> str | None:
             return f"{k!r} must be a string, got {type(values[k]).__name__}"
         if not values[k].strip():
             return f"{k!r} is empty"
-    if facts is not None and not (isinstance(facts, dict) and set(facts) == FACT_FIELDS):
-        return f"'facts' must be an object with keys {', '.join(sorted(FACT_FIELDS))} (or be left out)"
+    if facts is not None and not (isinstance(facts, dict) and REQUIRED_FACT_FIELDS <= set(facts) <= FACT_FIELDS):
+        optional = sorted(FACT_FIELDS - REQUIRED_FACT_FIELDS)
+        return (f"'facts' must be an object with keys {', '.join(sorted(REQUIRED_FACT_FIELDS))} and optionally "
+                f"{', '.join(optional)} (or be left out)")
     return None
 
 
@@ -158,14 +168,15 @@ def _read_split(f: Path, kind: str) -> list[Example]:
     return rows
 
 
-def _synthetic_rows() -> dict[str, list[dict]]:
+def _synthetic_rows(profile: str = "standard") -> dict[str, list[dict]]:
     """The stand-in's fixed splits: each split has its own generator seed, so they never share a post."""
-    return {split: synthetic.generate(n, seed=i) for i, (split, n) in enumerate(SYNTHETIC_SIZES.items())}
+    return {split: synthetic.generate(n, seed=i, profile=profile)
+            for i, (split, n) in enumerate(SYNTHETIC_SIZES.items())}
 
 
-def _synthetic() -> dict[str, list[Example]]:
-    return {split: [example_from_row(r, "synthetic", split_kind(split)) for r in rows]
-            for split, rows in _synthetic_rows().items()}
+def _synthetic(source: str = "synthetic") -> dict[str, list[Example]]:
+    return {split: [example_from_row(r, source, split_kind(split)) for r in rows]
+            for split, rows in _synthetic_rows(SYNTHETIC_SOURCES[source]).items()}
 
 
 def hub_examples(rows, name: str, split: str, shown: str | None = None) -> list[Example]:
@@ -212,10 +223,11 @@ def resolve_source(source: str) -> str:
         print("!! The Hugging Face hub is not reachable: using the SYNTHETIC TL;DR stand-in (offline data with a "
               "programmatic gold reward). Numbers are not comparable with the paper's.", file=sys.stderr)
         return "synthetic"
-    if source in ("hub", "synthetic"):
+    if source == "hub" or source in SYNTHETIC_SOURCES:
         return source
     if not Path(source).is_dir():
-        raise UserError(f"task.source must be auto, hub, synthetic or an existing directory; got {source!r}")
+        raise UserError(f"task.source must be auto, hub, synthetic or an existing directory (or synthetic-hard, the "
+                        f"stand-in's hard posts); got {source!r}")
     return str(Path(source).resolve())
 
 
@@ -225,7 +237,7 @@ def load_task(source: str, dataset: str | None = None, preference_dataset: str |
     if source == "hub":
         splits = _hub(sft=dataset, preference=preference_dataset)
     else:
-        splits = _synthetic() if source == "synthetic" else _read_local(Path(source))
+        splits = _synthetic(source) if source in SYNTHETIC_SOURCES else _read_local(Path(source))
     with_facts = all(ex.facts for ex in splits["sft_eval"] + splits.get("sft_test", []))
     note = None if splits.get("sft_test") else (
         f"{source} has no {LOCAL_OPTIONAL['sft_test']}: evaluation prompts come from the validation split")
@@ -259,12 +271,13 @@ def eval_indices(size: int, n: int, seed: int) -> list[int]:
     return sorted(order[:n])
 
 
-def export_synthetic(path: Path) -> None:
-    """Write the stand-in in the local-directory schema (handy as a template for your own data)."""
+def export_synthetic(path: Path, profile: str = "standard") -> None:
+    """Write the stand-in (of `profile`: standard or hard) in the local-directory schema (handy as a template for
+    your own data)."""
     from harness.store import write_jsonl
 
     path.mkdir(parents=True, exist_ok=True)
-    for split, rows in _synthetic_rows().items():
+    for split, rows in _synthetic_rows(profile).items():
         write_jsonl(path / {**LOCAL_FILES, **LOCAL_OPTIONAL}[split], rows)
 
 
