@@ -218,7 +218,7 @@ def dry_run(cfg: RunConfig) -> Plan:
             f" and the public Pythia shape ({counts.layers} layers x {counts.hidden})" if counts.hidden else "")
         trained = ("trainable unknown, left out below" if counts.trainable is None
                    else f"{counts.trainable / 1e6:,.1f}M trainable")
-        critic = (f"; the critic trains the same again on the reward model" if algo.needs_critic and cfg.model.lora
+        critic = ("; the critic trains the same again on the reward model" if algo.needs_critic and cfg.model.lora
                   else "; the critic trains all of the reward model" if algo.needs_critic else "")
         plan.add("parameters", f"{counts.total / 1e6:,.1f}M total, {trained} ({counts.note}; {how}){critic}")
         if counts.trainable is not None:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from rich.progress import Progress
 
 from harness.config import ModelSettings, TinyRecipe
@@ -238,7 +237,7 @@ def build(recipe: TinyRecipe, out: TinyPaths, log=print) -> None:
     data = load_task(synthetic_source(recipe.posts))  # the stand-in's profile the recipe names
     lap("data")
     tokenizer = train_tokenizer(data, recipe.vocab_size)
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id
     lap("tokenizer")
     policy = new_policy(recipe, tokenizer)
     info: dict = {"recipe": recipe.model_dump(), "build_version": BUILD_VERSION,
