@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
                                                    "directory or hub name (required)"),
         reference: Optional[str] = typer.Option(None, "--reference", help="tldr, math on a model: the KL reference "
                                                 "(e.g. its SFT model; default: the model itself, KL 0)"),
-        source: Optional[str] = typer.Option(None, "--source", help="tldr on a model: data auto | hub | synthetic | "
+        source: Optional[str] = typer.Option(None, "--source", help="tldr on a model: data auto | hub | synthetic | synthetic-hard | "
                                              "DIR; math on a model: gsm8k rows hub | DIR | FILE (default hub)"),
         preset: Optional[str] = typer.Option(None, "--preset", help="tldr, math on a model: take prompt/generation/"
                                              "eval settings from this preset (math: default the task's own)"),

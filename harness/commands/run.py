@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
                                              "default: the task's own, tiny for tldr, arith for arith and gsm8k)"),
         seed: int = typer.Option(0, "--seed", "-s"),
         iterations: Optional[int] = typer.Option(None, "--iterations", "-n", help="training iterations"),
-        source: Optional[str] = typer.Option(None, "--source", help="data: auto | hub | synthetic | DIR"),
+        source: Optional[str] = typer.Option(None, "--source", help="data: auto | hub | synthetic | synthetic-hard | DIR"),
         output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help="parent of the run directory"),
         run_id: Optional[str] = typer.Option(None, "--run-id", help="name of the run directory"),
         set_: list[str] = typer.Option([], "--set", help="override any config key: train.lr=1e-4, algo.eta=0.5"),
