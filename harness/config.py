@@ -240,7 +240,8 @@ def resolve(preset: str = "tiny", overrides: dict | None = None) -> RunConfig:
     return cfg  # task and algorithm names are checked against their registries where they are used
 
 
-POSTS_OF_SOURCE = {"synthetic": "standard", "synthetic-hard": "hard", "auto": "standard"}  # auto: its fallback
+SYNTHETIC_SOURCES = {"synthetic": "standard", "synthetic-hard": "hard"}  # task.source -> the stand-in's profile
+POSTS_OF_SOURCE = {**SYNTHETIC_SOURCES, "auto": "standard"}  # auto: the standard posts are its offline fallback
 
 
 def check_tiny_posts(cfg: RunConfig) -> None:

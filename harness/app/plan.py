@@ -182,7 +182,7 @@ def dry_run(cfg: RunConfig) -> Plan:
             plan.problems.append(f"data: not in the local cache and the hub is not reachable "
                                  f"(`python -m harness prepare --preset {cfg.preset}` fetches it)")
     else:
-        from harness.tasks.tldr import SYNTHETIC_SOURCES  # synthetic, synthetic-hard: generated offline
+        from harness.config import SYNTHETIC_SOURCES  # synthetic, synthetic-hard: generated offline
 
         present = source in SYNTHETIC_SOURCES or Path(source).exists() or cfg.task.name == "chat" and source == "hub"
         plan.add("data", f"{cfg.task.name} from {source}" + (f" ({cfg.task.dataset})" if cfg.task.dataset else ""))

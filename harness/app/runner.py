@@ -16,7 +16,7 @@ from rich.table import Table
 from algorithms.base import Algorithm, make
 from evals.math import METRIC_KEYS as MATH_KEYS, evaluate_math
 from evals.tldr import KL_DEFINITION, evaluate_tldr
-from harness.config import TABLE_SECTIONS, RunConfig, changed_settings
+from harness.config import SYNTHETIC_SOURCES, TABLE_SECTIONS, RunConfig, changed_settings
 from harness.contract import PREFERENCE_PAIRS
 from harness.errors import UserError
 from harness.experience import Budget
@@ -24,7 +24,6 @@ from harness.app.catalogue import preflight_run
 from harness.models import Models, load_models, peak_memory_mb
 from harness.tasks.checked_pairs import cached_pairs
 from harness.tasks.tiny import resolve_paths
-from harness.tasks.tldr import SYNTHETIC_SOURCES
 from harness.store import RunDir, code_version, config_hash, read_json, writable_cache_root, write_json, write_jsonl
 from harness import checkpoint, tasks
 from harness.distributed import Runtime

@@ -19,6 +19,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from harness.assets import Asset
+from harness.config import SYNTHETIC_SOURCES  # task.source -> the stand-in's profile: one home
 from harness.errors import UserError
 from harness.examples import Example, TaskData
 from harness.tasks import Task, register
@@ -38,7 +39,6 @@ LOCAL_OPTIONAL = {"sft_test": "sft_test.jsonl"}  # absent: evaluation falls back
 # Insertion order fixes each split's generator seed (0, 1, ...): append new splits, never reorder (committed
 # results depend on the first four being bit-identical).
 SYNTHETIC_SIZES = {"sft_train": 20000, "sft_eval": 1000, "pref_train": 20000, "pref_eval": 1000, "sft_test": 1000}
-SYNTHETIC_SOURCES = {"synthetic": "standard", "synthetic-hard": "hard"}  # task.source -> the stand-in's profile
 
 
 ROW_FIELDS = {"sft": ("summary",), "preference": ("chosen", "rejected")}  # besides subreddit, title, post
