@@ -14,6 +14,9 @@ one: it enumerates all 2^n sign vectors when 2^n <= 10000, else draws `reps` of 
 still valid). The price is honest discreteness: its smallest two-sided p is 2/2^n, so 5 seeds can never reach
 p < 0.05 and 36 Holm-corrected pairs need 11 seeds at least; `seeds_needed` accounts for that floor.
 Seeds that do not overlap at all fall back to an unpaired label-permutation test, flagged `paired=False`.
+The alternative, `test="t"`, is the paired t-test (Welch's t-test unpaired): it assumes the per-seed differences are
+roughly normal and in exchange has no floor, so 5 seeds can decide a difference that is large against its spread.
+A report names the test it used; docs/report.md says when to prefer which.
 
 Why Holm: a report compares every pair of algorithms on several metrics; Holm's step-down controls the family-wise
 error rate under any dependence between the tests and is uniformly more powerful than Bonferroni.
@@ -30,6 +33,7 @@ import numpy as np
 from scipy import stats as sps
 
 MAX_EXACT = 10000  # enumerate the permutation distribution when it has at most this many elements
+TESTS = ("sign-flip", "t")  # the per-pair tests: exact sign-flip permutation (no assumption), paired t (normality)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -131,6 +135,25 @@ def sign_flip_p(diffs, reps: int = 2000, seed: int = 0):
     return float(p) if d.ndim == 1 else p
 
 
+def paired_t_p(diffs):
+    """Two-sided paired t-test p-value of mean(diffs) = 0 (df n-1). Vectorised like sign_flip_p. All-equal
+    non-zero differences give p = 0 (t is infinite); all-zero differences give p = 1."""
+    d = np.asarray(diffs, dtype=float)
+    n = d.shape[-1]
+    if n < 2:
+        return math.nan if d.ndim == 1 else np.full(d.shape[:-1], np.nan)
+    mean, se = d.mean(axis=-1), d.std(axis=-1, ddof=1) / math.sqrt(n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(se > 0, np.abs(mean) / np.where(se > 0, se, 1.0), np.where(mean != 0, np.inf, 0.0))
+    p = 2 * sps.t.sf(t, n - 1)
+    return float(p) if d.ndim == 1 else p
+
+
+def _check_test(test: str) -> None:
+    if test not in TESTS:
+        raise ValueError(f"test must be one of {', '.join(TESTS)}, not {test!r}")
+
+
 def _label_permutation_p(x: np.ndarray, y: np.ndarray, reps: int, rng) -> tuple[float, str]:
     pooled, na, total = np.concatenate([x, y]), x.size, x.size + y.size
     exact = math.comb(total, na) <= MAX_EXACT
@@ -151,11 +174,13 @@ def _clean(d: Mapping) -> dict:
 
 
 def paired_difference(a: Mapping[Hashable, float], b: Mapping[Hashable, float], reps: int = 2000, seed: int = 0,
-                      level: float = 0.95) -> Comparison:
+                      level: float = 0.95, test: str = "sign-flip") -> Comparison:
     """a - b from {seed: score} dicts. Paired over the seeds present in both when there are at least two: mean
-    difference, percentile-bootstrap CI over the paired seeds, Cohen's d_z, sign-flip permutation p. Otherwise
-    (seeds do not overlap) unpaired: difference of means, independent bootstrap of each side, label-permutation p,
-    flagged paired=False. Seeds in only one dict are ignored in the paired case and counted in `note`."""
+    difference, percentile-bootstrap CI over the paired seeds, Cohen's d_z, sign-flip permutation p (or, with
+    test="t", the paired t-test's). Otherwise (seeds do not overlap) unpaired: difference of means, independent
+    bootstrap of each side, label-permutation p (Welch's t with test="t"), flagged paired=False. Seeds in only one
+    dict are ignored in the paired case and counted in `note`."""
+    _check_test(test)
     a, b = _clean(a), _clean(b)
     rng = np.random.default_rng(seed)
     q = [50 * (1 - level), 50 * (1 + level)]
@@ -168,8 +193,9 @@ def paired_difference(a: Mapping[Hashable, float], b: Mapping[Hashable, float], 
         lo, hi = np.percentile(d[rng.integers(0, n, (reps, n))].mean(axis=1), q)
         exact = 2 ** n <= MAX_EXACT
         dropped = len(a) + len(b) - 2 * n
-        return Comparison(mean, float(lo), float(hi), n, dz, sign_flip_p(d, reps, seed), True,
-                          f"paired sign-flip permutation ({'exact' if exact else 'Monte-Carlo'})", len(a), len(b),
+        p, method = ((paired_t_p(d), "paired t-test") if test == "t" else
+                     (sign_flip_p(d, reps, seed), f"paired sign-flip permutation ({'exact' if exact else 'Monte-Carlo'})"))
+        return Comparison(mean, float(lo), float(hi), n, dz, p, True, method, len(a), len(b),
                           d, f"{dropped} unmatched seed(s) ignored" if dropped else "")
     x, y = np.array([a[s] for s in sorted(a, key=str)]), np.array([b[s] for s in sorted(b, key=str)])
     if x.size == 0 or y.size == 0:
@@ -185,9 +211,12 @@ def paired_difference(a: Mapping[Hashable, float], b: Mapping[Hashable, float], 
     boot = (x[rng.integers(0, x.size, (reps, x.size))].mean(axis=1)
             - y[rng.integers(0, y.size, (reps, y.size))].mean(axis=1))
     lo, hi = np.percentile(boot, q)
-    p, kind = _label_permutation_p(x, y, reps, rng)
-    return Comparison(mean, float(lo), float(hi), x.size + y.size, d, p, False, f"unpaired label permutation ({kind})",
-                      x.size, y.size, note=note)
+    if test == "t":
+        p, method = float(sps.ttest_ind(x, y, equal_var=False).pvalue), "unpaired Welch t-test"
+    else:
+        p, kind = _label_permutation_p(x, y, reps, rng)
+        method = f"unpaired label permutation ({kind})"
+    return Comparison(mean, float(lo), float(hi), x.size + y.size, d, p, False, method, x.size, y.size, note=note)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -219,11 +248,13 @@ def paired_t_power(n, dz: float, alpha: float = 0.05) -> np.ndarray:
     return sps.nct.sf(t, df, nc) + sps.nct.cdf(-t, df, nc)
 
 
-def seeds_needed(diffs, alpha: float = 0.05, power: float = 0.8, max_n: int = 1000) -> SeedsNeeded:
+def seeds_needed(diffs, alpha: float = 0.05, power: float = 0.8, max_n: int = 1000,
+                 test: str = "sign-flip") -> SeedsNeeded:
     """Paired seeds needed to detect the observed mean difference with `power` (two-sided, level alpha; pass
     alpha/m for the Holm worst case), from the observed d_z = mean / sd of the paired differences via the paired
-    t-test's noncentral t. Never fewer than the sign-flip test's floor: 2 / 2^n <= alpha. (None, reason) when the
-    mean difference is 0, fewer than two differences, or more than max_n seeds would be needed."""
+    t-test's noncentral t. For the sign-flip test, never fewer than its floor: 2 / 2^n <= alpha. (None, reason) when
+    the mean difference is 0, fewer than two differences, or more than max_n seeds would be needed."""
+    _check_test(test)
     d = np.asarray(diffs, dtype=float)
     d = d[np.isfinite(d)]
     if d.size < 2:
@@ -231,9 +262,9 @@ def seeds_needed(diffs, alpha: float = 0.05, power: float = 0.8, max_n: int = 10
     mean, sd = float(d.mean()), float(d.std(ddof=1))
     if mean == 0:
         return SeedsNeeded(None, "the mean difference is 0: no number of seeds detects it")
-    floor = max(2, math.ceil(math.log2(2 / alpha)))
+    floor = max(2, math.ceil(math.log2(2 / alpha))) if test == "sign-flip" else 2
     if sd == 0:
-        return SeedsNeeded(floor, "no spread in the differences: only the sign-flip floor applies")
+        return SeedsNeeded(floor, f"no spread in the differences: only the {test} test's floor applies")
     ns = np.arange(2, max_n + 1)
     hit = np.nonzero(paired_t_power(ns, abs(mean) / sd, alpha) >= power)[0]
     if hit.size == 0:
@@ -242,7 +273,8 @@ def seeds_needed(diffs, alpha: float = 0.05, power: float = 0.8, max_n: int = 10
 
 
 def verdict_sentence(name_a: str, name_b: str, result: Comparison, adjusted: tuple[float, bool], n_pairs: int,
-                     unit: str = "points", decimals: int = 1, alpha: float = 0.05, power: float = 0.8) -> str:
+                     unit: str = "points", decimals: int = 1, alpha: float = 0.05, power: float = 0.8,
+                     test: str = "sign-flip") -> str:
     """One plain sentence, e.g. 'REBEL vs PPO: +1.2 points [-0.3, 2.6], not significant after Holm correction over
     36 pairs (p_adj=0.41, d=0.4; ~23 seeds for 80% power at alpha 0.05/36)'. The seed estimate uses alpha/n_pairs,
     Holm's first (strictest) step, so it is what the family-wide claim needs in the worst case."""
@@ -258,7 +290,7 @@ def verdict_sentence(name_a: str, name_b: str, result: Comparison, adjusted: tup
     if result.paired:
         detail += f", {result.n} paired seeds"
         if not reject:
-            need = seeds_needed(result.diffs, alpha / max(n_pairs, 1), power)
+            need = seeds_needed(result.diffs, alpha / max(n_pairs, 1), power, test=test)
             detail += (f"; ~{need.n} seeds for {power:.0%} power at alpha {alpha:g}/{n_pairs}" if need.n
                        else f"; {need.reason}")
     else:

@@ -3,7 +3,8 @@ all pairs of the table, with the seeds each pair would need; one table and one p
 
 Why a table of its own next to the probability of improvement: P(X > Y) says how often one seed beats another but,
 at 3-5 seeds, its percentile CI collapses to a point whenever one side wins every draw. The verdicts here test the
-mean paired difference exactly (sign-flip permutation, evals/compare.py), control the family-wise error over the
+mean paired difference (exactly by sign-flip permutation, or by the paired t-test with --test t; evals/compare.py),
+control the family-wise error over the
 m pairs of the table (Holm), and turn the observed spread into a number of seeds for 80% power, so a reader knows
 whether to buy seeds or stop. The arithmetic lives in evals/compare.py; this module only lays it out.
 """
@@ -17,21 +18,25 @@ from evals import compare
 from evals.tables import Cell, Table
 
 POWER = 0.8
+TEST_TEXT = {"sign-flip": "exact two-sided sign-flip permutation test (no distributional assumption)",
+             "t": "two-sided paired t-test (assumes roughly normal per-seed differences; Welch's t when no seeds "
+                  "are shared)"}
+FLOOR_TEXT = {"sign-flip": ", never below the sign-flip test's floor 2/2^n <= alpha", "t": ""}
 
 
-def _orient(a: str, b: str, scores: Mapping[str, Mapping], reps: int, seed: int, level: float):
+def _orient(a: str, b: str, scores: Mapping[str, Mapping], reps: int, seed: int, level: float, test: str):
     """(winner, loser, comparison) with a non-negative mean difference, so every sentence reads 'better vs worse'
-    (the sign-flip test is symmetric: the p-value does not depend on the order)."""
-    res = compare.paired_difference(scores[a], scores[b], reps, seed, level)
+    (both tests are symmetric: the p-value does not depend on the order)."""
+    res = compare.paired_difference(scores[a], scores[b], reps, seed, level, test)
     if math.isfinite(res.mean_diff) and res.mean_diff < 0:
-        return b, a, compare.paired_difference(scores[b], scores[a], reps, seed, level)
+        return b, a, compare.paired_difference(scores[b], scores[a], reps, seed, level, test)
     return a, b, res
 
 
-def _seeds_text(res: compare.Comparison, alpha: float) -> tuple[str, int | None]:
+def _seeds_text(res: compare.Comparison, alpha: float, test: str) -> tuple[str, int | None]:
     if not res.paired:
         return "n/a (no shared seeds)", None
-    need = compare.seeds_needed(res.diffs, alpha, POWER)
+    need = compare.seeds_needed(res.diffs, alpha, POWER, test=test)
     return (str(need.n), need.n) if need.n else (need.reason, None)
 
 
@@ -41,11 +46,12 @@ def _fmt(x: float, decimals: int, sign: bool = False) -> str:
 
 def verdict_table(preset: str, scores: dict[str, dict[Hashable, float]], sources: dict[str, list[dict]], what: str,
                   unit: str, decimals: int, level: float, reps: int, seed: int, name: str,
-                  budget_note: str = "") -> Table:
+                  budget_note: str = "", test: str = "sign-flip") -> Table:
     """`scores`: row label -> {seed: value, already scaled to `unit`}; `what` names the compared quantity for the
-    title and caption (e.g. 'win rate, final evaluation'). Rows sorted by Holm-adjusted p, then by pair."""
+    title and caption (e.g. 'win rate, final evaluation'); `test` one of compare.TESTS. Rows sorted by
+    Holm-adjusted p, then by pair."""
     alpha = 1 - level
-    pairs = [_orient(a, b, scores, reps, seed, level) for a, b in combinations(sorted(scores), 2)]
+    pairs = [_orient(a, b, scores, reps, seed, level, test) for a, b in combinations(sorted(scores), 2)]
     adjusted = compare.holm({(a, b): res.p_value for a, b, res in pairs}, alpha)
     m = sum(math.isfinite(p) for p, _ in adjusted.values())
     # strongest evidence first: adjusted p, then raw p (Holm ties many at 1), then the larger effect
@@ -59,7 +65,7 @@ def verdict_table(preset: str, scores: dict[str, dict[Hashable, float]], sources
         p_adj, reject = adjusted[(a, b)]
         srcs = sources[a] + sources[b]
         verdict = "not tested" if not math.isfinite(p_adj) else "significant" if reject else "not significant"
-        seeds, n_needed = _seeds_text(res, alpha / max(m, 1))
+        seeds, n_needed = _seeds_text(res, alpha / max(m, 1), test)
         st = {"a": a, "b": b, "mean_diff": res.mean_diff, "ci_low": res.low, "ci_high": res.high,
               "effect_size": res.effect_size, "n": res.n, "paired": res.paired, "p": res.p_value, "p_holm": p_adj,
               "significant": bool(reject), "pairs": m, "seeds_needed": n_needed, "method": res.method}
@@ -69,22 +75,23 @@ def verdict_table(preset: str, scores: dict[str, dict[Hashable, float]], sources
                      Cell(_fmt(res.effect_size, 1)), Cell(str(res.n) if res.paired else f"{res.n_a}+{res.n_b}"),
                      Cell(_fmt(res.p_value, 3)), Cell(_fmt(p_adj, 3), sources=srcs, stats=st),
                      Cell(verdict), Cell(seeds, sources=srcs, stats=st)])
-        sentences.append(compare.verdict_sentence(a, b, res, (p_adj, reject), m, unit, decimals, alpha, POWER) + ".")
+        sentences.append(compare.verdict_sentence(a, b, res, (p_adj, reject), m, unit, decimals, alpha, POWER,
+                                                  test) + ".")
         if math.isfinite(p_adj) and not reject:
             (needs if n_needed else short).append(n_needed)
     caption = (f"Every pair of optimizer rows of preset {preset} on {what}, as better vs worse: the mean of the "
                f"per-seed differences (runs of one seed share data order and initialisation) with a {pct} "
                f"percentile-bootstrap CI, d = Cohen's d_z (mean / sd of the differences; d with pooled sd when no "
-               f"seeds are shared), n = paired seeds, p = exact two-sided sign-flip permutation test, corrected "
+               f"seeds are shared), n = paired seeds, p = {TEST_TEXT[test]}, corrected "
                f"with Holm over the {m} tested pairs at alpha {alpha:.2g}. Seeds for {POWER:.0%} power: the paired "
                f"seeds that would detect the observed difference with the observed spread at alpha {alpha:.2g}/{m} "
-               f"(Holm's strictest step; paired t power, never below the sign-flip test's floor 2/2^n <= alpha), "
-               f"itself an estimate from n seeds." if m else
+               f"(Holm's strictest step; paired t power{FLOOR_TEXT[test]}), itself an estimate from n seeds."
+               if m else
                f"Every pair of optimizer rows of preset {preset} on {what}, as better vs worse: the difference of "
                f"their means. No pair could be tested (each sentence below says why): run two or more of the same "
                f"seeds for every optimizer.")
     n_min = min((st["n"] for st in (r[1].stats for r in rows) if st["paired"]), default=0)
-    if n_min and 2 / 2 ** n_min > alpha / max(m, 1):
+    if test == "sign-flip" and n_min and 2 / 2 ** n_min > alpha / max(m, 1):
         caption += (f" With {n_min} paired seeds the smallest p the exact test can give is 2/2^{n_min} = "
                     f"{2 / 2 ** n_min:.2g}, so no pair of this table can be significant after correction, "
                     f"whatever its difference: more seeds are the only remedy.")

@@ -30,6 +30,8 @@ class Options:
     reps: int = 2000
     seed: int = 0
     plots: bool = True
+    test: str = "sign-flip"  # the pairwise verdicts' test (evals.compare.TESTS)
+    verdict_family: list[str] | None = None  # row labels whose pairs the verdicts test; None = every row
 
 
 @dataclass
@@ -170,10 +172,18 @@ def _verdict_tables(runs, labels, obs, matched: dict, opts: Options, suffix: str
                 if isinstance(v, (int, float)) and math.isfinite(v):
                     scores.setdefault(labels[r.row_key], {})[r.seed] = float(v) * scale
                     sources.setdefault(labels[r.row_key], []).append(r.provenance(source(r)))
+            if opts.verdict_family:
+                missing = sorted(set(opts.verdict_family) - set(scores))
+                if missing:
+                    raise UserError(f"--verdict-family: no row {', '.join(missing)} in preset {preset}; its rows "
+                                    f"are {', '.join(sorted(scores))}")
+                scores = {k: v for k, v in scores.items() if k in opts.verdict_family}
+                note = (f"Family chosen with --verdict-family: only the pairs among {', '.join(sorted(scores))} "
+                        f"are tested and corrected for. " + note).strip()
             if len(scores) >= 2:
                 out.append(verdict_table(preset, dict(sorted(scores.items())), sources, f"{what}, {when}", unit,
                                          decimals, opts.level, opts.reps, opts.seed,
-                                         f"verdicts_{key}_{_slug(preset)}{suffix}", note))
+                                         f"verdicts_{key}_{_slug(preset)}{suffix}", note, opts.test))
     return out
 
 
@@ -287,7 +297,8 @@ def _bench_default(paths: list[Path]) -> Path | None:
 
 def report(paths: list[Path] | None, out: Path | None = None, budget_metric: str | None = None,
            budget: float | None = None, level: float = 0.95, poi_metric: str = "win_rate", x_metric: str = "prompts",
-           bench: Path | None = None, reps: int = 2000, seed: int = 0, no_plots: bool = False) -> None:
+           bench: Path | None = None, reps: int = 2000, seed: int = 0, no_plots: bool = False,
+           test: str = "sign-flip", verdict_family: list[str] | None = None) -> None:
     """`harness report`: check the options, build the sections, write the files, print the terminal rendering."""
     inputs = [Path(p) for p in (paths or [Path("results")])]
     for p in inputs:
@@ -295,10 +306,12 @@ def report(paths: list[Path] | None, out: Path | None = None, budget_metric: str
             raise UserError(f"{p} is not a directory: pass run directories or a results root")
     if (budget_metric is None) != (budget is None):
         raise UserError("--budget-metric and --budget go together: give both, or neither")
+    from evals.compare import TESTS
     poi_metric = poi_metric.replace("_at_", "@")  # pass_at_1 spells pass@1 without a shell-unfriendly character
     for name, value, choices in (("--budget-metric", budget_metric, BUDGET_CHOICES),
                                  ("--x-metric", x_metric, BUDGET_CHOICES),
-                                 ("--poi-metric", poi_metric, tuple(VERDICT_UNITS))):
+                                 ("--poi-metric", poi_metric, tuple(VERDICT_UNITS)),
+                                 ("--test", test, TESTS)):
         if value is not None and value not in choices:
             raise UserError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
     if not 0 < level < 1:
@@ -307,8 +320,11 @@ def report(paths: list[Path] | None, out: Path | None = None, budget_metric: str
         raise UserError("--reps must be at least 10")
     from harness.store import is_run_dir
     default_out = inputs[0] / "report" if len(inputs) == 1 and not is_run_dir(inputs[0]) else Path("report")
+    family = [f.strip() for f in verdict_family or [] if f.strip()]
+    if verdict_family is not None and len(set(family)) < 2:
+        raise UserError("--verdict-family needs at least two row labels, comma-separated (e.g. rebel,ppo,rloo)")
     opts = Options(out or default_out, budget_metric, budget, level, poi_metric, x_metric, bench, reps, seed,
-                   not no_plots)
+                   not no_plots, test, family or None)
     if bench is not None and not bench.is_file():
         raise UserError(f"--bench {bench} does not exist: pass the JSON written by `harness bench`")
     sections, skipped, notes = build(inputs, opts)

@@ -32,8 +32,16 @@ def register(app: typer.Typer) -> None:
         reps: int = typer.Option(2000, "--reps", help="Bootstrap resamples."),
         seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
         no_plots: bool = typer.Option(False, "--no-plots", help="Tables only."),
+        test: str = typer.Option("sign-flip", "--test", help="Pairwise test: sign-flip (exact, no assumption; "
+                                 "needs >= 11 seeds to pass Holm over 36 pairs) or t (paired t-test: assumes "
+                                 "normal per-seed differences, no seed floor)."),
+        verdict_family: Optional[str] = typer.Option(None, "--verdict-family", help="Comma-separated row labels "
+                                                     "(e.g. rebel,ppo,rloo): the verdicts test only the pairs among "
+                                                     "them, so Holm corrects over fewer pairs. Choose it before "
+                                                     "looking at the results."),
     ) -> None:
         """Tables (Markdown, CSV, LaTeX, HTML), figures and provenance from finished run directories."""
         from harness.app.report import report as make_report
 
-        make_report(paths, out, budget_metric, budget, level, poi_metric, x_metric, bench, reps, seed, no_plots)
+        make_report(paths, out, budget_metric, budget, level, poi_metric, x_metric, bench, reps, seed, no_plots,
+                    test, verdict_family.split(",") if verdict_family else None)

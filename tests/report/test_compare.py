@@ -160,3 +160,50 @@ def test_a_real_effect_end_to_end():
     assert (0, 1, 0) in found and found <= TRUE  # power is ~0.9 per real pair (measured above), so not all three
     sentence = compare.verdict_sentence("A0", "A1", res[(0, 1, 0)], adj[(0, 1, 0)], len(PAIRS))
     assert "A0 vs A1: +" in sentence and ", significant after Holm correction over 12 pairs" in sentence
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the paired t-test option: scipy's own implementation agrees, it has no floor, and it keeps the FWER at 5 seeds
+
+def test_paired_t_p_is_scipys_ttest_rel():
+    from scipy import stats
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(4, 5)), rng.normal(size=(4, 5))
+    assert compare.paired_t_p(a - b) == pytest.approx(stats.ttest_rel(a, b, axis=-1).pvalue)
+    r = compare.paired_difference(dict(enumerate(a[0])), dict(enumerate(b[0])), reps=50, test="t")
+    assert r.method == "paired t-test" and r.p_value == pytest.approx(stats.ttest_rel(a[0], b[0]).pvalue)
+    assert compare.paired_t_p([1.0, 1.0, 1.0]) == 0.0 and compare.paired_t_p([0.0, 0.0]) == 1.0
+    unpaired = compare.paired_difference({0: 1.0, 1: 2.0, 2: 2.5}, {5: 0.0, 6: 0.5}, reps=50, test="t")
+    assert unpaired.method == "unpaired Welch t-test" and not unpaired.paired
+    assert unpaired.p_value == pytest.approx(stats.ttest_ind([1.0, 2.0, 2.5], [0.0, 0.5], equal_var=False).pvalue)
+    with pytest.raises(ValueError, match="sign-flip, t"):
+        compare.paired_difference({0: 1.0}, {0: 2.0}, test="wilcoxon")
+
+
+def test_t_test_has_no_seed_floor():
+    diffs = [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]  # d_z = 2.24: the t power needs 4 seeds at 0.05, sign-flip's floor is 6
+    assert compare.paired_t_power(3, 2 / math.sqrt(0.8)) < 0.8 <= compare.paired_t_power(4, 2 / math.sqrt(0.8))
+    assert compare.seeds_needed(diffs, 0.05, test="t").n == 4
+    assert compare.seeds_needed(diffs, 0.05).n == 6
+    five = compare.paired_difference({s: 10 + d for s, d in enumerate(diffs[:5])}, {s: 10.0 for s in range(5)},
+                                     test="t")
+    assert five.p_value < 0.05 < compare.sign_flip_p(five.diffs)  # 5 seeds: t can decide, sign-flip never can
+
+
+def test_t_test_holm_controls_fwer_at_five_seeds_and_detects_a_large_effect():
+    rng = np.random.default_rng(77)
+    seeds, null_reps, effect_reps = 5, 1000, 200
+
+    def rejections(shift):
+        s = rng.normal(size=(1, METRICS, seeds)) + rng.normal(scale=math.sqrt(0.5), size=(ALGOS, METRICS, seeds))
+        s[0, 0] += shift
+        p = compare.paired_t_p(np.stack([s[i, m] - s[j, m] for i, j, m in PAIRS]))
+        return {k: reject for k, (_, reject) in compare.holm(dict(zip(PAIRS, p)), ALPHA).items()}
+
+    fwer = np.mean([any(rejections(0.0).values()) for _ in range(null_reps)])
+    hits = [rejections(4.0) for _ in range(effect_reps)]
+    detected = np.mean([h[k] for h in hits for k in TRUE])
+    bound = ALPHA + 2 * math.sqrt(ALPHA * (1 - ALPHA) / null_reps)
+    print(f"\npaired t, 5 seeds, Holm over 12: FWER {fwer:.3f} (bound {bound:.3f}); detection of d_z = 4 {detected:.3f}")
+    assert fwer <= bound
+    assert detected >= 0.7  # noncentral t: power at d_z 4, n 5, alpha 0.05/12 is ~0.8 at Holm's first step

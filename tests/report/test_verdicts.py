@@ -26,7 +26,7 @@ def test_verdict_table_two_rows_hand_values():
     # exact sign flip: only all-plus and all-minus reach |sum| = 12, p = 2 / 2^6; one pair, so Holm changes nothing
     assert st["p"] == pytest.approx(2 / 64) and st["p_holm"] == pytest.approx(2 / 64) and row[6].text == "significant"
     assert 1.0 <= st["ci_low"] < 2.0 < st["ci_high"] <= 3.0  # bootstrap means of the differences stay in [1, 3]
-    # d_z 2.2 needs ~5 seeds by the t power, but the sign-flip test cannot reach p < 0.05 below ceil(log2(40)) = 6
+    # d_z 2.2 needs 4 seeds by the t power, but the sign-flip test cannot reach p < 0.05 below ceil(log2(40)) = 6
     assert row[7].text == "6"
     assert t.notes[1].startswith("A vs B: +2.00 RM score [") and "significant after Holm correction over 1 pairs" in \
         t.notes[1]
@@ -120,6 +120,23 @@ def test_report_prints_matched_tables_sentences_and_seeds(known_effects):
     assert "Seeds for 80% power" in md and "not significant after Holm correction over 6 pairs" in printed
     assert "evaluations (SFT included) in the common KL range" not in md  # 8 evaluations: none is thin
     assert "P(row > column)" in md  # rliable's probability of improvement stays
+
+
+def test_t_test_and_a_chosen_family_of_pairs(known_effects, tmp_path):
+    root = known_effects[0].parent / "results"
+    res = invoke(root, "--out", tmp_path, "--reps", 50, "--no-plots", "--test", "t",
+                 "--verdict-family", "better,base,twin")
+    assert res.exit_code == 0, res.output
+    st = verdict(tmp_path, "final", "better", "base")
+    assert st["pairs"] == 3 and st["method"] == "paired t-test" and st["significant"]
+    assert not verdict(tmp_path, "final", "twin", "base")["significant"]
+    md = (tmp_path / "report.md").read_text()
+    assert "two-sided paired t-test" in md and "only the pairs among base, better, twin" in md
+    assert "drifter vs" not in md.split("Pairwise verdicts")[1]  # outside the family: not tested
+    bad = invoke(root, "--out", tmp_path, "--no-plots", "--verdict-family", "better,nosuch")
+    assert isinstance(bad.exception, UserError) and "no row nosuch" in str(bad.exception)
+    assert "at least two" in str(invoke(root, "--verdict-family", "better").exception)
+    assert "--test must be one of" in str(invoke(root, "--test", "wilcoxon").exception)
 
 
 # ---------------------------------------------------------------------------------------------------------------
