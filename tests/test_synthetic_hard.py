@@ -93,6 +93,25 @@ def test_load_task_synthetic_hard_carries_a_working_gold(monkeypatch):
     assert not {e.post for e in data.sft_train} & {e.post for e in tldr.load_task("synthetic").sft_train}
 
 
+def test_hard_candidates_name_wrong_facts_and_references_never_do():
+    """A preference candidate may name a wrong time (the post's distractor time, or one the post never mentions);
+    a reference never does. Without such pairs the reward model never learns that a wrong fact costs reward."""
+    rows = synthetic.generate(400, seed=5, profile="hard")
+    facts = [synthetic.facts_of(r) for r in rows]
+
+    def share(field, wrong_times):
+        return sum(any(t in r[field] for t in wrong_times(f)) for r, f in zip(rows, facts)) / len(rows)
+
+    post_time = lambda f: [f.distractor_when]  # noqa: E731
+    other_time = lambda f: [t for t in synthetic.WHEN if t not in (f.when, f.distractor_when)]  # noqa: E731
+    assert share("summary", post_time) == share("summary", other_time) == 0.0
+    for field in ("chosen", "rejected"):
+        assert 0.02 < share(field, post_time) < 0.3 and 0.02 < share(field, other_time) < 0.3
+    gold = lambda field: sum(gold_reward(r[field], f) for r, f in zip(rows, facts)) / len(rows)  # noqa: E731
+    assert gold("chosen") > gold("rejected") + 0.2  # the labels follow the gold reward, wrong facts included
+    assert synthetic.data_version("standard") == synthetic.VERSION != synthetic.data_version("hard")
+
+
 def test_standard_recipes_keep_their_cache_keys():
     """Keys computed by the code before `posts` existed: cached builds and committed runs stay valid."""
     from harness.tasks import arith_tiny

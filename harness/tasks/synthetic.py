@@ -17,6 +17,9 @@ import random
 from dataclasses import dataclass, fields
 
 VERSION = 2  # bump when generated data change: cached presets built on them are then rebuilt
+# The hard profile's own version on top of VERSION (so changing it leaves standard builds and their keys alone).
+# 2: preference candidates sometimes name a wrong person, event, time or place (`p_wrong`).
+HARD_VERSION = 2
 LABELLER_LENGTH_BIAS = 0.05  # per word: labellers lean toward longer summaries, which the gold reward penalises
 
 SUBREDDITS = ["relationships", "AskReddit", "personalfinance", "relationship_advice", "tifu", "dating_advice",
@@ -176,6 +179,12 @@ class StandInGold:
         return bradley_terry_prob(gold_a, gold_b, BT_TEMPERATURE)
 
 
+def data_version(profile: str) -> int | str:
+    """What a build's cache key records about the generated data of `profile`: VERSION alone for standard posts
+    (the key they always had), VERSION and HARD_VERSION for hard ones."""
+    return VERSION if profile == "standard" else f"{VERSION}.hard{HARD_VERSION}"
+
+
 def generate(n: int, seed: int, bt_temperature: float = BT_TEMPERATURE, profile: str = "standard") -> list[dict]:
     """n synthetic rows of a profile ("standard" or "hard"), each with the post, a reference summary, a gold-labelled
     preference pair and its facts."""
@@ -189,9 +198,11 @@ def generate(n: int, seed: int, bt_temperature: float = BT_TEMPERATURE, profile:
     for i in range(n):
         facts = sample(rng)
         post = post_of(facts, rng)
-        # Preference candidates span a wider quality range than the references, as the policies in the real data did.
+        # Preference candidates span a wider quality range than the references, as the policies in the real data did;
+        # on hard posts they also get facts wrong, as a policy does, so a reward model can learn that it matters.
+        wrong = {"p_wrong": rng.uniform(0.1, 0.6)} if profile == "hard" else {}
         a, b = (summary_of(facts, rng, p_fact=rng.uniform(0.3, 0.95), p_ask=rng.uniform(0.2, 0.9),
-                           p_distract=rng.uniform(0, 0.5), p_ramble=rng.uniform(0.2, 0.8)) for _ in range(2))
+                           p_distract=rng.uniform(0, 0.5), p_ramble=rng.uniform(0.2, 0.8), **wrong) for _ in range(2))
         p_a = bradley_terry_prob(labeller_utility(a, facts), labeller_utility(b, facts), bt_temperature)
         chosen, rejected = (a, b) if rng.random() < p_a else (b, a)
         rows.append({"id": f"{prefix}-{seed}-{i}", **post, "summary": summary_of(facts, rng),
@@ -247,14 +258,29 @@ def write_hard_post(f: Facts, rng: random.Random) -> dict:
     return {"subreddit": rng.choice(SUBREDDITS), "title": title, "post": " ".join(_cap(s) for s in body + [ask])}
 
 
+def _wrong(right: str, in_post: list[str], pool: list[str], rng: random.Random) -> str:
+    """A wrong value for a fact: half the time one the post mentions for someone else, else any other of its pool."""
+    return rng.choice(in_post) if rng.random() < 0.5 else rng.choice([v for v in pool if v != right])
+
+
 def write_hard_summary(f: Facts, rng: random.Random, p_fact: float = 0.75, p_ask: float = 0.4,
-                       p_distract: float = 0.25, p_ramble: float = 0.5, p_detail: float | None = None) -> str:
+                       p_distract: float = 0.25, p_ramble: float = 0.5, p_detail: float | None = None,
+                       p_wrong: float = 0.0) -> str:
     """A human-like TL;DR of a hard post: as `write_summary`, and the place and time each kept with p_detail
-    (default two thirds of p_fact: people leave the circumstances out more often than who and what)."""
+    (default two thirds of p_fact: people leave the circumstances out more often than who and what). With p_wrong
+    > 0 (preference candidates only), each named person, event, place and time is a wrong one with that
+    probability; with 0 no random number is drawn for it."""
     p_detail = 2 * p_fact / 3 if p_detail is None else p_detail
-    who = f.who if rng.random() < p_fact else rng.choice(["someone", "this person", "they"])
-    head = f"{who} {f.event}" if rng.random() < p_fact else f"{who} did something" if rng.random() < 0.5 else who
-    details = [x for x in (f.where, f.when) if rng.random() < p_detail]
+
+    def fact(right: str, in_post: list[str], pool: list[str]) -> str:
+        return _wrong(right, in_post, pool, rng) if p_wrong and rng.random() < p_wrong else right
+
+    who = (fact(f.who, [f.distractor_who, f.distractor_who2], WHO) if rng.random() < p_fact
+           else rng.choice(["someone", "this person", "they"]))
+    event = fact(f.event, [f.distractor_event, f.distractor_event2], EVENT)
+    head = f"{who} {event}" if rng.random() < p_fact else f"{who} did something" if rng.random() < 0.5 else who
+    details = [fact(right, [wrong], pool) for right, wrong, pool in
+               ((f.where, f.distractor_where, WHERE), (f.when, f.distractor_when, WHEN)) if rng.random() < p_detail]
     parts = [" ".join([head, *details])]
     if rng.random() < p_distract:
         parts.append(rng.choice([f"{f.distractor_who} {f.distractor_event}",

@@ -46,7 +46,8 @@ class TinyPaths:
 def recipe_key(recipe: TinyRecipe) -> str:
     """The build's cache key. A standard-posts recipe dumps without its `posts` field (TinyRecipe's serializer), so
     its key is the one it had before hard posts existed; a hard recipe gets a key of its own."""
-    return config_hash({"recipe": recipe.model_dump(), "build_version": BUILD_VERSION, "data": synthetic.VERSION})
+    return config_hash({"recipe": recipe.model_dump(), "build_version": BUILD_VERSION,
+                        "data": synthetic.data_version(recipe.posts)})
 
 
 def ensure_tiny(recipe: TinyRecipe, cache_dir: str | None = None, log=print) -> TinyPaths:
