@@ -95,6 +95,10 @@ def verdict_table(preset: str, scores: dict[str, dict[Hashable, float]], sources
         caption += (f" With {n_min} paired seeds the smallest p the exact test can give is 2/2^{n_min} = "
                     f"{2 / 2 ** n_min:.2g}, so no pair of this table can be significant after correction, "
                     f"whatever its difference: more seeds are the only remedy.")
+    if test == "t" and 2 <= n_min < 5:
+        caption += (f" With {n_min} paired seeds the t-test's spread is itself a guess from {n_min} numbers: a large "
+                    f"d (a spread that happened to be small) can make a small difference significant. Read these "
+                    f"verdicts as indicative, or use the default sign-flip test.")
     if budget_note:
         caption += " " + budget_note
     significant = sum(bool(r[5].stats["significant"]) for r in rows)

@@ -3,6 +3,7 @@ difference is detected, a null one and a drift-bought one at matched KL are not)
 budget axis."""
 import numpy as np
 import pytest
+from scipy import stats
 
 import harness.app.report as report
 from evals.verdicts import verdict_table
@@ -132,6 +133,11 @@ def test_t_test_and_a_chosen_family_of_pairs(known_effects, tmp_path):
     assert not verdict(tmp_path, "final", "twin", "base")["significant"]
     md = (tmp_path / "report.md").read_text()
     assert "two-sided paired t-test" in md and "only the pairs among base, better, twin" in md
+    assert "the t-test's spread is itself a guess" not in md  # 10 seeds
+    three = verdict_table("tiny", {"A": {0: 1.0, 1: 2.0, 2: 3.3}, "B": {0: 0.0, 1: 1.0, 2: 2.0}},
+                          {"A": [{}], "B": [{}]}, "pass@1, final", "points", 1, 0.95, 50, 0, "v", test="t")
+    assert "With 3 paired seeds the t-test's spread is itself a guess" in three.caption
+    assert three.rows[0][1].stats["p"] == pytest.approx(stats.ttest_rel([1.0, 2.0, 3.3], [0.0, 1.0, 2.0]).pvalue)
     assert "drifter vs" not in md.split("Pairwise verdicts")[1]  # outside the family: not tested
     bad = invoke(root, "--out", tmp_path, "--no-plots", "--verdict-family", "better,nosuch")
     assert isinstance(bad.exception, UserError) and "no row nosuch" in str(bad.exception)
