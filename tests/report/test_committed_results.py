@@ -1,6 +1,6 @@
 """The committed reference results are what their committed runs give: the main table rebuilt from each result
 set's runs equals its committed CSV (results/tiny: Table 1; results/arith: the pass@k table), and every run in it
-completed on the set's preset, with seeds 0, 1, 2 of every registered optimizer."""
+completed on the set's preset, with seeds 0, 1, 2 (arith: up to 4) of every registered optimizer."""
 from pathlib import Path
 
 import pytest
@@ -31,4 +31,6 @@ def test_committed_runs_are_complete_runs_of_every_optimizer(preset):
         seeds.setdefault(s["algorithm"], set()).add(s["seed"])
     from algorithms.base import names
 
-    assert set(seeds) == set(names()) and all(v == {0, 1, 2} for v in seeds.values())
+    assert set(seeds) == set(names()) and all({0, 1, 2} <= v <= set(range(5)) for v in seeds.values())
+    if preset == "arith":  # the family results/arith/sweep.yaml fixed before seeds 3-4 ran has all five
+        assert all(seeds[a] == set(range(5)) for a in ("rebel", "ppo", "rloo"))
