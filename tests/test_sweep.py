@@ -42,3 +42,13 @@ def test_sweep_runs_skips_finished_and_reports_failures(tmp_path, tiny_test_mode
     assert "invalid config value at train.lr" in log
     again = run_sweep(load_spec(f), echo=lambda *a: None)  # re-run: the finished run is skipped, the failed retried
     assert again["skipped"] == first["finished"] and again["failed"] == first["failed"] and not again["finished"]
+
+
+def test_local_workers_share_the_cores_unless_the_user_chose(monkeypatch):
+    from harness.app.sweep import worker_env
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    env = worker_env(2, {"PATH": "/bin"})
+    assert env == {"PATH": "/bin", "OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}
+    assert worker_env(16, {})["OMP_NUM_THREADS"] == "1"  # never zero threads
+    assert worker_env(2, {"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"  # the user's setting wins
