@@ -74,7 +74,7 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 def worker_env(workers: int, environ: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of one local worker: the cores shared out (cores // workers threads each, at least one)
     unless the user set the thread count. Why: torch takes every core in each process, and two processes each
-    spinning two OpenMP threads on two cores ran 3-45x slower per iteration than one thread each (measured on the
+    spinning two OpenMP threads on two cores ran 3-48x slower per iteration than one thread each (measured on the
     arith sweep, 2026-12-07)."""
     env = dict(os.environ if environ is None else environ)
     threads = str(max(1, (os.cpu_count() or 1) // workers))
