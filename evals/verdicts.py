@@ -40,6 +40,10 @@ def _seeds_text(res: compare.Comparison, alpha: float, test: str) -> tuple[str, 
     return (str(need.n), need.n) if need.n else (need.reason, None)
 
 
+def _span(values: list[int]) -> str:
+    return str(min(values)) if min(values) == max(values) else f"{min(values)}-{max(values)}"
+
+
 def _fmt(x: float, decimals: int, sign: bool = False) -> str:
     return "–" if not math.isfinite(x) else f"{x:+.{decimals}f}" if sign else f"{x:.{decimals}f}"
 
@@ -105,7 +109,7 @@ def verdict_table(preset: str, scores: dict[str, dict[Hashable, float]], sources
     summary = f"{preset}, {what}: {significant} of {m} tested pairs significant after Holm correction"
     if needs or short:
         summary += (f"; of the {len(needs) + len(short)} not significant, {len(needs)} would need "
-                    f"{min(needs)}-{max(needs)} paired seeds for {POWER:.0%} power" if needs else
+                    f"{_span(needs)} paired seeds for {POWER:.0%} power" if needs else
                     f"; none of the {len(short)} not significant has a seed count for {POWER:.0%} power")
         if needs and short:
             summary += (f" and {len(short)} {'has' if len(short) == 1 else 'have'} none (no difference, or more "
