@@ -4,9 +4,8 @@ all pairs of the table, with the seeds each pair would need; one table and one p
 Why a table of its own next to the probability of improvement: P(X > Y) says how often one seed beats another but,
 at 3-5 seeds, its percentile CI collapses to a point whenever one side wins every draw. The verdicts here test the
 mean paired difference (exactly by sign-flip permutation, or by the paired t-test with --test t; evals/compare.py),
-control the family-wise error over the
-m pairs of the table (Holm), and turn the observed spread into a number of seeds for 80% power, so a reader knows
-whether to buy seeds or stop. The arithmetic lives in evals/compare.py; this module only lays it out.
+control the family-wise error over the m pairs of the table (Holm), and turn the observed spread into a number of
+seeds for 80% power, so a reader knows whether to buy seeds or stop. The arithmetic lives in evals/compare.py; this module only lays it out.
 """
 from __future__ import annotations
 
