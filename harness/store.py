@@ -134,6 +134,93 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def _source_text(obj: Any) -> str:
+    """The source of a function or class as its syntax tree with docstrings removed (comments, docstrings and
+    layout do not count); the raw text where it does not parse alone (a lambda inside an expression)."""
+    import ast
+    import inspect
+    import textwrap
+
+    source = textwrap.dedent(inspect.getsource(obj))
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return source
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body \
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+def _fingerprint_parts(obj: Any, owner: str | None = None, depth: int = 0) -> list[str]:
+    """What `code_fingerprint` hashes for one object. A module or class is walked member by member (not read from
+    its file), so a member replaced at run time (a monkeypatch, a plugin) changes the fingerprint too."""
+    import inspect
+    import types
+
+    if isinstance(obj, (staticmethod, classmethod)):
+        obj = obj.__func__
+    if isinstance(obj, property):
+        return [p for f in (obj.fget, obj.fset, obj.fdel) if f is not None for p in _fingerprint_parts(f, owner, depth)]
+    if isinstance(obj, types.MethodType):
+        obj = obj.__func__
+    name = f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', getattr(obj, '__name__', '?'))}"
+    if isinstance(obj, types.ModuleType):
+        return [f"module {obj.__name__}"] + [p for key, value in sorted(vars(obj).items()) if not key.startswith("__")
+                                             for p in _member_parts(key, value, obj.__name__, depth)]
+    if owner is not None and getattr(obj, "__module__", None) != owner:
+        return [f"ref {name}"]  # imported from elsewhere: which object it is, not its code
+    if inspect.isclass(obj):
+        parts = [f"class {name} bases {[f'{b.__module__}.{b.__qualname__}' for b in obj.__bases__]}"]
+        if depth > 3:
+            return parts
+        return parts + [p for key, value in sorted(vars(obj).items())
+                        if key not in ("__dict__", "__weakref__", "__doc__", "__module__", "__qualname__")
+                        for p in _member_parts(key, value, obj.__module__, depth + 1)]
+    if callable(obj):
+        obj = inspect.unwrap(obj)
+        try:
+            return [f"code {name} {_source_text(obj)}"]
+        except (OSError, TypeError):  # a builtin or C function: its name is all there is
+            return [f"builtin {name}"]
+    return [f"value {name} {obj!r}"]
+
+
+def _member_parts(key: str, value: Any, owner: str, depth: int) -> list[str]:
+    import inspect
+    import types
+
+    if isinstance(value, (types.FunctionType, types.ModuleType, staticmethod, classmethod, property)) \
+            or inspect.isclass(value) or callable(value) and hasattr(value, "__qualname__"):
+        if isinstance(value, types.ModuleType):
+            return [f"{key} = module {value.__name__}"]
+        return [f"{key} = {p}" for p in _fingerprint_parts(value, owner, depth)]
+    try:  # a constant: its value counts when it is plain data
+        return [f"{key} = {json.dumps(value, sort_keys=True)}"]
+    except (TypeError, ValueError):
+        return [f"{key} : {type(value).__module__}.{type(value).__qualname__}"]
+
+
+def code_fingerprint(*objects: Any) -> str:
+    """A hash of the code that computes a cached value, for the cache's key: functions, classes, modules, or module
+    names ("evals.tldr") and "module:attribute" strings, resolved now. Docstrings, comments and layout do not
+    count; any change to a statement, a default, a module constant or a member swapped at run time does."""
+    import importlib
+
+    parts = []
+    for obj in objects:
+        if isinstance(obj, str):
+            module_name, _, attr = obj.partition(":")
+            obj = importlib.import_module(module_name)
+            for piece in filter(None, attr.split(".")):
+                obj = getattr(obj, piece)
+        parts.extend(_fingerprint_parts(obj))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
 def code_version() -> str:
     """Git commit of the harness checkout (with '+dirty' for local changes), or the package version."""
     here = Path(__file__).resolve().parent.parent

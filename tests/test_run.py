@@ -85,3 +85,54 @@ def test_cli_rejects_unknown_algorithm_in_one_line():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "unknown algorithm 'nope'; valid algorithms: " in proc.stderr and "rebel" in proc.stderr
+
+
+def test_a_changed_evaluation_misses_the_sft_baseline_cache(tmp_path, monkeypatch):
+    """The SFT-baseline cache key holds the fingerprint of the code that computes the numbers (issue 34): the same
+    code reads the cached block, a changed judge (here: win and loss swapped) or evaluation function recomputes it."""
+    import contextlib
+
+    from rich.console import Console
+
+    import evals.gold_judge
+    from harness.app import runner
+    from harness.tasks.tldr import load_task
+
+    cfg = resolve("tiny-test", {"model": {"cache_dir": str(tmp_path)}})
+    data = load_task("synthetic")
+    calls = []
+
+    def fake_evaluate(cfg, models, data, judge, policy=None, runtime=None):
+        calls.append(judge.win_rate.__name__)
+        return {"win_rate": 0.25}, []
+
+    class FakeModels:
+        origin = {"policy": "p", "reward_model": "r"}
+        as_reference = staticmethod(lambda: contextlib.nullcontext("reference"))
+
+    monkeypatch.setattr(runner, "evaluate", fake_evaluate)
+    baseline = lambda: runner.sft_baseline(cfg, FakeModels(), data, runner.make_judge(cfg, data),  # noqa: E731
+                                           Console(quiet=True))
+    assert baseline() == {"win_rate": 0.25} and baseline() == {"win_rate": 0.25}
+    assert len(calls) == 1  # the second call read the cache
+
+    original = evals.gold_judge.GoldJudge.win_rate
+
+    def swapped_win_rate(self, prompts, responses, references, terminated=None):
+        result = original(self, prompts, responses, references, terminated)
+        return {**result, "wins": result["losses"], "losses": result["wins"]}
+
+    monkeypatch.setattr(evals.gold_judge.GoldJudge, "win_rate", swapped_win_rate)
+    baseline()
+    assert calls == ["win_rate", "swapped_win_rate"]  # a changed judge is a cache miss
+    monkeypatch.setattr(evals.gold_judge.GoldJudge, "win_rate", original)
+    baseline()
+    assert len(calls) == 2  # the original code finds its own entry again
+
+    def other_evaluate(cfg, models, data, judge, policy=None, runtime=None):
+        calls.append("other")
+        return {"win_rate": 0.5}, []
+
+    monkeypatch.setattr(runner, "evaluate", other_evaluate)
+    assert baseline() == {"win_rate": 0.5} and calls[-1] == "other"
+    assert len(list((tmp_path / "sft_baselines").iterdir())) == 3

@@ -41,3 +41,47 @@ def test_a_restart_drops_a_torn_line_and_stale_lines_and_keeps_them_aside(tmp_pa
     assert superseded == [{"iteration": 3}]
     attempt = read_jsonl(run.attempts)[0][-1]
     assert attempt["resumed_from"] == 2 and attempt["dropped"] == ["metrics.jsonl:4 is not valid JSON (truncated write?)"]
+
+
+def test_code_fingerprint_follows_the_code_not_its_docstrings_or_comments(tmp_path, monkeypatch):
+    import sys
+
+    from harness.store import code_fingerprint
+
+    def double(x):
+        return 2 * x
+
+    def double_documented(x):
+        """Another docstring."""
+        # another comment
+        return 2 * x
+
+    def triple(x):
+        return 3 * x
+
+    # names aside, the hash is of the statements: docstrings, comments and layout do not count
+    assert code_fingerprint(double) != code_fingerprint(triple)
+    strip = code_fingerprint.__globals__["_source_text"]
+    assert strip(double).replace("double_documented", "double") == strip(double_documented).replace(
+        "double_documented", "double")
+    # a module is walked member by member: a function swapped at run time changes it, as does a constant
+    (tmp_path / "fingerprinted_module.py").write_text("K = 1\n\ndef f(x):\n    return x + K\n\n"
+                                                      "class C:\n    def g(self):\n        return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import fingerprinted_module as module
+
+    before = code_fingerprint("fingerprinted_module")
+    assert code_fingerprint(module) == before == code_fingerprint("fingerprinted_module")
+    assert code_fingerprint("fingerprinted_module:f") != before
+    monkeypatch.setattr(module, "K", 2)
+    assert code_fingerprint(module) != before
+    monkeypatch.setattr(module, "K", 1)
+    assert code_fingerprint(module) == before
+    monkeypatch.setattr(module, "f", triple)
+    assert code_fingerprint(module) != before
+    monkeypatch.undo()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert code_fingerprint(module) == before
+    monkeypatch.setattr(module.C, "g", lambda self: 2)  # a method swapped in a class
+    assert code_fingerprint(module) != before
+    sys.modules.pop("fingerprinted_module", None)

@@ -28,7 +28,7 @@ from harness.store import RunDir, code_version, config_hash, read_json, writable
 from harness import checkpoint, tasks
 from harness.distributed import Runtime
 from harness.examples import TaskData
-from harness.store import cache_root
+from harness.store import cache_root, code_fingerprint
 from harness.trackers import open_trackers
 from harness.train import Trainer, TrainingDiverged, score_rule, training_examples
 
@@ -115,13 +115,21 @@ def evaluate(cfg: RunConfig, models: Models, data: TaskData, judge, policy=None,
     return metrics, samples
 
 
+# the modules whose code computes an SFT baseline's numbers, part of its cache key (harness/store.code_fingerprint)
+BASELINE_CODE = ("evals.tldr", "evals.math", "evals.pass_at_k", "evals.gold_judge", "harness.scoring",
+                 "harness.rollout", "harness.tasks.verifier", "harness.tasks.tldr:eval_examples")
+
+
 def sft_baseline(cfg: RunConfig, models: Models, data: TaskData, judge, console: Console,
                  runtime: Runtime | None = None) -> dict:
     """The SFT policy's numbers on the same prompts, computed once per (models, data, eval settings) and cached."""
     runtime = runtime or Runtime.single()
     key = config_hash({"models": {k: v for k, v in models.origin.items()}, "recipe": cfg.model.tiny.model_dump(),
                        "source": data.source, "eval": cfg.eval.model_dump(), "generation": cfg.generation.model_dump(),
-                       "max_prompt_tokens": cfg.task.max_prompt_tokens, "judge": getattr(judge, "name", None)})
+                       "max_prompt_tokens": cfg.task.max_prompt_tokens, "judge": getattr(judge, "name", None),
+                       # the code that computes the numbers: a changed evaluation never reads an old baseline
+                       "code": code_fingerprint(evaluate, held_out, type(judge), type(data.gold), type(data.reward),
+                                                *BASELINE_CODE)})
     path = cache_root(cfg.model.cache_dir) / "sft_baselines" / f"{key}.json"
     cached = runtime.broadcast(read_json(path) if runtime.is_main and path.exists() else None)
     if cached is not None:
