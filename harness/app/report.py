@@ -306,6 +306,8 @@ def report(paths: list[Path] | None, out: Path | None = None, budget_metric: str
             raise UserError(f"{p} is not a directory: pass run directories or a results root")
     if (budget_metric is None) != (budget is None):
         raise UserError("--budget-metric and --budget go together: give both, or neither")
+    if budget is not None and not (math.isfinite(budget) and budget > 0):
+        raise UserError(f"--budget must be a positive number of {budget_metric} (the equal-budget cut), not {budget:g}")
     from evals.compare import TESTS
     poi_metric = poi_metric.replace("_at_", "@")  # pass_at_1 spells pass@1 without a shell-unfriendly character
     for name, value, choices in (("--budget-metric", budget_metric, BUDGET_CHOICES),

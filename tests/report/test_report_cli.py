@@ -117,6 +117,18 @@ def test_user_errors(tmp_path):
     assert "go together" in str(res.exception)
     res = invoke(tmp_path / "empty", "--budget-metric", "gpu", "--budget", 5)
     assert "--budget-metric must be one of" in str(res.exception)
+    for bad in (-5, 0, "nan"):
+        res = invoke(tmp_path / "empty", "--budget-metric", "prompts", "--budget", bad)
+        assert isinstance(res.exception, UserError) and "--budget must be a positive number of prompts" in str(
+            res.exception), bad
+
+
+def test_cli_refuses_a_negative_budget_in_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "harness", "report", str(tmp_path / "empty"), "--budget-metric",
+                           "prompts", "--budget", "-5"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == ("error: --budget must be a positive number of prompts "
+                                                            "(the equal-budget cut), not -5"), proc.stderr
 
 
 def test_all_runs_unusable_is_an_error(results):
