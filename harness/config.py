@@ -16,6 +16,15 @@ PRESET_DIR = Path(__file__).parent / "presets"
 DEFAULT_JUDGE_MODEL = "gpt-4o"  # a GPT-4-class judge; the paper used GPT-4
 
 
+def _drop_defaults(data, defaults: dict):
+    """A dump without the fields that hold the value they had before they existed (see TinyRecipe.posts)."""
+    if isinstance(data, dict):
+        for key, value in defaults.items():
+            if key in data and data[key] == value:
+                del data[key]
+    return data
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -77,9 +86,19 @@ class ModelSettings(Strict):
     compute_dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "float32", description="dtype of the forward passes (autocast); auto: bfloat16 where the device runs it "
         "natively (CUDA with bf16, or a CPU whose start-up matmul probe shows bf16 at least as fast as fp32)")
+    logprob_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="arithmetic of the training log-probs: float32 (logits upcast, log-softmax and sums in "
+        "fp32) or bfloat16 (the REBEL authors' DeepSpeed bf16 model: logits, temperature division, log-softmax and "
+        "the summed sequence log-probs each rounded to bf16; docs/fidelity.md)")
     size_hint: float | None = Field(None, description="parameter count, for the dry run's memory estimate offline")
     tiny: TinyRecipe = TinyRecipe()
     cache_dir: str | None = Field(None, description="where built presets live (default $HARNESS_CACHE or ~/.cache/harness)")
+
+    @model_serializer(mode="wrap")
+    def _without_default_logprob_dtype(self, handler):
+        """`logprob_dtype` is left out of a dump while it is float32, so run ids and config hashes stay what they
+        were before the field existed (as TinyRecipe.posts)."""
+        return _drop_defaults(handler(self), {"logprob_dtype": "float32"})
 
     @model_validator(mode="before")
     @classmethod
@@ -121,8 +140,12 @@ class TrainSettings(Strict):
     kl_coef: float = Field(0.05, ge=0, description="beta in r = score - beta * kl")
     missing_eos_score: float = Field(-1.0, description="the score of a sampled response without EOS (replaces "
                                      "its reward-model score)")
+    missing_eos_test: Literal["eos", "pad"] = Field(
+        "eos", description="which responses get missing_eos_score: eos, those without an EOS token (the N+ code); pad, "
+        "those without a PAD token after truncation (the REBEL authors' contain_pad_token): also a response whose EOS "
+        "is its last generated token, at generation.max_new_tokens")
     reward_scale: float = Field(1.0, gt=0, description="multiplies reward-model scores (the authors' UltraFeedback "
-                                "script divides by 1000)")
+                                "script divides Eurus-RM-7b's by 1000; the paper uses FsfairX's unscaled)")
     max_grad_norm: float | None = None
     lr_schedule: Literal["linear", "cosine"] = Field("linear", description="decay to 0, no warm-up")
     lr_decay: Literal["per_iteration", "per_step"] = Field(
@@ -132,6 +155,11 @@ class TrainSettings(Strict):
                                   "training (0: none, a killed run then starts over)")
     keep_checkpoints: bool = Field(False, description="keep the last resume checkpoint (optimizer state included) "
                                    "after the run completes")
+
+    @model_serializer(mode="wrap")
+    def _without_default_eos_test(self, handler):
+        """`missing_eos_test` is left out of a dump while it is eos (run ids and config hashes unchanged)."""
+        return _drop_defaults(handler(self), {"missing_eos_test": "eos"})
 
 
 class EvalSettings(Strict):

@@ -83,10 +83,12 @@ def _score_flat(models: Models, query: Tensor, response: Tensor, mask: Tensor, t
     for p in _chunks(len(query), max(1, chunk // K)):
         q, s = query[p], slice(p.start * K, p.stop * K)
         t, lm = tokens[s], logp_mask[s]
+        dtype = models.precision.logprob  # model.logprob_dtype: fp32, or the REBEL authors' bf16 arithmetic
         if with_policy:
-            parts["logp_old"].append(sequence_logprobs(models.policy, q, t, lm, pad, temperature, group=K).tokens)
+            parts["logp_old"].append(sequence_logprobs(models.policy, q, t, lm, pad, temperature, group=K,
+                                                       dtype=dtype).tokens)
         with models.as_reference() as ref:
-            parts["logp_ref"].append(sequence_logprobs(ref, q, t, lm, pad, temperature, group=K).tokens)
+            parts["logp_ref"].append(sequence_logprobs(ref, q, t, lm, pad, temperature, group=K, dtype=dtype).tokens)
         if with_rewards:
             parts["score"].append(reward_scores(models.reward_model, q, response[s], mask[s], pad, group=K,
                                                 rule=rule))
@@ -113,10 +115,7 @@ def task_scores(reward: TaskReward, response: Tensor, mask: Tensor, examples: li
     K = len(response) // len(examples)
     texts = decode_responses(response, mask, tokenizer)
     score = torch.tensor([float(reward(t, examples[i // K])) for i, t in enumerate(texts)], device=response.device)
-    score = score * rule.scale
-    if rule.missing_eos_score is None:
-        return score
-    return torch.where(has_eos(response, mask, eos_id), score, torch.full_like(score, rule.missing_eos_score))
+    return rule.apply(score * rule.scale, response, mask, eos_id)
 
 
 def preference_probs(models: Models, examples: list[Example], response: Tensor, mask: Tensor,
@@ -257,7 +256,8 @@ def policy_output(models: Models, batch: Batch, temperature: float, shared_prefi
     P, K = batch.num_prompts, batch.samples_per_prompt
     r, m = batch.flat("response"), batch.counted_mask.flatten(0, 1)
     q, group = (batch.query, K) if shared_prefix else (batch.flat("query"), 1)
-    logp = sequence_logprobs(models.policy, q, r, m, models.pad_id, temperature, group=group).tokens.reshape(P, K, -1)
+    logp = sequence_logprobs(models.policy, q, r, m, models.pad_id, temperature, group=group,
+                             dtype=models.precision.logprob).tokens.reshape(P, K, -1)
     values = None
     if models.critic is not None:
         values = token_values(models.critic, q, r, m, models.pad_id, group=group).reshape(P, K, -1)

@@ -256,7 +256,8 @@ def load_models(settings: ModelSettings, paths: dict[str, str] | None = None, ne
     hf_logging.disable_progress_bar()
     paths = paths or named_paths(settings)
     tokenizer = load_tokenizer(paths["tokenizer"])
-    precision = resolve_precision(settings.compute_dtype, settings.frozen_dtype, device or "cpu")
+    precision = resolve_precision(settings.compute_dtype, settings.frozen_dtype, device or "cpu",
+                                  settings.logprob_dtype)
     # A LoRA model's base weights are frozen: stored at the frozen dtype, its adapters in float32 (fp32_master).
     # A full or last-layers model is float32 throughout (its frozen blocks feed trained ones outside autocast too).
     base_dtype = precision.frozen if settings.lora is not None else torch.float32

@@ -7,6 +7,10 @@
   fp32 (native AVX512-BF16/AMX); float32 otherwise. An AVX2-only CPU emulates bf16 about 100x slower than fp32.
 - `model.frozen_dtype` is the storage dtype of the frozen models (reference copy, reward model, a LoRA model's base
   weights); a dtype the hardware cannot run natively falls back to float32 rather than to emulation.
+- `model.logprob_dtype` is the arithmetic of the training log-probs after the logits (harness.scoring.
+  sequence_logprobs): float32 (the default: logits upcast, log-softmax and sums in fp32), or bfloat16, the REBEL
+  authors' arithmetic (every step and the summed sequence log-probs rounded to bf16). It is a fidelity option, not a
+  speed one, so it never falls back: asked for, it is what runs.
 """
 from __future__ import annotations
 
@@ -79,6 +83,7 @@ class Precision:
     frozen: torch.dtype = torch.float32  # reference, reward model, LoRA base weights
     reason: str = "float32 throughout"
     master: torch.dtype = torch.float32  # every trained weight, gradient and AdamW state
+    logprob: torch.dtype = torch.float32  # arithmetic of the training log-probs (model.logprob_dtype)
 
     @property
     def compute_name(self) -> str:
@@ -95,11 +100,13 @@ class Precision:
         return torch.autocast(torch.device(device).type, dtype=self.compute)
 
     def describe(self) -> str:
+        logprob = ("" if self.logprob == torch.float32 else
+                   f", log-probs {str(self.logprob).removeprefix('torch.')} (the REBEL authors' arithmetic)")
         return (f"trainable weights float32 (master weights, grads, AdamW states), compute {self.compute_name}, "
-                f"frozen models {self.frozen_name} ({self.reason})")
+                f"frozen models {self.frozen_name}{logprob} ({self.reason})")
 
 
-def resolve_precision(compute: str, frozen: str, device: torch.device | str) -> Precision:
+def resolve_precision(compute: str, frozen: str, device: torch.device | str, logprob: str = "float32") -> Precision:
     """The run's precision from model.compute_dtype and model.frozen_dtype on `device`. The probe runs only when a
     16-bit dtype is asked for, so float32 presets (tiny, CI) never pay for it."""
     device = torch.device(device)
@@ -113,4 +120,5 @@ def resolve_precision(compute: str, frozen: str, device: torch.device | str) -> 
     if frozen == "bfloat16" and not native or frozen == "float16" and device.type != "cuda":
         notes.append(f"frozen models float32: {frozen} would run emulated here")
         frozen = "float32"
-    return Precision(getattr(torch, compute), getattr(torch, frozen), "; ".join(notes) or "float32 throughout")
+    return Precision(getattr(torch, compute), getattr(torch, frozen), "; ".join(notes) or "float32 throughout",
+                     logprob=getattr(torch, logprob))

@@ -82,14 +82,31 @@ def response_outputs(model, query: Tensor, response: Tensor, pad_id: int, group:
 
 
 def sequence_logprobs(model, query: Tensor, response: Tensor, response_mask: Tensor, pad_id: int,
-                      temperature: float, keep_logits: bool = False, group: int = 1) -> TokenLogprobs:
+                      temperature: float, keep_logits: bool = False, group: int = 1,
+                      dtype: torch.dtype = torch.float32) -> TokenLogprobs:
     """log pi(y_t | x, y_<t) / for each response token, from logits divided by `temperature`; [B, Lr].
 
     group > 1: `query` is [B / group, Lq], each query shared by `group` consecutive responses (computed once).
+    dtype (model.logprob_dtype): float32 upcasts the logits and computes everything after them in fp32 (the
+    harness's default). bfloat16 is the REBEL authors' arithmetic (DeepSpeed bf16 casts the whole model, and
+    GPT-NeoX and Llama do not upcast their logits), with CUDA's semantics for each step: the logits are rounded to
+    bf16, their division by the temperature is rounded to bf16, the log-softmax is computed in fp32 from those and
+    its output rounded to bf16 (CUDA's kernel accumulates in fp32 and rounds once; the CPU's bf16 kernel would
+    round its log-sum-exp first). The tokens stay bf16, so their masked sum (`TokenLogprobs.sum`,
+    `Batch.logp_old_sum`, `PolicyOutput.logp`) is accumulated in fp32 and rounded once to bf16, as a bf16
+    `.sum(-1)` does on CUDA and CPU, and differences of such sums are bf16 too.
     """
-    logits = response_outputs(model, query, response, pad_id, group).float() / temperature  # [B, Lr, V]
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, response.unsqueeze(-1)).squeeze(-1)
-    return TokenLogprobs(logp * response_mask, logits if keep_logits else None)
+    out = response_outputs(model, query, response, pad_id, group)  # [B, Lr, V]
+    if dtype == torch.float32:
+        logits = out.float() / temperature
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, response.unsqueeze(-1)).squeeze(-1)
+        return TokenLogprobs(logp * response_mask, logits if keep_logits else None)
+    logits = out.to(dtype) / temperature
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, response.unsqueeze(-1)).squeeze(-1).to(dtype)
+    return TokenLogprobs(logp * response_mask, logits.float() if keep_logits else None)
+
+
+MISSING_EOS_TESTS = ("eos", "pad")
 
 
 @dataclass(frozen=True)
@@ -97,11 +114,41 @@ class ScoreRule:
     """How a reward-model output becomes the score every optimizer sees (the same rule for all of them).
 
     scale multiplies the bias-corrected output (the REBEL authors' UltraFeedback script divides by 1000);
-    a response without EOS then gets `missing_eos_score` instead (replaced, not penalised; None: no replacement,
-    as the authors' evaluation reports the raw score)."""
+    a response that did not end then gets `missing_eos_score` instead (replaced, not penalised; None: no
+    replacement, as the authors' evaluation reports the raw score). Whether it ended is `missing_eos_test`
+    (train.missing_eos_test, see `ended`); the pad test needs the generation cap, `max_new_tokens`."""
 
     scale: float = 1.0
     missing_eos_score: float | None = MISSING_EOS_SCORE
+    missing_eos_test: str = "eos"
+    max_new_tokens: int | None = None
+
+    def __post_init__(self):
+        if self.missing_eos_test not in MISSING_EOS_TESTS:
+            raise ValueError(f"missing_eos_test must be one of {MISSING_EOS_TESTS}, got {self.missing_eos_test!r}")
+        if self.missing_eos_test == "pad" and self.max_new_tokens is None:
+            raise ValueError("the pad test needs max_new_tokens (the generation cap)")
+
+    def ended(self, response: Tensor, response_mask: Tensor, eos_id: int) -> Tensor:
+        """Did each response end? [B] bool. `response_mask` covers the tokens up to and including the first EOS.
+
+        eos: an EOS among the counted tokens (the N+ code's check, and the harness's default).
+        pad: the REBEL authors' `contain_pad_token`: their responses are exactly max_new_tokens long, everything
+        after the first EOS becomes PAD, and a response without a PAD is penalised; so a response ends only if its
+        first EOS comes before its last generated position (fewer than max_new_tokens counted tokens). A response
+        whose EOS is its last (53rd) token is penalised like one with no EOS.
+        """
+        eos = has_eos(response, response_mask, eos_id)
+        if self.missing_eos_test == "eos":
+            return eos
+        return eos & (response_mask.sum(-1) < self.max_new_tokens)
+
+    def apply(self, score: Tensor, response: Tensor, response_mask: Tensor, eos_id: int) -> Tensor:
+        """`score` (already scaled) with the missing-EOS replacement of this rule."""
+        if self.missing_eos_score is None:
+            return score
+        return torch.where(self.ended(response, response_mask, eos_id), score,
+                           torch.full_like(score, self.missing_eos_score))
 
 
 def reward_scores(reward_model, query: Tensor, response: Tensor, response_mask: Tensor, pad_id: int,
@@ -110,7 +157,7 @@ def reward_scores(reward_model, query: Tensor, response: Tensor, response_mask: 
 
     The harness's reward models are sequence classifiers that pool the last non-pad token. Their `reward_bias`
     (config attribute, set so that human references average 0) is subtracted, then `rule` applies: by default a
-    response without EOS gets MISSING_EOS_SCORE instead of its score (replaced, not penalised).
+    response without EOS gets MISSING_EOS_SCORE instead of its score (replaced, not penalised; `ScoreRule.ended`).
     group > 1: `query` is shared by `group` consecutive responses (run once, as in `sequence_logprobs`); the score
     head is applied to the backbone's hidden state at the last real token, as the classifier's pooling does.
     """
@@ -123,10 +170,7 @@ def reward_scores(reward_model, query: Tensor, response: Tensor, response_mask: 
         last = (real * torch.arange(1, response.shape[1] + 1, device=real.device)).argmax(1)
         raw = reward_model.score(hidden[torch.arange(len(hidden), device=last.device), last]).float().squeeze(-1)
     score = (raw - float(getattr(reward_model.config, "reward_bias", 0.0))) * rule.scale
-    if rule.missing_eos_score is None:
-        return score
-    return torch.where(has_eos(response, response_mask, reward_model.config.eos_token_id), score,
-                       torch.full_like(score, rule.missing_eos_score))
+    return rule.apply(score, response, response_mask, reward_model.config.eos_token_id)
 
 
 def has_eos(response: Tensor, response_mask: Tensor, eos_id: int) -> Tensor:

@@ -267,7 +267,8 @@ def objective_loss(algo: Algorithm, batch: Batch, new: PolicyOutput,
 def score_rule(cfg: RunConfig, evaluation: bool = False) -> ScoreRule:
     """The run's reward-model score rule; evaluation keeps the missing-EOS replacement only when asked to."""
     missing = cfg.train.missing_eos_score if not evaluation or cfg.eval.missing_eos_penalty else None
-    return ScoreRule(scale=cfg.train.reward_scale, missing_eos_score=missing)
+    return ScoreRule(scale=cfg.train.reward_scale, missing_eos_score=missing,
+                     missing_eos_test=cfg.train.missing_eos_test, max_new_tokens=cfg.generation.max_new_tokens)
 
 
 def rollout_stats(batch: Batch, examples: list[Example], models: Models, gold: Gold | None = None,
