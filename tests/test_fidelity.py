@@ -61,7 +61,28 @@ def test_chat_presets_follow_the_authors_chat_scripts(name):
     assert (t.lr, t.adam_eps, tuple(t.adam_betas), t.weight_decay) == (1e-7, 1e-8, (0.9, 0.95), 1e-6)
     assert t.prompts_per_iteration == 32 and t.iterations == 1_000_000 // 32 and t.lr_decay == "per_iteration"
     assert t.missing_eos_score == -4.0 and cfg.model.trainable_layers == 4
-    assert t.reward_scale == (0.001 if "ultrafeedback" in name else 1.0)  # only the UltraFeedback script divides
+    # FsfairX unscaled (the paper, App. I.2.2), Starling unscaled (nectar/rebel.py); the code's 1/1000 belongs to
+    # Eurus-RM-7b, the reward model src/ultrafeedback/rebel.py loads, and is the recorded scale of that option
+    assert t.reward_scale == 1.0
+    assert t.missing_eos_test == "eos"  # the authors' pad test is train.missing_eos_test=pad (docs/fidelity.md)
+
+
+def test_the_ultrafeedback_preset_and_its_other_option_carry_the_scales_of_their_reward_models():
+    """The preset's reward model with its own scale passes; the code's model with the code's 1/1000 passes; the
+    mixed setting (FsfairX with Eurus's 1/1000, what the preset used to run) is refused with both sources named."""
+    from harness.app.reward_scale import known_scale
+
+    paper = resolve("chat-llama3-8b-ultrafeedback")
+    assert paper.model.reward_model == "sfairXC/FsfairX-LLaMA3-RM-v0.1"
+    why, problem = known_scale(paper)
+    assert problem is None and "App. I.2.2" in why
+    code = resolve("chat-llama3-8b-ultrafeedback", {"model": {"reward_model": "openbmb/Eurus-RM-7b"},
+                                                     "train": {"reward_scale": 0.001}})
+    why, problem = known_scale(code)
+    assert problem is None and "reward_reg = 1000" in why
+    mixed = resolve("chat-llama3-8b-ultrafeedback", {"train": {"reward_scale": 0.001}})
+    _, problem = known_scale(mixed)
+    assert problem is not None and "FsfairX" in problem and "recorded scale is 1" in problem
 
 
 def test_optimizer_defaults_match_the_protocol():

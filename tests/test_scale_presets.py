@@ -179,3 +179,107 @@ def test_chat_head_training_follows_the_authors_rule():
         assert ("lm_head.weight" in trainable) == (not tied)
         assert {n for n, p in model.named_parameters() if p.requires_grad and n.startswith("model.layers")} == {
             n for n, _ in model.named_parameters() if n.startswith(("model.layers.1.", "model.layers.2."))}
+
+
+class SpanRewardModel(torch.nn.Module):
+    """A stand-in reward model whose score range is set: score = span x (a fixed pseudo-random number in [0, 1)
+    from the real tokens), so scores of different responses differ by up to `span`."""
+
+    def __init__(self, span: float, eos_id: int):
+        super().__init__()
+        self.span = span
+        self.config = type("C", (), {"eos_token_id": eos_id, "reward_bias": 0.0})()
+
+    def forward(self, input_ids, attention_mask, **_):
+        code = (input_ids * attention_mask * torch.arange(1, input_ids.shape[1] + 1)).sum(-1) % 101
+        return type("O", (), {"logits": (self.span * code.float() / 101)[:, None]})()
+
+
+def test_scale_check_catches_the_mixed_setting_on_the_tasks_own_pairs(tiny_test_models):
+    """The UltraFeedback preset's terms (kl_coef 0.05, missing-EOS score -4) on a handful of the task's preference
+    pairs: reward differences of order 1 pass unscaled and fail at 1/1000 (the mixed setting: the paper's reward
+    model with the code's scale); differences of order 1000 pass at 1/1000 (the code's Eurus setting)."""
+    from harness.app.reward_scale import HANDFUL, KL_FLOOR, measure
+
+    _, tiny, data = tiny_test_models
+    tok = tiny.tokenizer
+
+    def check(span, scale):
+        cfg = resolve("chat-llama3-8b-ultrafeedback", {"train": {"reward_scale": scale},
+                                                         "generation": {"max_new_tokens": 32},
+                                                         "task": {"max_prompt_tokens": 64}})
+        return measure(SpanRewardModel(span, tok.eos_token_id), tok, data.pref_train, cfg)
+
+    unscaled, mixed, code = check(2.0, 1.0), check(2.0, 1e-3), check(2000.0, 1e-3)
+    assert unscaled.pairs == mixed.pairs == HANDFUL
+    assert unscaled.problems == [] and code.problems == []
+    assert mixed.median_difference == pytest.approx(unscaled.median_difference * 1e-3)
+    assert mixed.median_difference < KL_FLOOR * mixed.kl_unit
+    assert len(mixed.problems) == 2 and "KL term" in mixed.problems[0] and "missing-EOS" in mixed.problems[1]
+
+
+def test_scale_check_sees_a_missing_eos_score_that_rewards_not_ending(tiny_test_models):
+    """Unscaled scores of order 1000 with the -4 missing-EOS score: most responses score below it."""
+    from harness.app.reward_scale import measure
+
+    _, tiny, data = tiny_test_models
+
+    class Negative(SpanRewardModel):
+        def forward(self, input_ids, attention_mask, **kw):
+            out = super().forward(input_ids, attention_mask)
+            out.logits = out.logits - self.span
+            return out
+
+    cfg = resolve("chat-llama3-8b-ultrafeedback", {"generation": {"max_new_tokens": 32}, "task": {"max_prompt_tokens": 64}})
+    result = measure(Negative(2000.0, tiny.tokenizer.eos_token_id), tiny.tokenizer, data.pref_train, cfg)
+    assert result.share_below_penalty > 0.5
+    assert any("not ending would be rewarded" in p for p in result.problems)
+
+
+def test_ultrafeedback_dry_run_prints_its_reward_scale_and_refuses_the_mixed_setting(tmp_path, tiny_test_models):
+    """The preset's dry run on local stand-ins (a Llama reward model whose score head is set so its scores differ
+    by a median of 1.0 on the data's pairs): it says the scale and why, measures it on the data's own pairs, and
+    is not ready at 1/1000."""
+    from harness.app.reward_scale import measure
+    from harness.models import load_reward_model
+
+    _, tiny, _ = tiny_test_models
+    tok = __import__("copy").deepcopy(tiny.tokenizer)
+    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    policy_dir, rm_dir, _ = _save_stand_ins(tmp_path, tok, "llama")
+    data = tmp_path / "chat"
+    data.mkdir()
+    rows = [{"messages": [{"role": "user", "content": f"question {i}?"}], "chosen": f"yes {i} " * (i + 1),
+             "rejected": "no " * (2 * i + 1)} for i in range(10)]
+    for name in ("prompts_train.jsonl", "prompts_eval.jsonl"):
+        (data / name).write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+    def config(scale, rm):
+        return resolve("chat-llama3-8b-ultrafeedback", {
+            "task": {"source": str(data), "max_prompt_tokens": 64}, "generation": {"max_new_tokens": 32},
+            "model": {"policy": str(policy_dir), "reward_model": str(rm), "dtype": "float32"},
+            "train": {"reward_scale": scale}})
+
+    from harness import tasks
+
+    pairs = tasks.load("chat", str(data))[1].pref_train
+    rm = load_reward_model(str(rm_dir), tok)
+    raw = measure(rm, tok, pairs, config(1.0, rm_dir)).median_difference
+    with torch.no_grad():
+        rm.score.weight.mul_(1.0 / raw)  # the score range, set: a median difference of 1.0
+    set_dir = tmp_path / "rm-range-set"
+    rm.save_pretrained(set_dir)
+    assert measure(load_reward_model(str(set_dir), tok), tok, pairs, config(1.0, set_dir)).median_difference == (
+        pytest.approx(1.0, rel=1e-3))
+
+    ok = dry_run(config(1.0, set_dir))
+    text = "\n".join(ok.lines)
+    assert "reward scale  1 x" in text and "scale check   measured on 8 preference pairs" in text
+    assert not [p for p in ok.problems if p.startswith("reward scale")]
+    mixed = dry_run(config(1e-3, set_dir))
+    assert [p for p in mixed.problems if p.startswith("reward scale") and "far below the KL term" in p]
+    # the hub preset itself, offline: the scale and its source, the measurement skipped with the reason
+    hub = dry_run(resolve("chat-llama3-8b-ultrafeedback"))
+    assert any("App. I.2.2" in line for line in hub.lines)
+    assert any(line.startswith("scale check   not measured here") for line in hub.lines)

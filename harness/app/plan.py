@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from algorithms.base import make
+from harness.app.reward_scale import add_to_plan as add_reward_scale
 from harness.config import RunConfig
 from harness.models import lora_config, train_only_last_layers
 from harness.precision import Precision, resolve_precision
@@ -206,6 +207,7 @@ def dry_run(cfg: RunConfig) -> Plan:
              f"(prompts); {sampled}; "
              f"{t.iterations * algo.epochs * algo.minibatches:,} optimizer steps "
              f"({algo.epochs} epochs x {algo.minibatches} minibatches per iteration; lr {t.lr}, kl_coef {t.kl_coef})")
+    add_reward_scale(cfg, plan)  # the reward scale and why; measured where the models are local (issue 29)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     precision = resolve_precision(cfg.model.compute_dtype, cfg.model.frozen_dtype, device)
     plan.add("precision", f"{precision.describe()}; model.compute_dtype={cfg.model.compute_dtype} resolved on "
