@@ -178,3 +178,34 @@ def test_dry_run_prints_episodes_steps_precision_and_exact_counts(neox):
                                          "compute float32, frozen models float32")
     assert "LoRA r 1024 on query_key_value; exact, from the local config" in lines["parameters"]
     assert "trained" in lines["memory"] and "reference" not in lines["memory"]
+
+
+@pytest.mark.parametrize("arch", ["gpt_neox", "llama"])
+def test_positions_shifted_by_left_padding_change_nothing_under_rotary_embeddings(tmp_path, tiny_test_models, arch):
+    """The REBEL authors pass no position_ids in their training and scoring forwards, so a left-padded row's real
+    tokens sit at positions shifted by its padding; the harness counts positions over real tokens
+    (scoring.forward_inputs). Rotary embeddings make attention depend on position differences only, and the pads
+    are masked out, so both give the same logits at every real token up to float rounding."""
+    from transformers import AutoModelForCausalLM
+
+    from harness.scoring import forward_inputs
+
+    _, tiny, _ = tiny_test_models
+    policy_dir, _, _ = _save_stand_ins(tmp_path, tiny.tokenizer, arch)
+    model = AutoModelForCausalLM.from_pretrained(policy_dir).eval()
+    pad = tiny.tokenizer.pad_token_id
+    g = torch.Generator().manual_seed(0)
+    query = torch.randint(5, 200, (3, 12), generator=g)
+    query[0, :5] = pad  # left padding of 5, 2 and 0 tokens
+    query[1, :2] = pad
+    response = torch.randint(5, 200, (3, 6), generator=g)
+    harness = forward_inputs(query, response, pad)
+    assert harness["position_ids"][0, 5].item() == 0  # the first real token is at position 0
+    authors = {k: v for k, v in harness.items() if k != "position_ids"}  # positions 0..L-1, pads counted
+    with torch.no_grad():
+        a = model(**harness).logits
+        b = model(**authors).logits
+    real = harness["attention_mask"].bool()
+    assert (a - b)[real].abs().max().item() < 1e-4
+    # the shift is real: a model with learned absolute positions would see different inputs
+    assert not torch.equal(harness["position_ids"][real], torch.arange(real.shape[1]).expand_as(real)[real])
