@@ -1,6 +1,7 @@
 """Comparisons between algorithms over seeds: matched-KL scores, paired tests, Holm correction, seeds for power.
 
-Plain functions on arrays and {seed: score} dicts (rliable style, numpy/scipy only); the report wires them in.
+Plain functions on arrays and {seed: score} dicts; the tests, Holm and power are scipy.stats' and statsmodels'
+(permutation_test, ttest_1samp / ttest_ind, multipletests; not TTestPower: see paired_t_power); the report wires them in.
 
 Why matched KL: an optimizer that drifts further from the reference policy buys reward with KL, so comparing final
 numbers rewards drift. `at_kl` reads each run's evaluation trajectory (eval/kl, eval/win_rate, ...) at KL levels
@@ -24,13 +25,13 @@ error rate under any dependence between the tests and is uniformly more powerful
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
-from functools import lru_cache
-from itertools import combinations
 from typing import Hashable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 from scipy import stats as sps
+from statsmodels.stats.multitest import multipletests
 
 MAX_EXACT = 10000  # enumerate the permutation distribution when it has at most this many elements
 TESTS = ("sign-flip", "t")  # the per-pair tests: exact sign-flip permutation (no assumption), paired t (normality)
@@ -110,42 +111,47 @@ class Comparison:
     note: str = ""
 
 
-@lru_cache(maxsize=32)
-def _all_signs(n: int) -> np.ndarray:
-    return ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1) * 2.0 - 1.0
+def _two_sided(statistic):
+    """|statistic| with alternative="greater": the two-sided p-value as the share of the null distribution at least
+    as far from 0 as the observation (ties count as extreme), whether or not the null distribution is symmetric."""
+    return lambda *samples, axis: np.abs(statistic(*samples, axis=axis))
 
 
-def _p_from(null: np.ndarray, observed, exact: bool):
-    """p-value(s) from null statistics (..., draws) and observed (...): ties with the observed count as extreme."""
-    observed = np.asarray(observed, dtype=float)[..., None]
-    k = np.sum(null >= observed * (1 - 1e-12) - 1e-15, axis=-1)
-    return k / null.shape[-1] if exact else (1 + k) / (1 + null.shape[-1])
+def _permutation_p(data: tuple, statistic, permutation_type: str, exact: bool, reps: int, seed: int):
+    """scipy.stats.permutation_test's p-value: every permutation enumerated when `exact` (p = k / N), else `reps`
+    random ones from `seed` (p = (1 + k) / (1 + reps), still valid). Batches bound the memory of a vectorised
+    call to ~32 MB of null statistics' inputs."""
+    size = max(1, sum(np.asarray(x).size for x in data))
+    return sps.permutation_test(data, _two_sided(statistic), permutation_type=permutation_type, vectorized=True,
+                                n_resamples=np.inf if exact else reps, batch=max(1, 4_000_000 // size),
+                                alternative="greater", axis=-1, rng=np.random.default_rng(seed)).pvalue
 
 
 def sign_flip_p(diffs, reps: int = 2000, seed: int = 0):
-    """Two-sided sign-flip permutation p-value of mean(diffs) = 0; exact when 2^n <= MAX_EXACT. Vectorised: diffs
-    of shape (..., n) give p-values of shape (...), one per row (a float for a 1-D input)."""
+    """Two-sided sign-flip permutation p-value of mean(diffs) = 0 (scipy.stats.permutation_test, one sample, its
+    signs flipped); exact when 2^n <= MAX_EXACT. Vectorised: diffs of shape (..., n) give p-values of shape (...),
+    one per row (a float for a 1-D input)."""
     d = np.asarray(diffs, dtype=float)
     n = d.shape[-1]
     if n == 0:
         return math.nan if d.ndim == 1 else np.full(d.shape[:-1], np.nan)
-    exact = 2 ** n <= MAX_EXACT
-    signs = _all_signs(n) if exact else np.random.default_rng(seed).choice([-1.0, 1.0], (reps, n))
-    p = _p_from(np.abs(d @ signs.T), np.abs(d.sum(axis=-1)), exact)
-    return float(p) if d.ndim == 1 else p
+    p = _permutation_p((d,), np.mean, "samples", 2 ** n <= MAX_EXACT, reps, seed)
+    return float(p) if d.ndim == 1 else np.asarray(p, dtype=float)
 
 
 def paired_t_p(diffs):
-    """Two-sided paired t-test p-value of mean(diffs) = 0 (df n-1). Vectorised like sign_flip_p. All-equal
-    non-zero differences give p = 0 (t is infinite); all-zero differences give p = 1."""
+    """Two-sided paired t-test p-value of mean(diffs) = 0 (df n-1): scipy.stats.ttest_rel(a, b) is the one-sample
+    t-test of a - b, so the differences go to scipy.stats.ttest_1samp. Vectorised like sign_flip_p. All-equal
+    non-zero differences give p = 0 (t is infinite); all-zero differences give p = 1 (scipy says nan: 0 / 0)."""
     d = np.asarray(diffs, dtype=float)
     n = d.shape[-1]
     if n < 2:
         return math.nan if d.ndim == 1 else np.full(d.shape[:-1], np.nan)
-    mean, se = d.mean(axis=-1), d.std(axis=-1, ddof=1) / math.sqrt(n)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.where(se > 0, np.abs(mean) / np.where(se > 0, se, 1.0), np.where(mean != 0, np.inf, 0.0))
-    p = 2 * sps.t.sf(t, n - 1)
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # scipy's precision-loss notice for constant rows
+        p = np.asarray(sps.ttest_1samp(d, 0.0, axis=-1).pvalue, dtype=float)
+    spread = d.std(axis=-1, ddof=1) > 0
+    p = np.where(spread, p, np.where(d.mean(axis=-1) != 0, 0.0, 1.0))
     return float(p) if d.ndim == 1 else p
 
 
@@ -154,19 +160,12 @@ def _check_test(test: str) -> None:
         raise ValueError(f"test must be one of {', '.join(TESTS)}, not {test!r}")
 
 
-def _label_permutation_p(x: np.ndarray, y: np.ndarray, reps: int, rng) -> tuple[float, str]:
-    pooled, na, total = np.concatenate([x, y]), x.size, x.size + y.size
-    exact = math.comb(total, na) <= MAX_EXACT
-    if exact:
-        mask = np.zeros((math.comb(total, na), total), dtype=bool)
-        for i, c in enumerate(combinations(range(total), na)):
-            mask[i, list(c)] = True
-    else:
-        mask = np.argsort(rng.random((reps, total)), axis=1) < na
-    s = pooled.sum()
-    first = mask @ pooled
-    null = np.abs(first / na - (s - first) / (total - na))
-    return float(_p_from(null, abs(x.mean() - y.mean()), exact)), "exact" if exact else "Monte-Carlo"
+def _label_permutation_p(x: np.ndarray, y: np.ndarray, reps: int, seed: int) -> tuple[float, str]:
+    """Two-sided label-permutation p-value of mean(x) - mean(y) (scipy.stats.permutation_test, independent
+    samples): exact over all C(n_x + n_y, n_x) splits when there are at most MAX_EXACT, else `reps` random ones."""
+    exact = math.comb(x.size + y.size, x.size) <= MAX_EXACT
+    diff = lambda u, v, axis: np.mean(u, axis=axis) - np.mean(v, axis=axis)  # noqa: E731
+    return float(_permutation_p((x, y), diff, "independent", exact, reps, seed)), "exact" if exact else "Monte-Carlo"
 
 
 def _clean(d: Mapping) -> dict:
@@ -214,7 +213,7 @@ def paired_difference(a: Mapping[Hashable, float], b: Mapping[Hashable, float], 
     if test == "t":
         p, method = float(sps.ttest_ind(x, y, equal_var=False).pvalue), "unpaired Welch t-test"
     else:
-        p, kind = _label_permutation_p(x, y, reps, rng)
+        p, kind = _label_permutation_p(x, y, reps, seed)
         method = f"unpaired label permutation ({kind})"
     return Comparison(mean, float(lo), float(hi), x.size + y.size, d, p, False, method, x.size, y.size, note=note)
 
@@ -223,15 +222,14 @@ def paired_difference(a: Mapping[Hashable, float], b: Mapping[Hashable, float], 
 # multiple comparisons and power
 
 def holm(pvalues: Mapping[Hashable, float], alpha: float = 0.05) -> dict[Hashable, tuple[float, bool]]:
-    """Holm-Bonferroni step-down: adjusted p_(i) = max_{j <= i} min(1, (m - j + 1) p_(j)), reject when <= alpha.
-    NaN p-values (no test possible) are left out of the family: (nan, False)."""
+    """Holm-Bonferroni step-down (statsmodels' multipletests, method "holm"): adjusted
+    p_(i) = max_{j <= i} min(1, (m - j + 1) p_(j)), rejected when the step-down says so. NaN p-values (no test
+    possible) are left out of the family: (nan, False)."""
     keys = [k for k, p in pvalues.items() if p is not None and math.isfinite(p)]
-    p = np.array([pvalues[k] for k in keys], dtype=float)
-    order = np.argsort(p, kind="stable")
-    adj = np.empty_like(p)
-    adj[order] = np.minimum(1.0, np.maximum.accumulate((p.size - np.arange(p.size)) * p[order]))
     out = {k: (math.nan, False) for k in pvalues}
-    out.update({k: (float(a), bool(a <= alpha)) for k, a in zip(keys, adj)})
+    if keys:
+        reject, adj, _, _ = multipletests([pvalues[k] for k in keys], alpha=alpha, method="holm")
+        out.update({k: (float(a), bool(r)) for k, a, r in zip(keys, adj, reject)})
     return out
 
 
@@ -241,11 +239,15 @@ class SeedsNeeded(NamedTuple):
 
 
 def paired_t_power(n, dz: float, alpha: float = 0.05) -> np.ndarray:
-    """Power of the two-sided paired t-test with n pairs at effect d_z (noncentral t with df n-1, nc d_z sqrt n)."""
+    """Power of the two-sided paired t-test with n pairs at effect d_z (noncentral t with df n-1, nc d_z sqrt n).
+    Not statsmodels' TTestPower: with scipy 1.17 its lower tail, nct.cdf(-t, df, nc), is NaN at some (n, d_z)
+    (d_z 2, alpha 0.05/153, n 11), which would silently raise a seed count; the lower tail here is the same
+    probability as nct.sf(t, df, -nc), finite there. tests/report/test_library_pvalues.py holds it against
+    TTestPower wherever that is finite."""
     n = np.asarray(n, dtype=float)
     df, nc = n - 1, dz * np.sqrt(n)
     t = sps.t.ppf(1 - alpha / 2, df)
-    return sps.nct.sf(t, df, nc) + sps.nct.cdf(-t, df, nc)
+    return sps.nct.sf(t, df, nc) + sps.nct.sf(t, df, -nc)
 
 
 def seeds_needed(diffs, alpha: float = 0.05, power: float = 0.8, max_n: int = 1000,

@@ -1,12 +1,22 @@
 """A builder of synthetic run directories (docs/run_format.md) with known numbers, in tmp_path."""
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
 import pytest
 
 from harness.store import append_jsonl, write_json
+
+
+@pytest.fixture(autouse=True)
+def _frozen_heap():
+    """statsmodels' multipletests (evals/compare.holm) runs gc.collect() on every call, ~0.1 s with torch's objects
+    on the heap: frozen for the test, a collection only scans what the test itself made."""
+    gc.freeze()
+    yield
+    gc.unfreeze()
 
 COMPARISON = {"task": "tldr", "data_source": "synthetic", "preset": "tiny", "judge": "gold",
               "eval_temperature": 0.01, "kl_definition": "masked_sequence_sum"}
