@@ -169,7 +169,7 @@ def add_to_plan(cfg: RunConfig, plan) -> None:
     """The dry run's `reward scale` lines: the scale and why; the measurement where it can run here; problems."""
     from harness import tasks
 
-    task = tasks.REGISTRY.get(cfg.task.name) or tasks.get(cfg.task.name)
+    task = tasks.get(cfg.task.name)
     if task.checker and not cfg.model.reward_model:
         plan.add("reward scale", f"{cfg.train.reward_scale:g} x the task's checker (1 right, 0 wrong); no reward model")
         return
