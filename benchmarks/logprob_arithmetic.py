@@ -30,7 +30,7 @@ from harness.experience import Budget
 from harness.models import load_models
 from harness.scoring import kl_penalised_reward, sequence_kl, sequence_logprobs
 from harness.tasks import load as load_task
-from harness.tasks.tiny import resolve_paths
+from harness.tasks import resolve_paths
 from harness.train import Trainer
 
 ARITHMETICS = {"fp32": (torch.float32, False), "bf16": (torch.bfloat16, False), "bf16+fwd": (torch.bfloat16, True)}
@@ -48,7 +48,8 @@ def sums(model, batch, temperature: float, dtype, autocast: bool, reference: boo
 
 def stats(x: torch.Tensor, ref: torch.Tensor) -> dict:
     d = (x.float() - ref.float()).abs()
-    return {"mean_abs_diff": d.mean().item(), "max_abs_diff": d.max().item(), "share_different": (d > 0).float().mean().item()}
+    return {"mean_abs_diff": d.mean().item(), "max_abs_diff": d.max().item(),
+            "share_different": (d > 0).float().mean().item()}
 
 
 def main() -> None:

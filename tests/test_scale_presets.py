@@ -12,7 +12,7 @@ from harness.config import preset_names, resolve
 from harness.errors import UserError
 from harness.experience import Budget
 from harness.models import load_models
-from harness.tasks.tiny import resolve_paths
+from harness.tasks import resolve_paths
 from harness.app.plan import dry_run
 from harness.tasks.tldr import load_task
 from harness.train import Trainer
@@ -230,7 +230,8 @@ def test_scale_check_sees_a_missing_eos_score_that_rewards_not_ending(tiny_test_
             out.logits = out.logits - self.span
             return out
 
-    cfg = resolve("chat-llama3-8b-ultrafeedback", {"generation": {"max_new_tokens": 32}, "task": {"max_prompt_tokens": 64}})
+    cfg = resolve("chat-llama3-8b-ultrafeedback", {"generation": {"max_new_tokens": 32},
+                                                     "task": {"max_prompt_tokens": 64}})
     result = measure(Negative(2000.0, tiny.tokenizer.eos_token_id), tiny.tokenizer, data.pref_train, cfg)
     assert result.share_below_penalty > 0.5
     assert any("not ending would be rewarded" in p for p in result.problems)
