@@ -128,7 +128,32 @@ def test_defaults_are_the_authors_recipe():
     assert (s.max_prompt_tokens, s.sft_response_tokens, s.rm_response_tokens) == (512, 53, 169)
     assert settings_for("tldr-pythia-2.8b")[0].base_model == "EleutherAI/pythia-2.8b-deduped"
     assert settings_for("tldr-pythia-1.4b", {"lr_scheduler": "linear"})[0].lr_scheduler == "linear"
-    assert math.isclose(1 / math.sqrt(2048 + 1), 0.02209, rel_tol=1e-3)  # the head init std at 1.4B's width
+
+
+def test_reward_head_starts_from_the_authors_init(stand_in, tmp_path, monkeypatch):
+    """The reward head is drawn with std 1/sqrt(hidden + 1) (the authors' init; 0.02209 at 1.4B's width 2048):
+    the draw is intercepted in the real build path, on the stand-in's width 32, before any training."""
+    from harness.app import starting_point
+
+    base, data = stand_in
+    drawn, real_normal_ = [], torch.nn.init.normal_
+
+    class Drawn(Exception):
+        pass
+
+    def normal_(tensor, mean=0.0, std=1.0, *args, **kwargs):
+        drawn.append((tuple(tensor.shape), std))
+        return real_normal_(tensor, mean, std, *args, **kwargs)
+
+    def stop(*a, **k):  # the step after the head's draw: no training
+        raise Drawn
+
+    monkeypatch.setattr(torch.nn.init, "normal_", normal_)
+    monkeypatch.setattr(starting_point, "fit_vocab", stop)
+    with pytest.raises(Drawn):
+        starting_point.train_reward_model(_settings(base), data, load_tokenizer(str(base)), base, tmp_path / "rm",
+                                          log=lambda *a: None)
+    assert drawn[-1] == ((1, 32), pytest.approx(1 / math.sqrt(33)))  # the last draw: the head, 1 x width
 
 
 def _cli(capsys, *argv):
