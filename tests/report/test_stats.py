@@ -27,10 +27,13 @@ def test_iqm_trims_a_quarter_each_side():
     assert stats.iqm([0, 1, 2, 3, 4, 5, 6, 100]) == 3.5  # the outlier is trimmed
 
 
-def test_iqm_ci_few_seeds_is_within_min_max():
-    q, lo, hi = stats.iqm_ci([1.0, 2.0, 3.0], reps=REPS)
-    assert q == 2.0
-    assert 1.0 <= lo <= q <= hi <= 3.0
+def test_iqm_ci_few_seeds_hand_values():
+    """Three seeds: the IQM is the mean; its bootstrap takes the 27 equally likely resamples, whose sums 3..9 come
+    3, 6, 7, 6, 3 times between one each at the ends. 95%: the 2.5% and 97.5% points fall in the end atoms (1/27 =
+    3.7% each), so the CI is [1, 3], the data's range; 80%: CDF 4/27 = 14.8% at sum 4 and 23/27 = 85.2% at sum 7
+    put the 10% and 90% points at 4/3 and 8/3. Many resamples, so the Monte-Carlo percentiles land on those atoms."""
+    assert stats.iqm_ci([1.0, 2.0, 3.0], reps=20000) == pytest.approx((2.0, 1.0, 3.0))
+    assert stats.iqm_ci([3.0, 1.0, 2.0], level=0.8, reps=20000) == pytest.approx((2.0, 4 / 3, 8 / 3))
 
 
 def test_iqm_ci_is_seeded_and_undefined_for_one_seed():
@@ -49,12 +52,21 @@ def test_probability_of_improvement_hand_values():
     assert stats.probability_of_improvement([1, 2], [1, 2], reps=REPS)[0] == 0.5
 
 
-def test_poi_matrix_is_complementary():
-    m = stats.poi_matrix({"a": [1, 4, 5], "b": [2, 3, 6]}, reps=REPS)
-    p, lo, hi = m[("a", "b")]
-    assert p == pytest.approx(4 / 9)  # a beats b in 4 of 9 pairs
-    assert m[("b", "a")] == pytest.approx((1 - p, 1 - hi, 1 - lo))
-    assert stats.significant(lo, hi) is False
+def test_poi_matrix_both_directions_against_the_exact_bootstrap():
+    """Each direction's CI against the exact stratified bootstrap of that direction (27 x 27 resamples enumerated
+    here), not against the complement formula the code uses."""
+    from .test_intervals import clear, exact_interval, resamples
+
+    a, b = [0.2, 1.5, 3.0], [0.4, 1.0, 2.6]
+    m = stats.poi_matrix({"a": a, "b": b}, reps=3000)
+    win = lambda x, y: np.mean([(u > v) + 0.5 * (u == v) for u in x for v in y])  # noqa: E731
+    for first, second, (p, lo, hi) in ((a, b, m[("a", "b")]), (b, a, m[("b", "a")])):
+        exact_lo, exact_hi, margin = exact_interval([win(x, y) for x in resamples(first) for y in resamples(second)],
+                                                    0.95)
+        assert clear(margin, 0.95, 3000)
+        assert p == pytest.approx(win(first, second)) and (lo, hi) == pytest.approx((exact_lo, exact_hi))
+    assert m[("a", "b")][0] == pytest.approx(5 / 9)  # a beats b in 5 of 9 pairs
+    assert stats.significant(*m[("a", "b")][1:]) is False
 
 
 def test_significant():

@@ -1,7 +1,7 @@
 """Tables against hand computation: cell texts, marks, baselines, provenance, renderers."""
 import pytest
 
-from evals import tables
+from evals import stats, tables
 from evals.runs import comparison_groups, load_runs, row_labels
 
 from .conftest import chat_json, open_llm_json, write_run
@@ -38,7 +38,11 @@ def test_table1_cells_match_hand_computation(two_algos):
     assert rebel[2].text == "4"
     assert rebel[3].text == "52.5 (33.0)"            # [10, 50, 60, 90]: mean 52.5, std sqrt(3275/3)
     assert rebel[4].text.startswith("55.0 [")         # IQM: mean of 50 and 60
-    assert rebel[4].stats["ci_low"] >= 10 and rebel[4].stats["ci_high"] <= 90
+    # the CI is the IQM bootstrap of the four seeds with the report's level, resamples and seed (iqm_ci itself is
+    # held against the exact bootstrap distribution in test_intervals.py)
+    _, low, high = stats.iqm_ci([10.0, 50.0, 60.0, 90.0], 0.95, REPS, 0)
+    assert (rebel[4].stats["ci_low"], rebel[4].stats["ci_high"]) == pytest.approx((low, high))
+    assert rebel[4].text == f"55.0 [{low:.1f}, {high:.1f}]" and low < 55.0 < high
     assert rebel[5].text == "1.00 (0.00)"
     assert rebel[7].text == "21.5 (1.3)"             # KL 20..23
     ppo = rows[("tiny", "ppo")]
