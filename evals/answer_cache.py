@@ -6,12 +6,18 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from harness.store import config_hash, read_jsonl
+from harness.store import code_fingerprint, config_hash, read_jsonl
+
+
+# the code that turns a conversation into an answer (loading, chat template, decoding): part of every answer's key.
+# Not the `chat_generator` factory, which only wires the two together (tests swap it to prove no model loads).
+GENERATOR_CODE = ("evals.chat_generate:ChatGenerator", "evals.chat_generate:load_chat_model")
 
 
 def model_fingerprint(model: str, max_new_tokens: int) -> str:
     """What makes two answers the same: the model's files (name, size, mtime: a retrained model in the same
-    directory is another model; for a hub name, its cached snapshot) and the generation settings."""
+    directory is another model; for a hub name, its cached snapshot), the generation settings and the generating
+    code (harness/store.code_fingerprint of GENERATOR_CODE: a changed generator never reads an old answer)."""
     path = Path(model)
     if not path.is_dir():
         try:
@@ -22,7 +28,8 @@ def model_fingerprint(model: str, max_new_tokens: int) -> str:
             path = None
     files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file()) \
         if path is not None else []
-    return config_hash({"model": str(model), "files": files, "max_new_tokens": max_new_tokens, "temperature": 0})
+    return config_hash({"model": str(model), "files": files, "max_new_tokens": max_new_tokens, "temperature": 0,
+                        "code": code_fingerprint(*GENERATOR_CODE)})
 
 
 class CachedAnswers:

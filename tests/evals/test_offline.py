@@ -184,3 +184,30 @@ def test_the_real_environment_variable_in_a_fresh_process(tmp_path, chat_model):
         "error: AlpacaEval reference outputs tatsu-lab/alpaca_eval/alpaca_eval_gpt4_baseline.json is not in the "
         "local Hugging Face cache (and 2 more) and HF_HUB_OFFLINE is set: fetch it first with `python -m harness "
         "prepare --suite chat` where the hub is reachable (then HF_HUB_OFFLINE=1 works)")
+
+
+def test_a_changed_generator_misses_the_answer_cache(tmp_path, monkeypatch):
+    """Answers are keyed by the generating code too (issue 34): the same model files and settings with a changed
+    chat generator are another key, so its answers are generated anew, and the original code finds its own again."""
+    import evals.chat_generate
+    from evals.answer_cache import model_fingerprint
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    key = model_fingerprint(str(tmp_path / "m"), 64)
+    assert model_fingerprint(str(tmp_path / "m"), 64) == key and model_fingerprint(str(tmp_path / "m"), 65) != key
+    original = evals.chat_generate.ChatGenerator.__call__
+
+    def changed(self, conversations):
+        return [answer.strip() for answer in original(self, conversations)]
+
+    monkeypatch.setattr(evals.chat_generate.ChatGenerator, "__call__", changed)
+    changed_key = model_fingerprint(str(tmp_path / "m"), 64)
+    assert changed_key != key
+    conversations = [[{"role": "user", "content": "q"}]]
+    CachedAnswers(tmp_path / "a.jsonl", key, lambda: lambda c: ["old"])(conversations)
+    fresh = CachedAnswers(tmp_path / "a.jsonl", changed_key, lambda: lambda c: ["new"])
+    assert fresh(conversations) == ["new"] and fresh.reused == 0
+    monkeypatch.undo()
+    again = CachedAnswers(tmp_path / "a.jsonl", model_fingerprint(str(tmp_path / "m"), 64), pytest.fail)
+    assert again(conversations) == ["old"] and again.reused == 1
