@@ -56,9 +56,11 @@ def sft_score(tiny_test_models, harness_cache):
     return held_out_rm_score(load_models(cfg.model, resolve_paths(cfg.model, log=lambda *a: None)), cfg, data)
 
 
-def _train(name, cache, data, args=None):
+def _train(name, cache, data, args=None, iterations=None):
     """A few iterations; returns (models, config, metrics lines, losses of every loss call per iteration)."""
     cfg = _cfg(cache, name)
+    if iterations is not None:
+        cfg.train.iterations = iterations
     algo = make(name, args)
     models = load_models(cfg.model, resolve_paths(cfg.model, log=lambda *a: None), needs_critic=algo.needs_critic)
     trainer = Trainer(cfg, algo, models, data.pref_train if algo.data == "preference_pairs" else data.sft_train,
@@ -109,10 +111,9 @@ def _starts_each_batch_at_log_two_then_fits(calls, lines):
 
 @check("rloo", "rloo_k4")
 def _surrogate_starts_at_zero_then_improves(calls, lines):
-    first, last = _first_last(calls)
+    first, _ = _first_last(calls)
     assert all(abs(f) < 1e-5 for f in first)  # leave-one-out advantages sum to zero per prompt at ratio one
-    if len(calls[0]) > 1:  # later epochs (algo.epochs > 1) improve the surrogate; with one update per batch (the
-        assert sum(last) < 0  # default) the only call is the first, 0 up to rounding: the RM-score check decides
+    _moved_from_the_reference(lines)  # one update per batch (the default): the later epochs' test is below
 
 
 @check("ppo")
@@ -145,9 +146,17 @@ def _policy_term_is_zero_at_ratio_one_and_the_k3_term_is_the_loss(calls, lines):
     assert lines[-1]["objective/kl_loss"] > 0  # the policy moved away from the reference
 
 
+def _moved_from_the_reference(lines):
+    """What the updates change: the first rollouts come from the reference itself (sampled KL 0), later ones from a
+    policy the updates moved away from it."""
+    later = [line["kl"] for line in lines[1:]]
+    assert abs(lines[0]["kl"]) < 1e-5 and sum(later) / len(later) > 1e-3, [line["kl"] for line in lines]
+
+
 @check("gspo", "reinforce_pp")
 def _surrogate_is_minus_the_mean_advantage_at_ratio_one(calls, lines):
     assert all(abs(c[0]["loss"]) < 1e-5 for c in calls)  # group-centred (GSPO) or globally whitened (REINFORCE++)
+    _moved_from_the_reference(lines)
 
 
 @check("dr_grpo", "dapo", "cispo")
@@ -155,6 +164,17 @@ def _no_kl_term_and_no_clipping_at_ratio_one(calls, lines):
     for c in calls:
         name = next(k.split("/")[0] for k in c[0] if k.endswith("/clipfrac"))
         assert "objective/kl_loss" not in c[0] and c[0][f"{name}/clipfrac"] == 0.0
+    _moved_from_the_reference(lines)
+
+
+def test_rloo_later_epochs_improve_the_surrogate(tiny_test_models, harness_cache):
+    """The clipped multi-epoch variant (--set algo.epochs=2): each batch's first update starts at ratio one (loss 0
+    up to rounding), the second epoch's loss on the same batch is below it."""
+    _, _, data = tiny_test_models
+    _, _, _, calls = _train("rloo", harness_cache, data, {"epochs": 2}, iterations=2)
+    assert all(len(c) == 2 for c in calls)
+    first, last = _first_last(calls)
+    assert all(abs(f) < 1e-5 for f in first) and all(v < 0 for v in last), calls
 
 
 RESPONSES_PER_PROMPT = {"ppo": 1, "reinforce": 1, "rebel": 2, "iterative_dpo": 2, "rloo": 2, "rloo_k4": 4, "dpo": 0,
