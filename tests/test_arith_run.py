@@ -59,6 +59,31 @@ def test_arith_run_scores_with_the_checker_and_reports_pass_at_k(arith_run):
     assert samples[0]["prompt"].startswith("Question: ") and samples[0]["prompt"].endswith("\nAnswer:")
 
 
+def test_pass_at_k_of_the_run_is_the_hand_count_of_its_samples(arith_run):
+    """summary.json's math block recounted from samples.jsonl (issue 34): per problem, c of its 8 sampled
+    responses are correct; pass@k = mean of 1 - C(8 - c, k) / C(8, k), greedy pass@1 the share of correct greedy
+    responses, the no-answer share over the sampled responses."""
+    import math
+
+    summary = json.loads((arith_run / "summary.json").read_text())["eval"]
+    samples, _ = read_jsonl(arith_run / "samples.jsonl")
+    sampled, greedy = [s for s in samples if s["sample"] != "greedy"], [s for s in samples if s["sample"] == "greedy"]
+    problems = [sampled[i:i + 8] for i in range(0, len(sampled), 8)]
+    assert len(problems) == len(greedy) == 8
+    for block, g in zip(problems, greedy):
+        assert [s["sample"] for s in block] == list(range(8)) and {s["prompt"] for s in block} == {g["prompt"]}
+        assert all(s["correct"] in (0.0, 1.0) for s in block + [g])
+    correct = [sum(s["correct"] for s in block) for block in problems]
+    for k in (1, 4, 8):
+        by_hand = sum(1 - math.comb(8 - int(c), k) / math.comb(8, k) for c in correct) / len(correct)
+        assert summary[f"pass@{k}"] == pytest.approx(by_hand, abs=1e-12), k
+    assert summary["greedy_pass@1"] == pytest.approx(sum(g["correct"] for g in greedy) / len(greedy))
+    assert summary["no_answer_frac"] == pytest.approx(sum(s["no_answer"] for s in sampled) / len(sampled))
+    assert summary["eos_rate"] == pytest.approx(sum(s["eos"] for s in sampled) / len(sampled))
+    # a response that never ended is never correct, whatever it says
+    assert all(s["correct"] == 0.0 for s in sampled if not s["eos"])
+
+
 def test_arith_build_is_cached_by_recipe_and_has_no_reward_model(arith_run, harness_cache):
     from harness.tasks.tiny import resolve_paths
 
