@@ -43,8 +43,14 @@ def test_ellipse_size_and_angle_by_hand():
     assert flat % 180 == pytest.approx(0.0, abs=1e-9)  # spread along x: the long axis is horizontal
     three = stats.ellipse(np.array([[0.0, 0.0], [2.0, 0.0], [1.0, 1.0]]))  # three seeds are enough
     assert three is not None and three[1] > 0 and three[2] > 0
-    _, width, height, _ = stats.ellipse(np.array([[0.0, 0.0], [1.0, 1.0], [3.0, 3.0]]))  # collinear: no width
-    assert height == pytest.approx(0.0, abs=1e-7) and width > 0
+    _, _, _, upright = stats.ellipse(np.array([[0.0, 0.0], [0.0, 2.0], [0.0, 4.0], [0.5, 2.0]]))
+    assert upright % 180 == pytest.approx(90.0)  # spread along y: the long axis is vertical
+    # collinear seeds: the covariance is singular and its small eigenvalue comes out as -1.7e-18 in floating point;
+    # the ellipse is flat (height 0), not a math domain error
+    collinear = np.array([[0.0, 0.0], [1.0, 0.1], [2.0, 0.2]])
+    assert np.linalg.eigvalsh(np.cov(collinear, rowvar=False))[0] < 0
+    _, width, height, _ = stats.ellipse(collinear)
+    assert height == 0.0 and width == pytest.approx(4 * math.sqrt(1.01))
 
 
 def test_rank_marks_round_at_the_displayed_decimals():
