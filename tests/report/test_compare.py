@@ -207,3 +207,20 @@ def test_t_test_holm_controls_fwer_at_five_seeds_and_detects_a_large_effect():
     print(f"\npaired t, 5 seeds, Holm over 12: FWER {fwer:.3f} (bound {bound:.3f}); detection of d_z = 4 {detected:.3f}")
     assert fwer <= bound
     assert detected >= 0.7  # noncentral t: power at d_z 4, n 5, alpha 0.05/12 is ~0.8 at Holm's first step
+
+
+def test_unpaired_permutation_is_exact_up_to_max_exact_splits_then_monte_carlo():
+    """The label-permutation test enumerates every split while there are at most MAX_EXACT of them, whatever
+    `reps` says, and draws `reps` random splits beyond (mutation-run survivors: exact/Monte-Carlo switch)."""
+    x, y = [5.0, 6.0, 7.0, 8.0, 9.0, 10.0], [0.0, 1.0, 2.0, 3.0, 4.0, 4.5]
+    six = compare.paired_difference(dict(enumerate(x)), {10 + i: v for i, v in enumerate(y)}, reps=200)
+    # C(12, 6) = 924 splits > reps: still exact; only the observed split and its mirror are as extreme
+    assert six.method == "unpaired label permutation (exact)" and six.p_value == pytest.approx(2 / 924)
+    small = compare.paired_difference({0: 1.0, 1: 3.0}, {5: 0.0, 6: 2.0, 7: 4.0, 8: 6.0}, reps=50)
+    # 2 vs 4 seeds, C(6, 2) = 15 splits; |mean difference| 1 is reached by 11 of them (hand count)
+    assert small.method == "unpaired label permutation (exact)" and small.p_value == pytest.approx(11 / 15)
+    rng = np.random.default_rng(5)
+    big_x, big_y = rng.normal(1.0, 1.0, 10), rng.normal(0.0, 1.0, 10)  # C(20, 10) = 184756 > MAX_EXACT
+    big = compare.paired_difference(dict(enumerate(big_x)), {20 + i: v for i, v in enumerate(big_y)}, reps=99)
+    assert big.method == "unpaired label permutation (Monte-Carlo)"
+    assert (big.p_value * 100) == pytest.approx(round(big.p_value * 100))  # (1 + k) / (1 + 99)
