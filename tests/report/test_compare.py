@@ -224,3 +224,18 @@ def test_unpaired_permutation_is_exact_up_to_max_exact_splits_then_monte_carlo()
     big = compare.paired_difference(dict(enumerate(big_x)), {20 + i: v for i, v in enumerate(big_y)}, reps=99)
     assert big.method == "unpaired label permutation (Monte-Carlo)"
     assert (big.p_value * 100) == pytest.approx(round(big.p_value * 100))  # (1 + k) / (1 + 99)
+
+
+def test_paired_t_p_shapes_and_degenerate_rows_without_warnings():
+    """Vectorised shapes, one difference (no test: NaN of the right shape) and constant rows (t = 0/0 or x/0)
+    handled without a warning escaping (mutation-run survivors)."""
+    import warnings
+
+    assert isinstance(compare.paired_t_p([1.0]), float) and math.isnan(compare.paired_t_p([1.0]))
+    out = compare.paired_t_p(np.ones((3, 1)))
+    assert out.shape == (3,) and np.isnan(out).all()
+    assert compare.paired_t_p(np.ones((2, 4, 1))).shape == (2, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy warns about constant rows and divides by zero: kept inside
+        p = compare.paired_t_p(np.array([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 2.0, 4.0]]))
+    assert p[:2].tolist() == [0.0, 1.0] and 0 < p[2] < 1
