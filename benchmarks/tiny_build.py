@@ -73,13 +73,17 @@ def _step_seconds(module, recipe, data, tokenizer, steps: int) -> dict:
                                           data.pref_train)):
         torch.manual_seed(0)
         model = model_cls(cfg)
-        tensors = module._encode(rows, tokenizer, recipe, fields)
+        # the current code names its helpers encode_rows / sequence_lengths / train_steps; older revisions _encode ...
+        encode = getattr(module, "encode_rows", getattr(module, "_encode", None))
+        train = getattr(module, "train_steps", getattr(module, "_train", None))
+        lengths = getattr(module, "sequence_lengths", getattr(module, "_lengths", None))
+        tensors = encode(rows, tokenizer, recipe, fields)
         rng = torch.Generator().manual_seed(0)
         start = time.perf_counter()
-        if hasattr(module, "_train"):  # the current code
+        if train is not None:  # the current code
             loss = module.cross_entropy_on_response if kind == "sft" else module.pairwise_reward_loss
-            module._train(model, loss, tensors, module._lengths(tensors[0], pad, *tensors[2::2]), steps,
-                          short.sft_batch, short.sft_lr, rng, kind, pad, short)
+            train(model, loss, tensors, lengths(tensors[0], pad, *tensors[2::2]), steps, short.sft_batch,
+                  short.sft_lr, rng, kind, pad, short)
         else:  # the code before: fixed-width batches, both responses of a pair with their own prompt copy
             from harness.scoring import cross_entropy_on_response
 

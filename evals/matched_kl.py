@@ -19,9 +19,6 @@ from evals import compare
 from evals.runs import Run
 from evals.tables import Metric, Table, numeric_table
 
-# (metric, header, scale, decimals): the eval/* columns a trajectory may carry, shown as Table 1 shows them
-MATCHED_METRICS = (("win_rate", "Win rate (%)", 100.0, 1), ("rm_score", "RM score", 1.0, 2),
-                   ("gold_reward", "Gold reward", 1.0, 3))
 N_LEVELS = 3
 # Fewer distinct evaluations (SFT included) inside the common KL range than this: some level is read off a straight
 # line across a stretch of the curve nobody evaluated, which the notes name.

@@ -9,7 +9,7 @@ summary (a re-evaluation).
 """
 from __future__ import annotations
 
-from evals.runs import Run, is_math_run, math_file
+from evals.runs import Run, suite_file
 from evals.tables import Metric, Row, Table, field_getter, few_seeds_note, numeric_table, sft_and_optimizer_rows
 
 # pass@k is ranked (higher is better); KL, length and the no-answer share are what a policy paid or how it answers,
@@ -21,14 +21,7 @@ MATH_METRICS = [Metric("pass@1", "pass@1 (%)", field_getter("pass@1"), 100, 1),
                 Metric("kl", "KL(π‖π_ref)", field_getter("kl"), 1, 2, None),
                 Metric("response_length", "Length (tokens)", field_getter("response_length"), 1, 1, None),
                 Metric("no_answer_frac", "No answer (%)", field_getter("no_answer_frac"), 100, 1, None)]
-COMPARED = ("pass@1", "pass@4", "pass@8", "greedy_pass@1")  # the metrics P(improvement) and the verdicts may use
-MATCHED_METRICS = (("pass@1", "pass@1 (%)", 100.0, 1),)  # as evals.matched_kl.MATCHED_METRICS
 SETTINGS = ("n", "samples_per_problem", "temperature")  # what makes two evaluations comparable
-
-
-def is_math_group(runs: list[Run]) -> bool:
-    """A comparison group holds one task (its comparison_key), so one math run makes it a math group."""
-    return any(is_math_run(r) for r in runs)
 
 
 def math_observations(runs: list[Run], observations: dict[str, tuple[dict, str]],
@@ -40,11 +33,11 @@ def math_observations(runs: list[Run], observations: dict[str, tuple[dict, str]]
         values = r.evals.get("math")
         if r.run_id not in observations or values is None:
             continue
-        out[r.run_id] = (values, math_file(r))
+        out[r.run_id] = (values, suite_file(r))
         if any(values.get(m.key) != r.summary["eval"].get(m.key) for m in MATH_METRICS):
             rewritten.append(r.run_id)
     if rewritten:  # one task per group, so one file name
-        notes.append(f"{', '.join(rewritten)}: {math_file(runs[0])} differs from summary.json eval (re-evaluated "
+        notes.append(f"{', '.join(rewritten)}: {suite_file(runs[0])} differs from summary.json eval (re-evaluated "
                      f"with `harness eval RUN --suite math`); the tables use the file.")
     return out
 

@@ -17,6 +17,7 @@ from typing import Iterable
 
 import yaml
 
+from evals.suites import ModelSuite, Target, keep_base, pct, register
 from harness.assets import LOCAL_LOADERS, Asset
 from harness.errors import UserError
 from harness.store import write_json, write_jsonl
@@ -165,3 +166,52 @@ def open_llm_assets(tasks: Iterable[str] | None = None, include_path: str | Path
     for task in tasks or LEADERBOARD:
         walk(task, task)
     return out
+
+
+class OpenLlmSuite(ModelSuite):
+    name = "open-llm"
+    key = "open_llm"
+    summary = "the six Open LLM Leaderboard (v1) tasks through lm-eval, and their average"
+    options = ("include_path", "tasks", "limit", "device")
+
+    def assets(self, options):
+        return open_llm_assets(options.get("tasks"), options.get("include_path"))
+
+    def check(self, target: Target, options: dict, log=print) -> None:
+        from harness import assets
+
+        include_path, tasks = options.get("include_path"), options.get("tasks")
+        if include_path is not None and not Path(include_path).is_dir():
+            raise UserError(f"--include-path: no such directory {include_path}")
+        model = assets.model_asset("evaluated model", target.model) if target.run_dir is None else []
+        command = assets.prepare_command(suites=["open-llm"], models=[a.name for a in model if a.kind == "model"]) + \
+            (f" --tasks {','.join(tasks)}" if tasks else "") + (f" --include-path {include_path}" if include_path else "")
+        assets.require(model + self.assets(options), command, log=log)
+
+    def run(self, target: Target, options: dict, log=print) -> dict:
+        """run_open_llm; it writes open_llm.json in the report's shape ({"tasks": {name: score}, "average"})."""
+        self.check(target, options, log)
+        path = target.out_dir / "open_llm.json"
+        base = keep_base(path)
+        summary = run_open_llm(target.model, target.out_dir, tasks=options.get("tasks"),
+                               include_path=options.get("include_path"), limit=options.get("limit"),
+                               device=options.get("device"))
+        if base:
+            summary = {**summary, **base}
+            write_json(path, summary)
+        return summary
+
+    def describe(self, result):
+        tasks = ", ".join(f"{t} {pct(v)}" for t, v in result["tasks"].items())
+        return f"open-llm: average {pct(result['average'])} ({tasks})"
+
+    def rates(self, data):
+        return [("tasks." + k, v) for k, v in (data.get("tasks") or {}).items()]
+
+    def report_tables(self):
+        from evals.tables import OPEN_LLM_METRICS
+
+        return [("table6", "Table 6: Open LLM Leaderboard tasks", OPEN_LLM_METRICS)]
+
+
+register(OpenLlmSuite())

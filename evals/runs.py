@@ -20,10 +20,6 @@ from harness.config import ROW_SECTIONS
 BUDGET_COUNTERS = ("prompts", "responses", "rm_queries", "optimizer_steps", "wall_time_s")
 COMPARISON_FIELDS = ("task", "data_source", "preset", "judge", "eval_temperature", "kl_definition", "settings")
 REQUIRED_SUMMARY = ("run_id", "status", "algorithm", "preset", "seed", "eval", "comparison_key")
-EVAL_SUITES = ("chat", "open_llm")
-# The math suite's fractions (evals/math.py): a run whose evaluation carries pass@1 is one of a task with a checker.
-MATH_RATES = ("pass@1", "pass@4", "pass@8", "greedy_pass@1", "no_answer_frac")
-RATES = ("win_rate",) + MATH_RATES  # fractions in [0, 1]: a percentage here would silently be x100
 
 
 @dataclass
@@ -147,9 +143,8 @@ def load_run(path: Path) -> Run | Skipped:
         return Skipped(str(path), "summary.json: eval and comparison_key must be objects")
     for block in ("eval", "sft"):
         b = summary.get(block)
-        for key in RATES:
-            v = b.get(key) if isinstance(b, dict) else None
-            if _finite(v) and not 0 <= v <= 1:
+        for key, v in _suite(summary).rates(b) if isinstance(b, dict) else ():
+            if _finite(v) and not 0 <= v <= 1:  # a percentage here would silently be x100
                 return Skipped(str(path), f"summary.json {block}.{key} = {v} is not a fraction in [0, 1]")
     if not rd.config.exists():
         return Skipped(str(path), "missing config.json (needed to trace the run's configuration)")
@@ -171,24 +166,40 @@ def load_run(path: Path) -> Run | Skipped:
     return run
 
 
-def is_math_run(run: Run) -> bool:
-    """A run of a task with a checker (arith, gsm8k): its evaluation is the math suite's (pass@k), not TL;DR's."""
-    return "pass@1" in run.summary["eval"]
+def _suite(summary: dict):
+    """The suite that evaluated a run (evals.suites): its summary says; a summary written before suites were named
+    is its task's suite (harness.tasks), and a task not registered here the TL;DR suite."""
+    from evals import suites
+    from harness import tasks
+
+    name = summary.get("suite")
+    if not name:
+        task = tasks.find(str(summary.get("task", "")))
+        name = task.suite if task is not None else "tldr"
+    return suites.get(name)
 
 
-def math_file(run: Run) -> str:
-    """evals/<task>.json: the math suite's file, written by the run and by `harness eval RUN --suite math`."""
-    return f"evals/{run.summary['comparison_key'].get('task') or run.summary.get('task')}.json"
+def suite_of(run: Run) -> str:
+    return _suite(run.summary).name
+
+
+def suite_file(run: Run) -> str:
+    """evals/<file> of the run's task suite, written by the run and by `harness eval RUN --suite NAME`."""
+    task = run.summary["comparison_key"].get("task") or run.summary.get("task")
+    return f"evals/{_suite(run.summary).file_name(task)}"
 
 
 def load_suites(run: Run) -> list[Skipped]:
-    """Attach evals/chat.json and evals/open_llm.json when present, and a math run's evals/<task>.json (as
-    run.evals["math"]); a bad suite file drops that suite only."""
+    """Attach the model suites' files (evals/chat.json, evals/open_llm.json, ...) as run.evals[key] and the run's
+    task-suite file (evals/tldr.json, a math run's evals/<task>.json) as run.evals[suite name], when present; a bad
+    suite file drops that suite only."""
+    from evals import suites
+
     skipped = []
-    files = {suite: f"evals/{suite}.json" for suite in EVAL_SUITES}
-    if is_math_run(run):
-        files["math"] = math_file(run)
-    for suite, name in files.items():
+    files = {s.key: (s, f"evals/{s.key}.json") for s in suites.model_suites()}
+    own = _suite(run.summary)
+    files[own.name] = (own, suite_file(run))
+    for key, (suite, name) in files.items():
         path = run.path / name
         if not path.exists():
             continue
@@ -197,20 +208,13 @@ def load_suites(run: Run) -> list[Skipped]:
         if err:
             skipped.append(Skipped(str(path), f"{run.run_id}: {err}"))
         else:
-            run.evals[suite] = data
+            run.evals[key] = data
     return skipped
 
 
-def _check_rates(suite: str, data: dict) -> str | None:
+def _check_rates(suite, data: dict) -> str | None:
     """Rates and accuracies are fractions in [0, 1] (docs/report.md); a percentage here would silently be x100."""
-    values = []
-    if suite == "chat":
-        values = [("alpaca_eval." + k, (data.get("alpaca_eval") or {}).get(k)) for k in ("lc_win_rate", "win_rate")]
-    elif suite == "open_llm":
-        values = [("tasks." + k, v) for k, v in (data.get("tasks") or {}).items()]
-    elif suite == "math":
-        values = [(k, data.get(k)) for k in MATH_RATES]
-    for name, v in values:
+    for name, v in suite.rates(data):
         if v is not None and isinstance(v, (int, float)) and not 0 <= v <= 1:
             return f"{name} = {v} is not a fraction in [0, 1]"
     return None
@@ -280,7 +284,12 @@ def row_labels(runs: list[Run]) -> dict[tuple, str]:
 # ---------------------------------------------------------------------------------------------------------------
 # equal-budget cut
 
-EVAL_COLUMNS = {k: f"eval/{k}" for k in ("win_rate", "rm_score", "kl") + MATH_RATES + ("response_length",)}
+def cut_keys() -> tuple[str, ...]:
+    """The eval/* keys an equal-budget cut reads: every task suite's (evals.suites), in registry order."""
+    from evals import suites
+
+    keys = [k for n in suites.names() for k in getattr(suites.get(n), "cut_keys", ())]
+    return tuple(dict.fromkeys(keys))
 
 
 def _finite(x: Any) -> bool:
@@ -306,11 +315,11 @@ def budget_cut(run: Run, counter: str, budget: float) -> tuple[dict | None, str 
         return None, f"first logged iteration is already past {counter} = {budget:g}"
     last = _latest(before, counter)
     cut = {"iteration": last.get("iteration"), "counter": last[counter]}
-    for name, col in EVAL_COLUMNS.items():
+    for name, col in ((k, f"eval/{k}") for k in cut_keys() + ("response_length",)):
         logged = [m for m in before if _finite(m.get(col))]
         if logged:
             at = _latest(logged, counter)
             cut[name], cut[name + "_iteration"] = at[col], at.get("iteration")
-    if not any(k in cut for k in EVAL_COLUMNS):
+    if not any(k in cut for k in cut_keys() + ("response_length",)):
         return None, f"no periodic eval/* columns at or before {counter} = {budget:g}"
     return cut, None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from evals.suites import TaskSuite, fmt, num, pct, register
 from harness.distributed import Runtime
 from harness.experience import encode_queries
 from harness.rollout import sample, truncate_after_eos
@@ -99,3 +100,66 @@ def evaluate_tldr(policy, reference, reward_model, tokenizer, examples: list[Exa
         return {}, []
     return summarize(records, examples, temperature=temperature, kl_temperature=kl_temperature, judge=judge,
                      gold=gold)
+
+
+class TldrSuite(TaskSuite):
+    """A reward-model task's runs (TL;DR, chat prompts): RM score, KL, win rate against the references."""
+
+    name = "tldr"
+    summary = "RM score, KL to the reference and win rate against the human references, on held-out prompts"
+    metric_keys = ("rm_score", "kl", "kl_exact", "win_rate", "gold_reward", "response_length")
+    columns = ("win rate", "RM score", "KL(pi||ref)", "exact KL", "gold reward", "length")
+    rate_keys = ("win_rate",)
+    default_task = "tldr"
+
+    def evaluate(self, cfg, policy, reference, models, examples, data, judge, runtime):
+        from harness.train import score_rule
+
+        return evaluate_tldr(policy, reference, models.reward_model, models.tokenizer, examples,
+                             max_prompt_tokens=cfg.task.max_prompt_tokens,
+                             max_new_tokens=cfg.generation.max_new_tokens, temperature=cfg.eval.temperature,
+                             kl_temperature=cfg.generation.temperature, judge=judge, runtime=runtime,
+                             rule=score_rule(cfg, evaluation=True), gold=data.gold)
+
+    def summary_table(self, summary):
+        table = super().summary_table(summary)
+        table.columns[1].header = f"win rate ({summary['eval'].get('win_rate_judge') or 'no judge'})"
+        return table
+
+    cut_keys = ("win_rate", "rm_score", "kl")
+    verdict_units = {"win_rate": ("win rate", 100.0, "points", 1), "rm_score": ("RM score", 1.0, "RM score", 2)}
+    matched_metrics = (("win_rate", "Win rate (%)", 100.0, 1), ("rm_score", "RM score", 1.0, 2),
+                       ("gold_reward", "Gold reward", 1.0, 3))
+
+    def verdict_metric(self, metric, members, observations):
+        if metric == "win_rate" and not any(observations[r.run_id][0].get("win_rate") is not None for r in members):
+            return "rm_score", "no win rates (no judge), so P(improvement) and the verdicts use rm_score."
+        return metric, ""
+
+    def main_table(self, members, labels, observations, key, opts, suffix, budget_note, notes):
+        from evals.tables import table1
+
+        return table1(members, labels, observations, str(key.get("judge")), opts.level, opts.reps, opts.seed,
+                      "table1" + suffix, budget_note), observations
+
+    def figures(self, members, labels, opts, suffix):
+        from evals import plots
+
+        pdir = opts.out / "plots"
+        return [(plots.frontier, members, labels, pdir / f"frontier{suffix}.png"),
+                (plots.learning_curves, members, labels, opts.x_metric, opts.level,
+                 pdir / f"learning_curves{suffix}.png"),
+                (plots.mt_bench_radar, members, labels, pdir / f"mt_bench_radar{suffix}.png"),
+                (plots.eta_ablation, members, pdir / f"eta_ablation{suffix}.png"),
+                (plots.winrate_vs_length, members, labels, pdir / f"winrate_vs_length{suffix}.png")]
+
+    def describe(self, result):
+        return (f"tldr: win rate {pct(result['win_rate'])} ({result['win_rate_judge'] or 'no judge'}), RM score "
+                f"{num(result['rm_score'])}, KL {num(result['kl'])}, {result['n']} prompts")
+
+    def table_row(self, m):
+        return [fmt(m["win_rate"], pct=True), fmt(m["rm_score"]), fmt(m["kl"]), fmt(m["kl_exact"]),
+                fmt(m["gold_reward"]), f"{m['response_length']:.1f}"]
+
+
+register(TldrSuite())

@@ -95,6 +95,19 @@ def _forced_offline():
         datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE = before
 
 
+def hub_reachable(dataset: str, timeout: float = 5.0) -> bool:
+    """Whether the hub answers for `dataset` now (never when HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is 1)."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        return False
+    try:
+        from huggingface_hub import HfApi
+
+        HfApi().dataset_info(dataset, timeout=timeout)
+        return True
+    except Exception:  # any failure (DNS, proxy, HTTP) means "not reachable" for the purpose of `auto`
+        return False
+
+
 def locate(asset: Asset, caches: Caches = Caches()) -> str | None:
     """The local path holding the asset, or None when it is not (or not wholly) here."""
     if asset.kind == "local":

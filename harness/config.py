@@ -112,7 +112,7 @@ class ModelSettings(Strict):
 
 
 class TaskSettings(Strict):
-    name: str = "tldr"
+    name: str = Field(description="the task (harness list): every preset names one")
     source: str = Field("auto", description="auto | hub | synthetic | synthetic-hard | a local directory")
     dataset: str | None = Field(None, description="hub data set of prompts (tldr: SFT prompts and references; chat: "
                                 "prompts); None: the task's default")
@@ -200,7 +200,7 @@ class RunConfig(Strict):
     algo_args: dict[str, Any] = {}
     preset: str = "tiny"
     description: str = ""
-    task: TaskSettings = TaskSettings()
+    task: TaskSettings
     model: ModelSettings = ModelSettings()
     generation: GenerationSettings = GenerationSettings()
     train: TrainSettings = TrainSettings()
@@ -264,25 +264,12 @@ def resolve(preset: str = "tiny", overrides: dict | None = None) -> RunConfig:
         cfg = RunConfig.model_validate(data)
     except ValidationError as e:
         raise invalid(e, "invalid config value") from None
-    check_tiny_posts(cfg)
+    from harness import tasks
+
+    task = tasks.find(cfg.task.name)
+    if task is not None and task.check is not None:
+        task.check(cfg)
     return cfg  # task and algorithm names are checked against their registries where they are used
-
-
-SYNTHETIC_SOURCES = {"synthetic": "standard", "synthetic-hard": "hard"}  # task.source -> the stand-in's profile
-POSTS_OF_SOURCE = {**SYNTHETIC_SOURCES, "auto": "standard"}  # auto: the standard posts are its offline fallback
-
-
-def check_tiny_posts(cfg: RunConfig) -> None:
-    """builtin:tiny is built on one profile of the synthetic posts (model.tiny.posts); a TL;DR run on the stand-in
-    must train and evaluate on the same profile, or its SFT policy and reward model would meet posts they never saw
-    and the run would measure that, not the optimizer. Hub and directory sources are the user's choice."""
-    expected = POSTS_OF_SOURCE.get(cfg.task.source)
-    if cfg.model.policy != "builtin:tiny" or cfg.task.name != "tldr" or expected in (None, cfg.model.tiny.posts):
-        return
-    means = "falls back to" if cfg.task.source == "auto" else "means"
-    raise UserError(f"task.source {cfg.task.source} {means} the stand-in's {expected} posts, but model.tiny.posts is "
-                    f"{cfg.model.tiny.posts}: the tiny model must be built on the posts it trains and evaluates on; "
-                    f"use --preset tiny-hard for the hard posts, or set task.source and model.tiny.posts to match")
 
 
 ROW_SECTIONS = ("train", "generation")  # a run that changes one of these is a row of its own in the report

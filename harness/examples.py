@@ -1,18 +1,16 @@
 """The types every task shares: one prompt with its references (Example), a task's splits (TaskData), the gold
 reward a synthetic task may carry (Gold), the exact reward a verifiable task carries instead of a reward model
-(TaskReward), and how a prompt becomes at most N token ids (truncate_prompt).
+(TaskReward), and how a prompt becomes at most N token ids (Example.encode_prompt).
 
 The backbone reads tasks only through these: it never knows which task produced an Example.
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from harness.errors import UserError
-
-PROMPT_TEMPLATE = "SUBREDDIT: r/{subreddit}\n\nTITLE: {title}\n\nPOST: {post}\n\nTL;DR:"
-TRUNCATION_RULES = ("newline", "words")
 
 
 class TaskReward(Protocol):
@@ -36,30 +34,45 @@ class Gold(Protocol):
 
 @dataclass
 class Example:
-    """One prompt with its human reference summary (and, for preference rows, a chosen/rejected pair).
+    """One prompt with its references: a prompt (plain `text`, chat `messages`, or both), an optional reference
+    response, an optional chosen/rejected pair. A task's own fields (the ground truth its reward checks, the parts
+    its prompt template renders) live in its subclass, which may also render and truncate the prompt its own way
+    (`prompt`, `prompt_string`, `encode_prompt`); the backbone uses only what this class declares."""
 
-    TL;DR rows carry subreddit/title/post; chat rows carry `messages` (rendered by the tokenizer's chat template).
-    """
-
-    subreddit: str = ""
-    title: str = ""
-    post: str = ""
+    text: str | None = None  # a prompt used verbatim; with `messages` too, the rendering for tokenizers without a
+    # chat template
+    messages: list[dict] | None = None  # chat tasks: the conversation so far
     reference: str | None = None
     chosen: str | None = None
     rejected: str | None = None
-    facts: dict | None = None  # what the task's gold reward checks (the synthetic stand-in's rows)
-    messages: list[dict] | None = None  # chat tasks: the conversation so far
-    plain_prompt: str | None = None  # a prompt used verbatim (no TL;DR template); with `messages` too, this is the
-    # rendering for tokenizers without a chat template (truncate_prompt)
-    answer: int | float | None = None  # the ground truth a verifiable task's checker compares with
 
     @property
     def prompt(self) -> str:
-        if self.plain_prompt is not None:
-            return self.plain_prompt
-        if self.messages is not None:
-            return self.messages[-1]["content"]
-        return format_prompt(self.subreddit, self.title, self.post)
+        """The prompt as text (what a judge and the samples file show)."""
+        if self.text is not None:
+            return self.text
+        return self.messages[-1]["content"] if self.messages else ""
+
+    def uses_chat_template(self, tokenizer) -> bool:
+        return self.messages is not None and (self.text is None or bool(getattr(tokenizer, "chat_template", None)))
+
+    def prompt_string(self, tokenizer) -> str | None:
+        """The string `encode_prompt` encodes when it fits, or None when a chat template renders the prompt."""
+        return None if self.uses_chat_template(tokenizer) else self.prompt
+
+    def encode_prompt(self, tokenizer, max_tokens: int, rule: str = "newline") -> list[int]:
+        """Token ids of the prompt, at most `max_tokens`. Chat messages are rendered with the tokenizer's chat
+        template (preferred to `text` when the tokenizer has one); a prompt over the limit keeps its last
+        `max_tokens` tokens (its answer cue). `rule` is for subclasses that cut their own way."""
+        if self.uses_chat_template(tokenizer):
+            text = tokenizer.apply_chat_template(self.messages, tokenize=False, add_generation_prompt=True)
+        else:
+            text = self.prompt
+        return tokenizer.encode(text, add_special_tokens=False)[-max_tokens:]
+
+    def record(self) -> dict:
+        """The task's own fields for a samples file (e.g. the answer a checker compares with); none here."""
+        return {}
 
 
 @dataclass
@@ -79,85 +92,28 @@ class TaskData:
             self.test_note = f"{self.source} has no test split: evaluation prompts come from the validation split"
 
 
-def format_prompt(subreddit: str, title: str, post: str) -> str:
-    return PROMPT_TEMPLATE.format(subreddit=subreddit, title=title, post=post)
+EVAL_SPLITS = ("test", "validation")
+EVAL_SELECTIONS = ("random", "first")
 
 
-def truncate_prompt(example: Example, tokenizer, max_tokens: int, rule: str = "newline") -> list[int]:
-    """Token ids of the prompt, at most `max_tokens`, always ending in "\\n\\nTL;DR:".
-
-    Too long: the END of the post is dropped. rule "newline" (default) is the authors' preprocessing: cut at the
-    post's last "\\n" until it fits, then character by character (`_newline_cut`); "words" keeps the longest run
-    of whole words. The authors' code fails on a post that cannot fit even when empty; here a title that alone is
-    too long loses its end too (and the whole post). A limit that cannot hold even an empty title and post is a
-    UserError. Chat prompts are rendered with the chat template; one over the limit keeps its last `max_tokens`
-    tokens. A plain prompt (`Example.plain_prompt`) is used verbatim, and so is preferred to `messages` when the
-    tokenizer has no chat template; one over the limit keeps its last `max_tokens` tokens too (its answer cue).
-    """
-    if rule not in TRUNCATION_RULES:
-        raise UserError(f"unknown prompt truncation rule {rule!r}; valid rules: {', '.join(TRUNCATION_RULES)}")
-    if example.messages is not None and (example.plain_prompt is None or getattr(tokenizer, "chat_template", None)):
-        text = tokenizer.apply_chat_template(example.messages, tokenize=False, add_generation_prompt=True)
-        return tokenizer.encode(text, add_special_tokens=False)[-max_tokens:]
-    if example.plain_prompt is not None:
-        return tokenizer.encode(example.plain_prompt, add_special_tokens=False)[-max_tokens:]
-
-    def encode(title: str, post: str) -> list[int]:
-        return tokenizer.encode(format_prompt(example.subreddit, title, post), add_special_tokens=False)
-
-    def fits(title: str, post: str) -> bool:
-        return len(encode(title, post)) <= max_tokens
-
-    ids = encode(example.title, example.post)
-    if len(ids) <= max_tokens:
-        return ids
-    if fits(example.title, ""):
-        cut = _newline_cut if rule == "newline" else _longest_fitting_prefix
-        return encode(example.title, cut(example.post, lambda p: fits(example.title, p)))
-    if not fits("", ""):
-        need = len(encode("", ""))
-        raise UserError(f"max_prompt_tokens={max_tokens} cannot hold even an empty post and title (the prompt "
-                        f"template with subreddit {example.subreddit!r} needs {need} tokens); raise "
-                        f"task.max_prompt_tokens to at least {need}")
-    return encode(_longest_fitting_prefix(example.title, lambda t: fits(t, "")), "")
+def eval_examples(data: TaskData, n: int, split: str = "test", selection: str = "random",
+                  seed: int = 0) -> list[Example]:
+    """The evaluation prompts: n of the split (all if it has fewer), a seeded random subset in split order
+    (the paper: 600 random test prompts) or the first n. No test split: validation (see `data.test_note`)."""
+    if split not in EVAL_SPLITS or selection not in EVAL_SELECTIONS:
+        raise UserError(f"evaluation split must be one of {', '.join(EVAL_SPLITS)} and selection one of "
+                        f"{', '.join(EVAL_SELECTIONS)}; got split={split!r}, selection={selection!r}")
+    if n < 1:
+        raise UserError(f"the number of evaluation prompts must be at least 1, got {n}")
+    pool = data.sft_test if split == "test" and data.sft_test else data.sft_eval
+    if selection == "first":
+        return pool[:n]
+    return [pool[i] for i in eval_indices(len(pool), n, seed)]
 
 
-CHAR_WINDOW = 32  # characters re-checked above the bisection point (see _newline_cut)
-
-
-def _newline_cut(post: str, fits) -> str:
-    """The authors' truncation (summarize_from_feedback_details tldr_dataset.py `process_query`, after OpenAI's
-    tasks.py): while the prompt is too long, drop the post from its last "\\n" on; with no "\\n" left, drop one
-    character at a time. `fits("")` is known to hold.
-
-    Their character loop stops at the longest fitting prefix; bisection finds the same one where token counts
-    grow with length, and the window above it re-checks the few characters where a BPE merge can make them dip.
-    """
-    while not fits(post):
-        i = post.rfind("\n")
-        if i < 0:
-            break
-        post = post[:i]
-    else:
-        return post
-    k = _largest(len(post), lambda k: fits(post[:k]))
-    return next((post[:j] for j in range(min(len(post), k + CHAR_WINDOW), k, -1) if fits(post[:j])), post[:k])
-
-
-def _longest_fitting_prefix(text: str, fits) -> str:
-    """The longest prefix of `text` in whole words for which `fits` holds; in characters when not even one word
-    fits (a long URL, or a language written without spaces, would otherwise vanish whole)."""
-    words = text.split(" ")
-    kept = " ".join(words[: _largest(len(words), lambda k: fits(" ".join(words[:k])))])
-    if kept.strip() or not text.strip():
-        return kept
-    return text[: _largest(len(text), lambda k: fits(text[:k]))]
-
-
-def _largest(hi: int, ok) -> int:
-    """Largest k in [0, hi] with ok(k), by bisection (ok(0) is known to hold; token counts grow with k)."""
-    lo = 0
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if ok(mid) else (lo, mid - 1)
-    return lo
+def eval_indices(size: int, n: int, seed: int) -> list[int]:
+    """Sorted indices of a seeded random n-subset of range(size); random.Random(int) is the same in every process
+    and platform, and a larger n keeps the smaller n's prompts (a prefix of one shuffle)."""
+    order = list(range(size))
+    random.Random(seed).shuffle(order)
+    return sorted(order[:n])

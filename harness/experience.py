@@ -12,7 +12,7 @@ from harness.batch import Batch, PolicyOutput
 from harness.models import Models
 from harness.objective import kl_per_token
 from harness.rollout import HFEngine, truncate_after_eos
-from harness.examples import Example, Gold, TaskReward, truncate_prompt
+from harness.examples import Example, Gold, TaskReward
 from harness.scoring import (ScoreRule, has_eos, kl_penalised_reward, reward_scores, sequence_kl, sequence_logprobs,
                              token_rewards, token_values)
 from harness.tokens import decode_responses, encode_responses, left_pad
@@ -50,7 +50,7 @@ class Timer:
 
 
 def encode_queries(examples: list[Example], tokenizer, max_prompt_tokens: int, device=None) -> Tensor:
-    ids = left_pad([truncate_prompt(ex, tokenizer, max_prompt_tokens) for ex in examples], tokenizer.pad_token_id)
+    ids = left_pad([ex.encode_prompt(tokenizer, max_prompt_tokens) for ex in examples], tokenizer.pad_token_id)
     return ids.to(device) if device is not None else ids
 
 

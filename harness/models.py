@@ -62,11 +62,11 @@ class Models:
 
 def named_paths(settings: ModelSettings, needs_reward_model: bool = True) -> dict[str, str | None]:
     """Where policy, reward model and tokenizer come from when the settings name them (directories or hub names);
-    a builtin preset is built by its task first (harness.tasks.tiny.resolve_paths). needs_reward_model=False (a
+    a builtin preset is built by its task first (harness.tasks.resolve_paths). needs_reward_model=False (a
     task that scores responses itself): the reward model is None unless the settings name one."""
     if settings.policy.startswith("builtin:"):
         raise UserError(f"model.policy {settings.policy!r} is a builtin preset: resolve it with "
-                        f"harness.tasks.tiny.resolve_paths, which builds it")
+                        f"harness.tasks.resolve_paths, which builds it")
     if settings.reward_model is None and needs_reward_model:
         raise UserError("model.reward_model is required when model.policy is not a builtin preset")
     return {"policy": settings.policy, "reward_model": settings.reward_model,
@@ -249,7 +249,7 @@ def _has_submodule(model: nn.Module, name: str) -> bool:
 def load_models(settings: ModelSettings, paths: dict[str, str] | None = None, needs_critic: bool = False,
                 device: torch.device | str | None = None) -> Models:
     """Policy (LoRA or full, fp32 masters), reference, reward model, tokenizer and (needs_critic) critic, from
-    `paths` (harness.tasks.tiny.resolve_paths: a builtin preset built on first use) or the names in `settings`."""
+    `paths` (harness.tasks.resolve_paths: a builtin preset built on first use) or the names in `settings`."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

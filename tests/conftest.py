@@ -21,7 +21,7 @@ def tiny_test_models(harness_cache):
     """(config, Models, TaskData) for the tiny-test preset; the build happens here, once."""
     from harness.config import resolve
     from harness.models import load_models
-    from harness.tasks.tiny import resolve_paths
+    from harness.tasks import resolve_paths
     from harness.tasks.tldr import load_task
 
     cfg = resolve("tiny-test", {"model": {"cache_dir": harness_cache}})

@@ -85,7 +85,7 @@ def test_pass_at_k_of_the_run_is_the_hand_count_of_its_samples(arith_run):
 
 
 def test_arith_build_is_cached_by_recipe_and_has_no_reward_model(arith_run, harness_cache):
-    from harness.tasks.tiny import resolve_paths
+    from harness.tasks import resolve_paths
 
     cfg = resolve("arith", {"model": {"cache_dir": harness_cache, "tiny": TEST_RECIPE}})
     paths = resolve_paths(cfg.model, log=pytest.fail, needs_reward_model=False)  # built by the run: no rebuild
@@ -106,7 +106,7 @@ def test_checker_scores_replace_the_reward_model(arith_run, harness_cache):
     from harness.experience import Budget
     from harness.models import load_models
     from harness.tasks import load
-    from harness.tasks.tiny import resolve_paths
+    from harness.tasks import resolve_paths
     from harness.train import Trainer
 
     cfg = resolve("arith", {"model": {"cache_dir": harness_cache, "tiny": TEST_RECIPE},
@@ -143,7 +143,7 @@ def test_offline_pairs_are_checker_labelled_cached_and_count_ties(arith_run, har
     from harness.scoring import ScoreRule
     from harness.tasks import arith
     from harness.tasks.checked_pairs import cached_pairs
-    from harness.tasks.tiny import resolve_paths
+    from harness.tasks import resolve_paths
 
     cfg = resolve("arith", {"model": {"cache_dir": harness_cache, "tiny": TEST_RECIPE}})
     models = load_models(cfg.model, resolve_paths(cfg.model, needs_reward_model=False))
@@ -159,8 +159,8 @@ def test_offline_pairs_are_checker_labelled_cached_and_count_ties(arith_run, har
     again = arith.load_arith({"sft_train": 24, "sft_eval": 2}).task
     again.reward = EvenLength()
     assert cached_pairs(again, models, **kwargs, log=pytest.fail) == counts  # read from the cache: nothing sampled
-    assert [(p.post, p.chosen, p.rejected, p.answer) for p in again.pref_train] == \
-        [(p.post, p.chosen, p.rejected, p.answer) for p in pairs]
+    assert [(p.question, p.chosen, p.rejected, p.answer) for p in again.pref_train] == \
+        [(p.question, p.chosen, p.rejected, p.answer) for p in pairs]
 
 
 def test_gsm8k_runs_on_local_rows_in_the_hub_schema(arith_run, harness_cache, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from evals.pass_at_k import mean_pass_at_k, pass_at_k, summary
 from harness.errors import UserError
 from harness.tasks import arith, gsm8k
-from harness.examples import Example, TaskData, truncate_prompt
+from harness.examples import Example, TaskData
 from harness.tasks.verifier import Checker, check, extract_answer, no_answer, verify
 
 # Rows written by hand in the exact openai/gsm8k "main" schema: the hub's train rows 0 and 1, and a made-up one
@@ -60,11 +60,11 @@ def test_splits_are_disjoint_examples_carry_prompt_and_answer():
     data = arith.load_arith({"sft_train": 300, "sft_eval": 50, "sft_test": 80}, seed=0)
     task = data.task
     assert isinstance(task, TaskData) and (len(task.sft_train), len(task.sft_eval), len(task.sft_test)) == (300, 50, 80)
-    train_q = {ex.post for ex in task.sft_train}
-    assert not train_q & {ex.post for ex in task.sft_test + task.sft_eval}
+    train_q = {ex.question for ex in task.sft_train}
+    assert not train_q & {ex.question for ex in task.sft_test + task.sft_eval}
     ex, prob = task.sft_test[0], data.problems["sft_test"][0]
     assert isinstance(ex, Example) and ex.reference == " " + prob.solution
-    assert ex.plain_prompt == ex.prompt == f"Question: {prob.question}\nAnswer:"
+    assert ex.text == ex.prompt == f"Question: {prob.question}\nAnswer:"
     assert ex.messages == [{"role": "user", "content": f"{prob.question}\n{arith.INSTRUCTION}"}]
     assert ex.answer == data.answer_of(ex) == prob.answer and data.answers("sft_test")[0] == prob.answer
     assert all(check(e.reference, data.answer_of(e)) == 1.0 for e in task.sft_eval)
@@ -165,9 +165,9 @@ def test_prompt_formats_follow_the_tokenizer():
     ex = gsm8k.load_gsm8k("hub", n_eval=1, load=lambda name, config, split: GSM8K_ROWS).task.sft_train[0]
     q = GSM8K_ROWS[0]["question"]
     plain, chat = PlainTokenizer(), ChatTokenizer()
-    assert plain.decode(truncate_prompt(ex, plain, 1000)) == f"Question: {q}\nAnswer:"
-    assert chat.decode(truncate_prompt(ex, chat, 1000)) == f"<|user|>{q}\n{arith.INSTRUCTION}\n<|assistant|>"
-    assert plain.decode(truncate_prompt(ex, plain, 20)) == f"Question: {q}\nAnswer:"[-20:]  # keeps the answer cue
+    assert plain.decode(ex.encode_prompt(plain, 1000)) == f"Question: {q}\nAnswer:"
+    assert chat.decode(ex.encode_prompt(chat, 1000)) == f"<|user|>{q}\n{arith.INSTRUCTION}\n<|assistant|>"
+    assert plain.decode(ex.encode_prompt(plain, 20)) == f"Question: {q}\nAnswer:"[-20:]  # keeps the answer cue
 
 
 def _brute_pass_at_k(outcomes, k):
@@ -223,3 +223,24 @@ def test_registered_tasks_carry_the_checker(tmp_path):
                                           encoding="utf-8")
     with pytest.raises(UserError, match=r"train\.jsonl:2: the solution does not end in a '#### <number>' line"):
         tasks.load("gsm8k", str(tmp_path))
+
+
+def test_checked_pairs_key_follows_the_code_and_the_eos_test(monkeypatch):
+    """Cached offline pairs are keyed by the code that made them and by the EOS test (issue 34): a changed sampler,
+    checker or rule never reads old pairs."""
+    from harness.scoring import ScoreRule
+    from harness.tasks import checked_pairs
+    from harness.tasks.verifier import Checker
+
+    args = ({"policy": "p", "tokenizer": "t"}, "synthetic", 10, 64, 16, 0.7)
+    base = checked_pairs.pairs_key(*args, ScoreRule(), checker=(Checker,))
+    assert checked_pairs.pairs_key(*args, ScoreRule(), checker=(Checker,)) == base  # deterministic
+    assert checked_pairs.pairs_key(*args, ScoreRule(missing_eos_test="pad", max_new_tokens=16), checker=(Checker,)) != base
+
+    class OtherChecker(Checker):
+        def __call__(self, text, example):
+            return 1.0
+
+    assert checked_pairs.pairs_key(*args, ScoreRule(), checker=(OtherChecker,)) != base
+    monkeypatch.setattr(checked_pairs, "make_pairs", lambda *a, **k: ([], {}))
+    assert checked_pairs.pairs_key(*args, ScoreRule(), checker=(Checker,)) != base

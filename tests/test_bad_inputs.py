@@ -17,7 +17,8 @@ from harness.cli import main
 from harness.config import resolve
 from harness.errors import UserError
 from harness.tasks.tldr import example_from_row, load_task
-from harness.examples import Example, truncate_prompt
+from harness.tasks.tldr_prompt import TldrExample
+from harness.examples import Example
 from tests.helpers import BigramLM, ConstantRewardModel
 from tests.openai_stub import OpenAIStub
 from tests.test_tldr_task import WordTokenizer
@@ -179,15 +180,15 @@ def test_malformed_hub_comparison_rows_are_user_errors(pair):
 # 3. prompts over the limit (the end of a long post is dropped: tests/test_tldr_task.py)
 
 def test_title_longer_than_the_limit_is_cut_and_keeps_tldr(tiny_test_models):
-    ex = Example(subreddit="tifu", title=" ".join(f"t{i}" for i in range(50)), post="a post that cannot fit")
+    ex = TldrExample(subreddit="tifu", title=" ".join(f"t{i}" for i in range(50)), post="a post that cannot fit")
     # words: "SUBREDDIT:", "r/tifu", "TITLE:", title..., "POST:", "TL;DR:" -> 5 + title words; the post goes first
-    assert len(truncate_prompt(ex, WordTokenizer(), max_tokens=12)) == 12  # 7 title words kept
+    assert len(ex.encode_prompt(WordTokenizer(), max_tokens=12)) == 12  # 7 title words kept
     _, models, data = tiny_test_models
     tok = models.tokenizer
     for ex in data.sft_eval[:8]:
-        long = Example(subreddit=ex.subreddit, title=" ".join([ex.title] * 40), post=ex.post)
+        long = TldrExample(subreddit=ex.subreddit, title=" ".join([ex.title] * 40), post=ex.post)
         for limit in (24, 40, 64):
-            ids = truncate_prompt(long, tok, limit)
+            ids = long.encode_prompt(tok, limit)
             text = tok.decode(ids)
             assert len(ids) <= limit and text.endswith("\n\nPOST: \n\nTL;DR:"), (limit, text)
             assert text.startswith(f"SUBREDDIT: r/{ex.subreddit}\n\nTITLE: {ex.title[:3]}")
@@ -196,24 +197,24 @@ def test_title_longer_than_the_limit_is_cut_and_keeps_tldr(tiny_test_models):
 def test_post_without_spaces_is_cut_by_characters_not_dropped(tiny_test_models):
     _, models, _ = tiny_test_models
     tok = models.tokenizer
-    ex = Example(subreddit="tifu", title="t", post="https://example.com/" + "x7" * 2000)  # one 4000-character word
-    ids = truncate_prompt(ex, tok, 40)
+    ex = TldrExample(subreddit="tifu", title="t", post="https://example.com/" + "x7" * 2000)  # one 4000-character word
+    ids = ex.encode_prompt(tok, 40)
     text = tok.decode(ids)
     assert len(ids) <= 40 and text.endswith("\n\nTL;DR:")
     assert "POST: https://example.com/x7" in text  # the start of the post survives
 
 
 def test_limit_smaller_than_the_template_is_a_clear_error(tiny_test_models):
-    ex = Example(subreddit="tifu", title="a title", post="a post")
+    ex = TldrExample(subreddit="tifu", title="a title", post="a post")
     with pytest.raises(UserError) as err:  # the template alone is 5 words: SUBREDDIT: r/tifu TITLE: POST: TL;DR:
-        truncate_prompt(ex, WordTokenizer(), max_tokens=4)
+        ex.encode_prompt(WordTokenizer(), max_tokens=4)
     assert str(err.value) == ("max_prompt_tokens=4 cannot hold even an empty post and title (the prompt template with "
                               "subreddit 'tifu' needs 5 tokens); raise task.max_prompt_tokens to at least 5")
     _, models, _ = tiny_test_models
     need = len(models.tokenizer.encode("SUBREDDIT: r/tifu\n\nTITLE: \n\nPOST: \n\nTL;DR:", add_special_tokens=False))
     with pytest.raises(UserError, match=f"needs {need} tokens"):  # below the suffix "TL;DR:" itself too
-        truncate_prompt(ex, models.tokenizer, 2)
-    assert len(truncate_prompt(ex, models.tokenizer, need)) == need  # exactly the template: title and post dropped
+        ex.encode_prompt(models.tokenizer, 2)
+    assert len(ex.encode_prompt(models.tokenizer, need)) == need  # exactly the template: title and post dropped
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -290,7 +291,7 @@ def test_training_on_degenerate_responses_stays_finite(tiny_test_models, harness
     from algorithms.base import make
     from harness.experience import Budget
     from harness.models import load_models
-    from harness.tasks.tiny import resolve_paths
+    from harness.tasks import resolve_paths
     from harness.train import Trainer
 
     _, _, data = tiny_test_models
@@ -324,7 +325,7 @@ def test_non_finite_reward_stops_training_before_any_step(tiny_test_models, harn
     from algorithms.base import make
     from harness.experience import Budget
     from harness.models import load_models
-    from harness.tasks.tiny import resolve_paths
+    from harness.tasks import resolve_paths
     from harness.train import Trainer, TrainingDiverged
 
     _, _, data = tiny_test_models
@@ -348,7 +349,7 @@ def test_non_finite_loss_stops_with_what_to_do(tiny_test_models, harness_cache):
     from algorithms.base import make
     from harness.experience import Budget
     from harness.models import load_models
-    from harness.tasks.tiny import resolve_paths
+    from harness.tasks import resolve_paths
     from harness.train import Trainer, TrainingDiverged
 
     _, _, data = tiny_test_models
@@ -520,7 +521,7 @@ def test_pickled_only_model_directory_is_refused_without_unpickling(tiny_test_mo
 
     from harness.models import load_models
 
-    from harness.tasks.tiny import resolve_paths
+    from harness.tasks import resolve_paths
 
     marker = tmp_path / "unpickled"
 
@@ -545,7 +546,7 @@ def test_pickled_only_model_directory_is_refused_without_unpickling(tiny_test_mo
 
 def test_missing_model_directory_is_a_one_line_error(tiny_test_models, harness_cache):
     from harness.models import load_models
-    from harness.tasks.tiny import resolve_paths
+    from harness.tasks import resolve_paths
 
     tiny = next(Path(harness_cache).glob("tiny-*"))
     cfg = resolve("tiny-test", {"model": {"policy": "/no/such/policy", "reward_model": str(tiny / "reward")}})

@@ -11,7 +11,7 @@ from algorithms.base import make
 from harness.errors import UserError
 from harness.experience import Budget
 from harness.models import load_models
-from harness.tasks.tiny import resolve_paths
+from harness.tasks import resolve_paths
 from harness.rollout import HFEngine, logprob_drift, make_engine, sample
 from harness.train import Trainer
 

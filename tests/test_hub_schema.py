@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from harness.errors import UserError
-from harness.examples import PROMPT_TEMPLATE, Example, TaskData, truncate_prompt
+from harness.examples import Example, TaskData
+from harness.tasks.tldr_prompt import PROMPT_TEMPLATE, TldrExample
 from harness.tasks.tldr import HUB_PREFERENCE, HUB_SFT, HUB_SPLITS, _hub, hub_examples
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hub_tldr"
@@ -132,13 +133,13 @@ def test_truncation_at_the_last_newline_reproduces_the_authors_rule(hub, tok):
     ex = hub[0]["sft_train"][0]
     assert ex.post.count("\n") >= 5
     full = len(tok.encode(ex.prompt, add_special_tokens=False))
-    empty = len(tok.encode(Example(subreddit=ex.subreddit, title=ex.title).prompt, add_special_tokens=False))
+    empty = len(tok.encode(TldrExample(subreddit=ex.subreddit, title=ex.title).prompt, add_special_tokens=False))
     differs = 0
     for length in (full - 1, full - 40, (full + empty) // 2, empty + 30, empty + 3, empty):
-        got = truncate_prompt(ex, tok, length)
+        got = ex.encode_prompt(tok, length)
         assert got == authors_prompt_ids(tok, ex.subreddit, ex.title, ex.post, length)
         assert len(got) <= length and tok.decode(got).endswith("\n\nTL;DR:")
-        differs += got != truncate_prompt(ex, tok, length, rule="words")
+        differs += got != ex.encode_prompt(tok, length, rule="words")
     assert differs >= 3  # the word-wise rule would have kept other text
 
 
@@ -147,9 +148,9 @@ def test_truncation_without_newlines_drops_characters_like_the_authors(hub, tok)
     assert "\n" not in ex.post
     full = len(tok.encode(ex.prompt, add_special_tokens=False))
     for length in (full - 1, full - 17, full - 60):
-        assert truncate_prompt(ex, tok, length) == authors_prompt_ids(tok, ex.subreddit, ex.title, ex.post, length)
+        assert ex.encode_prompt(tok, length) == authors_prompt_ids(tok, ex.subreddit, ex.title, ex.post, length)
     with pytest.raises(UserError, match="unknown prompt truncation rule"):
-        truncate_prompt(ex, tok, full - 1, rule="tokens")
+        ex.encode_prompt(tok, full - 1, rule="tokens")
 
 
 def test_local_directory_in_hub_layout_is_read_like_the_hub(tmp_path):
@@ -178,8 +179,8 @@ class MergingTokenizer:
 
 def test_character_truncation_matches_the_authors_loop_where_token_counts_dip():
     tok = MergingTokenizer()
-    ex = Example(subreddit="s", title="t", post="xy abc " * 6 + "abcabcabc zz abc")
+    ex = TldrExample(subreddit="s", title="t", post="xy abc " * 6 + "abcabcabc zz abc")
     full = len(tok.encode(ex.prompt))
-    empty = len(tok.encode(Example(subreddit="s", title="t").prompt))
+    empty = len(tok.encode(TldrExample(subreddit="s", title="t").prompt))
     for length in range(empty, full):
-        assert truncate_prompt(ex, tok, length) == authors_prompt_ids(tok, "s", "t", ex.post, length), length
+        assert ex.encode_prompt(tok, length) == authors_prompt_ids(tok, "s", "t", ex.post, length), length

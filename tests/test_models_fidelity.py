@@ -10,7 +10,7 @@ from harness.config import LoraSettings, resolve
 from harness.errors import UserError
 from harness.experience import Budget
 from harness.models import add_critic_lora, load_models, lora_config
-from harness.tasks.tiny import resolve_paths
+from harness.tasks import resolve_paths
 from harness.app.plan import Counts, dry_run, estimate_memory_gb, estimated_counts, memory_plan, parameter_counts
 from harness.precision import Precision
 from harness.scoring import token_values

@@ -72,12 +72,15 @@ def test_dry_run_lists_each_paper_presets_assets(preset, empty_caches, capsys):
 
 
 def test_suites_list_the_evaluation_assets(empty_caches):
-    chat = [(a.role, a.kind, a.name, a.filename, a.splits) for a in catalogue.chat_assets()]
+    from evals.chat import chat_assets
+    from evals.open_llm import open_llm_assets
+
+    chat = [(a.role, a.kind, a.name, a.filename, a.splits) for a in chat_assets()]
     assert chat == [("AlpacaEval reference outputs", "file", "tatsu-lab/alpaca_eval", "alpaca_eval_gpt4_baseline.json",
                      ()), ("AlpacaEval LC weights", "file", "tatsu-lab/alpaca_eval", "df_gamed.csv", ()),
                     ("MT-Bench questions and reference answers", "dataset", "HuggingFaceH4/mt_bench_prompts", None,
                      ("train",))]
-    found = catalogue.open_llm_assets()
+    found = open_llm_assets()
     # read from lm-eval's own task YAMLs (its groups expanded): one row per data set config
     assert {(a.name, a.config, a.splits) for a in found if "mmlu" not in a.role} == {
         ("allenai/ai2_arc", "ARC-Challenge", ("train", "validation", "test")),
@@ -207,8 +210,8 @@ def test_prepare_reads_a_run_directory(empty_caches, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    ([], "say what to prepare: --preset NAME, --suite chat|open-llm|tldr, --model NAME or a run directory"),
-    (["--suite", "bleu"], "unknown suite 'bleu'; valid suites: tldr, chat, open-llm"),
+    ([], "say what to prepare: --preset NAME, --suite NAME, --model NAME or a run directory"),
+    (["--suite", "bleu"], "unknown suite 'bleu'; valid suites: tldr, math, chat, open-llm"),
     (["nowhere", "--dry-run"], "no such run directory or config.json: nowhere"),
 ])
 def test_bad_prepare_input_is_one_line(empty_caches, capsys, argv, message):

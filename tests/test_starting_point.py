@@ -13,7 +13,7 @@ from harness.app.starting_point import (StartSettings, build, preference_dataset
                                      sft_trainer, use_line)
 from harness.tasks import synthetic
 from harness.tasks.tldr import example_from_row
-from harness.examples import TaskData, truncate_prompt
+from harness.examples import TaskData
 from harness.tokens import encode_responses, left_pad
 
 EOS = "<|endoftext|>"
@@ -57,7 +57,7 @@ def test_rows_are_prompt_then_response_and_one_eos(stand_in):
     tok = load_tokenizer(str(base))
     s = _settings(base)
     ex = data.sft_train[0]
-    prompt = truncate_prompt(ex, tok, 96)
+    prompt = ex.encode_prompt(tok, 96)
     response = tok.encode(ex.reference, add_special_tokens=False)[:31] + [tok.eos_token_id]
     row = sft_dataset([ex], tok, s)[0]
     assert row["input_ids"] == prompt + response
@@ -65,7 +65,7 @@ def test_rows_are_prompt_then_response_and_one_eos(stand_in):
     assert ex.reference.startswith(" ") and row["input_ids"].count(tok.eos_token_id) == 1
     pair = preference_dataset([data.pref_train[0]], tok, s)[0]
     for key, text in (("chosen_ids", data.pref_train[0].chosen), ("rejected_ids", data.pref_train[0].rejected)):
-        p = truncate_prompt(data.pref_train[0], tok, 96)
+        p = data.pref_train[0].encode_prompt(tok, 96)
         assert pair[key] == p + (tok.encode(text, add_special_tokens=False) + [tok.eos_token_id])[:32]
 
 
@@ -82,7 +82,7 @@ def test_sft_loss_covers_what_the_setting_says(stand_in, tmp_path, loss):
     assert not trainer.args.activation_checkpointing and trainer.args.max_grad_norm == 0  # as both scripts
     assert trainer.args.gradient_accumulation_steps == 2 and trainer.args.lr_scheduler_type == "cosine"
     row = trainer.train_dataset[0]
-    n_prompt = len(truncate_prompt(data.sft_train[0], tok, 96))
+    n_prompt = len(data.sft_train[0].encode_prompt(tok, 96))
     expect = row["input_ids"] if loss == "full" else [-100] * n_prompt + row["input_ids"][n_prompt:]
     assert row["labels"] == expect
 
@@ -107,12 +107,12 @@ def test_build_trains_sft_and_reward_model_that_the_harness_loads(stand_in, tmp_
     raw = []
     with torch.no_grad():
         for ex in data.sft_train:
-            ids = truncate_prompt(ex, tok, 96) + tok.encode(ex.reference, add_special_tokens=False) + [tok.eos_token_id]
-            assert len(ids) - len(truncate_prompt(ex, tok, 96)) <= 32  # every reference keeps its EOS here
+            ids = ex.encode_prompt(tok, 96) + tok.encode(ex.reference, add_special_tokens=False) + [tok.eos_token_id]
+            assert len(ids) - len(ex.encode_prompt(tok, 96)) <= 32  # every reference keeps its EOS here
             raw.append(rm(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids))).logits[0, 0].item())
     assert info["reward_bias"] == pytest.approx(sum(raw) / len(raw), abs=1e-5)
     # ... so the harness's scores of those references average 0
-    q = left_pad([truncate_prompt(ex, tok, 96) for ex in data.sft_train], tok.pad_token_id)
+    q = left_pad([ex.encode_prompt(tok, 96) for ex in data.sft_train], tok.pad_token_id)
     r, m = encode_responses([ex.reference for ex in data.sft_train], tok, 32, tok.eos_token_id, tok.pad_token_id)
     assert abs(reward_scores(rm, q, r, m, tok.pad_token_id).mean().item()) < 1e-4
     # a second build into the same directory refuses instead of overwriting

@@ -112,10 +112,12 @@ def test_hard_candidates_name_wrong_facts_and_references_never_do():
     assert synthetic.data_version("standard") == synthetic.VERSION != synthetic.data_version("hard")
 
 
-def test_standard_recipes_keep_their_cache_keys():
-    """Keys computed by the code before `posts` existed: cached builds and committed runs stay valid."""
-    from harness.tasks import arith_tiny
-    from harness.tasks.tiny import BUILD_VERSION, recipe_key
+def test_build_keys_are_the_recipe_the_data_and_the_code(monkeypatch):
+    """A standard recipe dumps as it did before `posts` existed; the key is that dump, the data version and the
+    code that builds (issue 34: a changed build function is another build, never a stale cached one)."""
+    from harness.store import code_fingerprint
+    from harness.tasks import arith_tiny, tiny as tiny_build
+    from harness.tasks.tiny import BUILD_CODE, BUILD_VERSION, recipe_key
 
     old_dump = {"vocab_size": 1024, "hidden_size": 128, "layers": 4, "heads": 4, "max_prompt_tokens": 128,
                 "max_response_tokens": 32, "sft_steps": 600, "sft_batch": 32, "sft_lr": 2e-3, "rm_steps": 400,
@@ -123,13 +125,14 @@ def test_standard_recipes_keep_their_cache_keys():
     tiny = resolve("tiny").model.tiny
     assert tiny.model_dump() == old_dump
     assert recipe_key(tiny) == config_hash({"recipe": old_dump, "build_version": BUILD_VERSION,
-                                            "data": synthetic.VERSION}) == "3c5324b055e0"
-    assert recipe_key(resolve("tiny-test").model.tiny) == "3ebfecea740a"
-    assert arith_tiny.recipe_key(resolve("arith").model.tiny) == "185cb6e404bf"
-    assert "posts" not in resolve("tiny").model_dump()["model"]["tiny"]  # run config hashes unchanged too
+                                            "data": synthetic.VERSION, "code": code_fingerprint(*BUILD_CODE)})
+    assert "posts" not in resolve("tiny").model_dump()["model"]["tiny"]  # run config hashes unchanged
     hard = TinyRecipe(**{**old_dump, "posts": "hard"})
     assert hard.model_dump()["posts"] == "hard" and recipe_key(hard) != recipe_key(tiny)
     assert TinyRecipe.model_validate(hard.model_dump()) == hard
+    before, arith_before = recipe_key(tiny), arith_tiny.recipe_key(resolve("arith").model.tiny)
+    monkeypatch.setattr(tiny_build, "train_steps", lambda *args: None)  # another training loop
+    assert recipe_key(tiny) != before and arith_tiny.recipe_key(resolve("arith").model.tiny) != arith_before
 
 
 @pytest.mark.parametrize("preset, source", [("tiny", "synthetic-hard"), ("tiny-hard", "synthetic"),

@@ -5,7 +5,8 @@ import pytest
 from harness.errors import UserError
 from harness.tasks import synthetic
 from harness.tasks.tldr import export_synthetic, load_task, resolve_source
-from harness.examples import Example, TaskData, truncate_prompt
+from harness.tasks.tldr_prompt import TldrExample
+from harness.examples import Example, TaskData
 
 
 class WordTokenizer:
@@ -16,24 +17,24 @@ class WordTokenizer:
 
 
 def test_prompt_format():
-    ex = Example(subreddit="tifu", title="A title", post="Some post.")
+    ex = TldrExample(subreddit="tifu", title="A title", post="Some post.")
     assert ex.prompt == "SUBREDDIT: r/tifu\n\nTITLE: A title\n\nPOST: Some post.\n\nTL;DR:"
 
 
 def test_truncation_drops_the_end_of_the_post_and_keeps_tldr():
-    ex = Example(subreddit="tifu", title="t", post=" ".join(f"w{i}" for i in range(50)))
+    ex = TldrExample(subreddit="tifu", title="t", post=" ".join(f"w{i}" for i in range(50)))
     # template words: "SUBREDDIT:", "r/tifu", "TITLE:", "t", "POST:", post..., "TL;DR:" -> 6 + post words
-    ids = truncate_prompt(ex, WordTokenizer(), max_tokens=20)
+    ids = ex.encode_prompt(WordTokenizer(), max_tokens=20)
     assert len(ids) == 20  # 14 post words kept
     with pytest.raises(UserError, match="cannot hold even an empty post"):  # 5 words without the title
-        truncate_prompt(ex, WordTokenizer(), max_tokens=4)
+        ex.encode_prompt(WordTokenizer(), max_tokens=4)
 
 
 def test_truncation_with_a_real_tokenizer_keeps_the_tldr_marker(tiny_test_models):
     _, models, data = tiny_test_models
     tok = models.tokenizer
     ex = data.sft_train[0]
-    ids = truncate_prompt(ex, tok, 40)
+    ids = ex.encode_prompt(tok, 40)
     assert len(ids) <= 40 and tok.decode(ids).endswith("\n\nTL;DR:")
 
 
@@ -126,8 +127,8 @@ def test_stand_in_splits_are_unchanged_and_the_test_split_is_its_own():
     for split, (row_digest, example_digest) in STAND_IN_DIGESTS.items():
         assert digest(rows[split]) == row_digest, split
         examples = [dataclasses.asdict(ex) for ex in getattr(data, split)]
-        # the verifiable task's Example fields (plain_prompt, answer) came later: unset on TL;DR, out of the digest
-        assert all(ex.pop("plain_prompt") is None and ex.pop("answer") is None for ex in examples), split
+        # the generic Example's plain `text` came later: unset on TL;DR rows (their template renders), out of the digest
+        assert all(ex.pop("text") is None for ex in examples), split
         assert digest(examples) == example_digest, split
     assert len(data.sft_test) == 1000 and data.test_note is None and data.gold is not None
     assert {r["id"].rsplit("-", 1)[0] for r in rows["sft_test"]} == {"synthetic-4"}  # its own generator seed
@@ -136,14 +137,14 @@ def test_stand_in_splits_are_unchanged_and_the_test_split_is_its_own():
 
 def toy_data(test: int = 50, validation: int = 50) -> TaskData:
     def examples(tag, n):
-        return [Example(subreddit="s", title=f"{tag} {i}", post="p", reference=" r") for i in range(n)]
+        return [TldrExample(subreddit="s", title=f"{tag} {i}", post="p", reference=" r") for i in range(n)]
 
     return TaskData(source="toy", sft_train=[], sft_eval=examples("validation", validation), pref_train=[],
                     pref_eval=[], sft_test=examples("test", test))
 
 
 def test_eval_prompts_are_a_seeded_random_subset_of_the_test_split():
-    from harness.tasks.tldr import eval_examples, eval_indices
+    from harness.examples import eval_examples, eval_indices
 
     data = toy_data()
     a, b, c = (eval_examples(data, 10, seed=s) for s in (0, 0, 1))
@@ -167,16 +168,16 @@ def test_eval_selection_is_the_same_in_another_process():
     import subprocess
     import sys
 
-    from harness.tasks.tldr import eval_indices
+    from harness.examples import eval_indices
 
-    code = "from harness.tasks.tldr import eval_indices; print(eval_indices(6553, 600, 3))"
+    code = "from harness.examples import eval_indices; print(eval_indices(6553, 600, 3))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONHASHSEED": "12345"}).stdout
     assert json.loads(out) == eval_indices(6553, 600, 3)
 
 
 def test_without_a_test_split_evaluation_falls_back_to_validation_and_says_so(tmp_path):
-    from harness.tasks.tldr import eval_examples
+    from harness.examples import eval_examples
 
     data = toy_data(test=0)
     assert eval_examples(data, 5, seed=2) == eval_examples(data, 5, split="validation", seed=2)

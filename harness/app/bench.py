@@ -35,7 +35,7 @@ from harness.config import RunConfig
 from harness.efficiency import PeakRss, PhaseCounter, TensorPeak, efficiency, machine_peaks, our_phases
 from harness.experience import Budget, encode_queries
 from harness.models import load_models, load_reward_model, load_tokenizer
-from harness.tasks.tiny import resolve_paths
+from harness.tasks import resolve_paths
 from harness.store import write_json
 from harness.examples import Example
 from harness.train import Trainer, data_order

@@ -5,17 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from evals.open_llm import open_llm_assets
 from harness.assets import Asset, model_asset, prepare_command, require
 from harness.errors import UserError
-from harness.tasks.tldr import hub_assets as tldr_data
 
-__all__ = ["chat_assets", "for_config", "open_llm_assets", "preflight_run", "run_command_for", "tldr_data"]
+__all__ = ["for_config", "preflight_run", "run_command_for", "suite_data"]
 
 
 def for_config(cfg, *, data: bool = True) -> list[Asset]:
-    """The models and data a RunConfig trains with. Data only for source `hub` (`auto` falls back by design, and
-    synthetic or a directory need nothing fetched)."""
+    """The models and data a RunConfig trains with: the data its task reads from the hub (`auto` of a task with an
+    offline fallback needs none: it falls back by design; synthetic or a directory need nothing fetched)."""
     from harness.app.starting_point import BASE_MODELS
 
     m = cfg.model
@@ -25,32 +23,27 @@ def for_config(cfg, *, data: bool = True) -> list[Asset]:
         model_asset("tokenizer", m.tokenizer)
     if any(a.kind == "local" and not Path(a.name).exists() for a in out) and cfg.preset in BASE_MODELS:
         out += model_asset("base model (build-start)", BASE_MODELS[cfg.preset])
-    if data and cfg.task.source in ("hub", "auto") and cfg.task.name == "gsm8k":  # gsm8k's auto is the hub
-        from harness.tasks.gsm8k import hub_assets
+    if data:
+        from harness import tasks
 
-        out += hub_assets()
-    if data and cfg.task.source == "hub":
-        if cfg.task.name == "tldr":
-            out += tldr_data(cfg.task.dataset, cfg.task.preference_dataset)
-        elif cfg.task.name == "chat" and cfg.task.dataset:
-            from harness.tasks.chat import HUB_SPLITS
-
-            splits = tuple(dict.fromkeys(HUB_SPLITS.get(cfg.task.dataset, ())))
-            out.append(Asset("chat prompts", "dataset", cfg.task.dataset, splits=splits))
+        task = tasks.get(cfg.task.name)
+        if not (cfg.task.source == "auto" and task.offline_fallback):
+            out += task.hub_data(cfg.task)
     return out
 
 
-def chat_assets(alpaca_reference: str | None = None, mt_bench_questions: str | None = None) -> list[Asset]:
-    """AlpacaEval 2.0 (reference outputs unless a file is given, and the LC weights) and MT-Bench's questions with
-    their reference answers (the hub set carries them) unless a file is given."""
-    from evals.alpaca_eval import HUB_REFERENCE_FILE, HUB_REPO, LC_WEIGHTS_FILE
-    from evals.mt_bench import HUB_DATASET
+def suite_data(suite, cfg=None) -> list[Asset]:
+    """The hub data of the tasks a task suite evaluates (`harness prepare --suite NAME`): a config's own data set
+    names for its task, the tasks' defaults otherwise."""
+    from harness import tasks
+    from harness.config import TaskSettings
 
-    out = [] if alpaca_reference else [Asset("AlpacaEval reference outputs", "file", HUB_REPO, HUB_REFERENCE_FILE,
-                                             repo_type="dataset")]
-    out.append(Asset("AlpacaEval LC weights", "file", HUB_REPO, LC_WEIGHTS_FILE, repo_type="dataset"))
-    if not mt_bench_questions:
-        out.append(Asset("MT-Bench questions and reference answers", "dataset", HUB_DATASET, splits=("train",)))
+    out: list[Asset] = []
+    for name in tasks.names():
+        if tasks.get(name).suite != suite.name:
+            continue
+        settings = cfg.task if cfg is not None and cfg.task.name == name else TaskSettings(name=name)
+        out += tasks.get(name).hub_data(settings.model_copy(update={"source": "hub"}))
     return out
 
 

@@ -1,32 +1,22 @@
-"""The suites `harness eval` dispatches to: what to evaluate (a run's checkpoint or any model), where the results go,
-and one function per suite that runs the evaluation modules and writes the files `harness report` reads (chat and
-open-llm: harness/app/evaluate_chat.py).
+"""What `harness eval` evaluates (a run's checkpoint or any model), where the results go, and the evaluation of a
+task suite (evals.suites.TaskSuite) on a saved policy: the runner's own evaluation, so a run's final policy gets
+the numbers of its own final evaluation. A model suite (chat, open-llm, ...) runs itself (ModelSuite.run).
 
-| suite    | writes into the output dir                                   | reads                                   |
-|----------|--------------------------------------------------------------|-----------------------------------------|
-| tldr     | tldr.json, tldr_samples.jsonl                                 | the run's config, reward model, data    |
-| chat     | chat.json (+ alpaca_eval.json, mt_bench.json, their samples)  | a chat model, a judge endpoint          |
-| open-llm | open_llm.json, open_llm_samples.jsonl                         | lm-eval tasks (built-in or shadowed)    |
-| math     | <task>.json (arith.json, gsm8k.json), <task>_samples.jsonl    | the run's config, task data, reference  |
-
-The report reads chat.json, open_llm.json and a math run's <task>.json with the keys of docs/report.md (rates as
-fractions); the per-suite files the modules write stay beside them with everything else.
+A task suite writes <file>.json (tldr.json; the math suite: <task>.json) and <stem>_samples.jsonl into the output
+directory; a model suite its own evals/<key>.json, which the report reads with the keys of docs/report.md.
 """
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from evals import suites
+from evals.suites import Target
 from harness.errors import UserError, invalid
 from harness.store import is_run_dir, read_json, write_json, write_jsonl
 
-SUITES = ("tldr", "chat", "open-llm")  # suites with assets of their own: `harness prepare --suite` takes these
-# math (a task with a checker) needs only its run's or preset's assets (`harness prepare RUN`); kept out of SUITES
-# because prepare reads any suite it does not name as open-llm
-EVAL_SUITES = SUITES + ("math",)  # what `harness eval --suite` takes
 RUN_CONFIG_EXTRAS = ("config_hash", "code_version", "model_origin")  # written by the runner beside the RunConfig
 DEFAULT_OUT_ROOT = Path("results") / "evals"
 
@@ -34,28 +24,16 @@ DEFAULT_OUT_ROOT = Path("results") / "evals"
 # ---------------------------------------------------------------------------------------------------------------
 # what is evaluated, and where the results go
 
-@dataclass
-class Target:
-    """A run's checkpoint (run_dir set) or a model directory / hub name (run_dir None)."""
-    model: str  # the directory or hub name the policy loads from
-    out_dir: Path
-    name: str  # a file-name-safe label (AlpacaEval's generator name)
-    run_dir: Path | None = None
-    checkpoint: str | None = None
-
-
-def parse_suites(values: list[str]) -> list[str]:
-    """["tldr", "chat,open-llm"] -> unique suite names in the order given; open_llm is accepted for open-llm."""
-    out = []
+def parse_suites(values: list[str]) -> list[suites.Suite]:
+    """["tldr", "chat,open-llm"] -> unique suites in the order given; open_llm is accepted for open-llm."""
+    out: list[suites.Suite] = []
     for value in values:
         for name in filter(None, (v.strip() for v in value.split(","))):
-            name = name.replace("_", "-")
-            if name not in EVAL_SUITES:
-                raise UserError(f"unknown suite {name!r}; valid suites: {', '.join(EVAL_SUITES)}")
-            if name not in out:
-                out.append(name)
+            suite = suites.get(name)
+            if suite not in out:
+                out.append(suite)
     if not out:
-        raise UserError(f"no suite given: pass --suite {' | '.join(EVAL_SUITES)} (repeatable)")
+        raise UserError(f"no suite given: pass --suite {' | '.join(suites.names())} (repeatable)")
     return out
 
 
@@ -87,17 +65,8 @@ def resolve_target(target: str, checkpoint: str | None = None, out: str | Path |
     return Target(target, Path(out) if out else DEFAULT_OUT_ROOT / sanitise(target), sanitise(target))
 
 
-def keep_base(path: Path) -> dict:
-    """An existing `base` block (the starting model's numbers, docs/report.md) survives a re-evaluation."""
-    try:
-        base = read_json(path).get("base")
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return {"base": base} if base is not None else {}
-
-
 # ---------------------------------------------------------------------------------------------------------------
-# tldr: the runner's held-out evaluation on a saved policy
+# a task suite: the runner's held-out evaluation on a saved policy
 
 def run_config(run_dir: Path):
     """(RunConfig, model_origin) of a run, rebuilt from its config.json."""
@@ -132,7 +101,7 @@ def load_eval_models(settings, policy_path: str | None, log: Callable = print, n
     `settings.policy` instead would make the frozen reference a copy of the trained policy (KL = 0).
     needs_reward_model False: a task with a checker, which loads none."""
     from harness.models import load_models, load_policy
-    from harness.tasks.tiny import resolve_paths
+    from harness.tasks import resolve_paths
 
     models = load_models(settings, resolve_paths(settings, log=log, needs_reward_model=needs_reward_model))
     if policy_path is None:
@@ -154,36 +123,31 @@ def load_eval_models(settings, policy_path: str | None, log: Callable = print, n
     return models
 
 
-def run_tldr(target: Target, *, prompts: int | None = None, judge: str | None = None, judge_model: str | None = None,
-             judge_base_url: str | None = None, temperature: float | None = None, reward_model: str | None = None,
-             reference: str | None = None, source: str | None = None, preset: str | None = None,
-             log: Callable = print) -> dict:
-    """Win rate, RM score and KL of the target on the TL;DR held-out prompts: the runner's own `evaluate` and judge.
-    A run dir brings its config (prompts, temperatures, judge, data source, reference and reward model); a model
-    needs `reward_model`, and measures KL against `reference` (default: itself, so KL is 0)."""
-    from harness.config import RunConfig, resolve
+def run_task_suite(suite: suites.TaskSuite, target: Target, *, prompts: int | None = None,
+                   judge: str | None = None, judge_model: str | None = None, judge_base_url: str | None = None,
+                   temperature: float | None = None, reward_model: str | None = None, reference: str | None = None,
+                   source: str | None = None, preset: str | None = None, task: str | None = None,
+                   log: Callable = print) -> dict:
+    """The suite's metrics of the target on its task's held-out prompts: the runner's own `evaluate` and judge.
+    A run dir brings its config (task, prompts, temperatures, judge, data source, reference and reward model). A
+    model takes `task` (default: the suite's first), `source`, `preset` (default: the task's own), `reward_model`
+    (needed by a task without a checker) and measures KL against `reference` (default: itself, so KL is 0)."""
+    from harness import tasks
     from harness.app import catalogue
     from harness.app.runner import evaluate, make_judge
-    from harness.tasks.tldr import load_task, resolve_source
 
     if target.run_dir is not None:
         _refuse_on_a_run(**{"--reward-model": reward_model, "--reference": reference, "--source": source,
-                            "--preset": preset})
+                            "--preset": preset, "--task": task})
         cfg, origin, resolved_source = run_config(target.run_dir)
-        if cfg.task.name != "tldr":
-            from harness import tasks
-
-            other = "use --suite math" if tasks.get(cfg.task.name).checker else "use --suite chat"
-            raise UserError(f"run {target.run_dir} trained on task {cfg.task.name!r}: --suite tldr evaluates TL;DR "
-                            f"runs ({other})")
-        source = resolved_source or resolve_source(cfg.task.source)
+        _check_run_suite(target, cfg, suite)
+        cfg.task.source = resolved_source or cfg.task.source
         settings = _run_settings(cfg, origin, log)
     else:
-        if reward_model is None:
-            raise UserError("--suite tldr on a model directory or hub name needs --reward-model (a run directory "
-                            "brings its own)")
-        cfg = resolve(preset) if preset else RunConfig()
-        source = resolve_source(source or cfg.task.source)
+        cfg = _model_config(suite, task, source, preset)
+        if not tasks.get(cfg.task.name).checker and reward_model is None:
+            raise UserError(f"--suite {suite.name} on a model directory or hub name needs --reward-model (task "
+                            f"{cfg.task.name} is scored by a reward model; a run directory brings its own)")
         # with a reference, both share the evaluated model's tokenizer (it was trained from the reference)
         settings = _settings(cfg, policy=reference or target.model, reward_model=reward_model,
                              tokenizer=target.model if reference else None)
@@ -191,17 +155,21 @@ def run_tldr(target: Target, *, prompts: int | None = None, judge: str | None = 
             log("no --reference: KL is measured against the model itself (0); pass the SFT model as --reference")
     _override_eval(cfg, prompts=prompts, temperature=temperature, judge=judge,
                    judge_model=judge_model or os.environ.get("HARNESS_JUDGE_MODEL") or None)
-    data_assets = catalogue.tldr_data(cfg.task.dataset, cfg.task.preference_dataset) if source == "hub" else []
-    _check_assets(target, settings, data_assets, preset, log, suites=("tldr",))  # before the data or models load
-    data = load_task(source, cfg.task.dataset, cfg.task.preference_dataset)
+    data_assets = [a for a in catalogue.for_config(cfg) if a.kind == "dataset"]
+    sets = (f"task.name={cfg.task.name}", f"task.source={cfg.task.source}") if target.run_dir is None else ()
+    _check_assets(target, settings, data_assets, preset or cfg.preset, log, sets=sets)  # before anything loads
+    source, data = tasks.load(cfg.task.name, cfg.task.source, cfg.task.dataset, cfg.task.preference_dataset)
     judge_obj = make_judge(cfg, data, judge_base_url)  # a bad key or endpoint fails here, before loading models
-    models = load_eval_models(settings, None if target.model == settings.policy else target.model, log=log)
+    models = load_eval_models(settings, None if target.model == settings.policy else target.model, log=log,
+                              needs_reward_model=data.reward is None)
     metrics, samples = evaluate(cfg, models, data, judge_obj)
-    metrics.update({"checkpoint": target.model, "reference": models.origin.get("reference", settings.policy),
-                    "reward_model": models.origin["reward_model"], "data_source": source,
+    metrics.update({"task": cfg.task.name, "checkpoint": target.model,
+                    "reference": models.origin.get("reference", settings.policy),
+                    "reward_model": models.origin.get("reward_model"), "data_source": source,
                     "run_dir": str(target.run_dir) if target.run_dir else None})
-    write_json(target.out_dir / "tldr.json", metrics)
-    write_jsonl(target.out_dir / "tldr_samples.jsonl", samples)
+    name = suite.file_name(cfg.task.name)  # the file name the run itself writes
+    write_json(target.out_dir / name, metrics)
+    write_jsonl(target.out_dir / f"{Path(name).stem}_samples.jsonl", samples)
     return metrics
 
 
@@ -251,93 +219,40 @@ def _check_assets(target: Target, settings, data_assets: list, preset: str | Non
     assets.require(need, command, log=log)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# math: the runner's pass@k evaluation (evals/math.py) of a task with a checker, on a saved policy
-
-def run_math(target: Target, *, prompts: int | None = None, temperature: float | None = None,
-             reference: str | None = None, source: str | None = None, preset: str | None = None,
-             task: str | None = None, log: Callable = print) -> dict:
-    """pass@1/4/8, greedy pass@1, KL, length and no-answer share of the target on its math task's held-out
-    problems: the runner's own `evaluate`, so a run's final policy gets the numbers of its own final evaluation.
-    A run dir brings its config (task, data, problems, temperatures, reference); a model takes `task` (default
-    arith), `source`, `preset` (default the task's) and measures KL against `reference` (default: itself, 0)."""
-    from harness import tasks
-    from harness.app import catalogue
-    from harness.app.runner import evaluate
-
-    if target.run_dir is not None:
-        _refuse_on_a_run(**{"--reference": reference, "--source": source, "--preset": preset, "--task": task})
-        cfg, origin, resolved_source = run_config(target.run_dir)
-        if not tasks.get(cfg.task.name).checker:
-            raise UserError(f"run {target.run_dir} trained on task {cfg.task.name!r}, which has no checker: --suite "
-                            f"math evaluates runs of {_checker_tasks()} (use --suite tldr or chat)")
-        source = resolved_source or cfg.task.source
-        settings = _run_settings(cfg, origin, log)
-    else:
-        cfg = _model_config(task or "arith", source, preset)
-        settings = _settings(cfg, policy=reference or target.model, reward_model=None,
-                             tokenizer=target.model if reference else None)
-        source = cfg.task.source
-        if reference is None:
-            log("no --reference: KL is measured against the model itself (0); pass the SFT model as --reference")
-    _override_eval(cfg, prompts=prompts, temperature=temperature)
-    data_assets = [a for a in catalogue.for_config(cfg) if a.kind == "dataset"]  # gsm8k from the hub
-    sets = (f"task.name={cfg.task.name}", f"task.source={source}") if target.run_dir is None else ()
-    _check_assets(target, settings, data_assets, preset or cfg.preset, log, sets=sets)  # before anything loads
-    source, data = tasks.load(cfg.task.name, source, cfg.task.dataset, cfg.task.preference_dataset)
-    models = load_eval_models(settings, None if target.model == settings.policy else target.model, log=log,
-                              needs_reward_model=False)
-    metrics, samples = evaluate(cfg, models, data, None)
-    metrics.update({"task": cfg.task.name, "checkpoint": target.model,
-                    "reference": models.origin.get("reference", settings.policy), "data_source": source,
-                    "run_dir": str(target.run_dir) if target.run_dir else None})
-    write_json(target.out_dir / f"{cfg.task.name}.json", metrics)  # the file name the run itself writes
-    write_jsonl(target.out_dir / f"{cfg.task.name}_samples.jsonl", samples)
-    return metrics
-
-
-def _checker_tasks() -> str:
+def _tasks_of(suite: str) -> list[str]:
+    """The tasks whose runs `suite` evaluates (Task.suite)."""
     from harness import tasks
 
-    return " | ".join(n for n in tasks.names() if tasks.get(n).checker)
+    return [n for n in tasks.names() if tasks.get(n).suite == suite]
 
 
-def _model_config(task: str, source: str | None, preset: str | None):
-    """A model's evaluation settings: the preset's (default: the task's own) with `task`, which needs a checker.
-    Without `source`, the preset's data source when the preset is for `task`, else the task's `auto` (gsm8k: the
-    hub; the arith preset's `synthetic` would not name gsm8k rows)."""
+def _check_run_suite(target: Target, cfg, suite: suites.TaskSuite) -> None:
+    """A run is evaluated by its task's suite only."""
+    from harness import tasks
+
+    own = tasks.get(cfg.task.name).suite
+    if own != suite.name:
+        raise UserError(f"run {target.run_dir} trained on task {cfg.task.name!r}: --suite {suite.name} evaluates "
+                        f"runs of {' | '.join(_tasks_of(suite.name))} (use --suite {own})")
+
+
+def _model_config(suite: suites.TaskSuite, task: str | None, source: str | None, preset: str | None):
+    """A model's evaluation settings: the preset's (default: the task's own) with `task` (default: the preset's
+    task when the suite evaluates it, else the suite's default task). Without `source`, the preset's data source when the preset is for `task`, else the
+    task's `auto` (gsm8k: the hub; the arith preset's `synthetic` would not name gsm8k rows)."""
     from harness import tasks
     from harness.config import resolve
 
-    if not tasks.get(task).checker:
-        raise UserError(f"--task {task} has no checker: --suite math evaluates {_checker_tasks()}")
+    own = _tasks_of(suite.name)
+    if task is None and preset is not None and resolve(preset).task.name in own:
+        task = resolve(preset).task.name  # the preset's own task
+    task = task or suite.default_task or own[0]
+    if task not in own:
+        tasks.get(task)  # an unknown task: the registry's one line
+        raise UserError(f"--task {task} is not evaluated by --suite {suite.name}: it evaluates {' | '.join(own)} "
+                        f"(use --suite {tasks.get(task).suite})")
     name = preset or tasks.get(task).preset
     if source is None:
         base = resolve(name)
         source = base.task.source if base.task.name == task else "auto"
     return resolve(name, {"task": {"name": task, "source": source}})
-
-
-def describe(suite: str, result: dict) -> str:
-    """One line per suite for the terminal."""
-    def pct(x):
-        return "n/a" if x is None else f"{100 * x:.1f}%"
-
-    def num(x):
-        return "n/a" if x is None else f"{x:.3f}"
-
-    if suite == "tldr":
-        return (f"tldr: win rate {pct(result['win_rate'])} ({result['win_rate_judge'] or 'no judge'}), RM score "
-                f"{num(result['rm_score'])}, KL {num(result['kl'])}, {result['n']} prompts")
-    if suite == "chat":
-        a, m = result["alpaca_eval"], result["mt_bench"]
-        return (f"chat: AlpacaEval LC {pct(a['lc_win_rate'])}, WR {pct(a['win_rate'])} ({a['n']} instructions); "
-                f"MT-Bench {num(m['average'])} (turn 1 {num(m['turn_1'])}, turn 2 {num(m['turn_2'])})")
-    if suite == "math":
-        return (f"math ({result.get('task')}): pass@1 {pct(result['pass@1'])}, pass@4 {pct(result.get('pass@4'))}, "
-                f"pass@8 {pct(result.get('pass@8'))}, greedy pass@1 {pct(result['greedy_pass@1'])}, KL "
-                f"{num(result['kl'])}, {result['response_length']:.1f} tokens, no answer "
-                f"{pct(result['no_answer_frac'])}; {result['n']} problems x {result['samples_per_problem']} "
-                f"samples at temperature {result['temperature']:g}")
-    tasks = ", ".join(f"{t} {pct(v)}" for t, v in result["tasks"].items())
-    return f"open-llm: average {pct(result['average'])} ({tasks})"

@@ -158,36 +158,23 @@ def dry_run(cfg: RunConfig) -> Plan:
     from harness import tasks
 
     checker = tasks.get(cfg.task.name).checker and not cfg.model.reward_model
-    if cfg.task.name == "gsm8k" and source in ("auto", "hub"):
-        from harness.assets import locate
-        from harness.tasks.gsm8k import hub_assets
+    task = tasks.get(cfg.task.name)
+    wanted = task.hub_data(cfg.task)
+    if wanted:
+        from harness.assets import hub_reachable, locate
 
-        asset = hub_assets()[0]
-        found = locate(asset) is not None
-        plan.add("data", f"gsm8k from the hub ({asset.label}): " + ("in the local cache" if found else "not cached"))
-        if not found:
-            plan.problems.append(f"data: {asset.label} is not in the local cache (`python -m harness prepare "
-                                 f"--preset {cfg.preset} --set task.name=gsm8k --set task.source=hub` fetches it)")
-    elif cfg.task.name == "tldr" and source in ("auto", "hub"):
-        from harness.assets import locate
-        from harness.app.catalogue import tldr_data
-        from harness.tasks.tldr import hub_reachable
-
-        wanted = tldr_data(cfg.task.dataset, cfg.task.preference_dataset)
         cached = all(locate(a) is not None for a in wanted)
-        ok = cached or hub_reachable()
+        ok = cached or hub_reachable(wanted[0].name)
+        fallback = source == "auto" and task.offline_fallback
         names = ", ".join(a.label for a in wanted)
-        plan.add("data", f"tldr from the hub ({names}): " + ("in the local cache" if cached else "reachable" if ok else
-                 "NOT reachable" + (" -> auto falls back to the synthetic stand-in" if source == "auto" else "")))
-        if not ok and source == "hub":
+        plan.add("data", f"{task.name} from the hub ({names}): " + ("in the local cache" if cached else "reachable"
+                 if ok else "NOT reachable" + (" -> auto falls back to the offline stand-in" if fallback else "")))
+        if not ok and not fallback:
             plan.problems.append(f"data: not in the local cache and the hub is not reachable "
                                  f"(`python -m harness prepare --preset {cfg.preset}` fetches it)")
     else:
-        from harness.config import SYNTHETIC_SOURCES  # synthetic, synthetic-hard: generated offline
-
-        present = source in SYNTHETIC_SOURCES or Path(source).exists() or cfg.task.name == "chat" and source == "hub"
         plan.add("data", f"{cfg.task.name} from {source}" + (f" ({cfg.task.dataset})" if cfg.task.dataset else ""))
-        if not present:
+        if not task.present(source):
             plan.problems.append(f"data: {source} does not exist")
     if checker:
         plan.add("reward", "the task's exact-match checker (no reward model is loaded)")

@@ -43,15 +43,29 @@ class Section:
     notes: list[str] = field(default_factory=list)
 
 
-# The metric pairwise statements are about (--poi-metric): its name in sentences, scale, unit and decimals.
-VERDICT_UNITS = {"win_rate": ("win rate", 100.0, "points", 1), "rm_score": ("RM score", 1.0, "RM score", 2),
-                 "pass@1": ("pass@1", 100.0, "points", 1), "pass@4": ("pass@4", 100.0, "points", 1),
-                 "pass@8": ("pass@8", 100.0, "points", 1), "greedy_pass@1": ("greedy pass@1", 100.0, "points", 1)}
+def task_suites() -> list:
+    """The task suites, in registry order (evals.suites)."""
+    from evals import suites
+
+    return [s for s in (suites.get(n) for n in suites.names()) if isinstance(s, suites.TaskSuite)]
+
+
+def verdict_units() -> dict[str, tuple]:
+    """The metrics pairwise statements may be about (--poi-metric): name in sentences, scale, unit and decimals."""
+    return {k: v for s in task_suites() for k, v in s.verdict_units.items()}
+
+
+def group_suite(members):
+    """The task suite of a comparison group (a group holds one task, so one suite)."""
+    from evals import suites
+    from evals.runs import suite_of
+
+    return suites.get(suite_of(members[0]))
 
 
 def _observations(runs, opts: Options, skipped: list, notes: list[str]) -> dict[str, tuple[dict, str]]:
     """Per run: the eval values Table 1, the P(improvement) and the final verdicts use, and where they came from."""
-    from evals.runs import MATH_RATES, Skipped, budget_cut
+    from evals.runs import Skipped, budget_cut, cut_keys
     if opts.budget_metric is None:
         return {r.run_id: (r.summary["eval"], "summary.json:eval") for r in runs}
     obs, lag = {}, 0
@@ -66,7 +80,7 @@ def _observations(runs, opts: Options, skipped: list, notes: list[str]) -> dict[
         if cut is None:
             skipped.append(Skipped(str(r.path), f"{r.run_id}: left out of the equal-budget table: {reason}"))
             continue
-        evals = [k for k in ("win_rate", "rm_score", "kl") + MATH_RATES if k in cut]
+        evals = [k for k in cut_keys() if k in cut]
         at = ", ".join(f"{k}@{cut[k + '_iteration']}" for k in evals)
         lag = max([lag] + [cut["iteration"] - cut[k + "_iteration"] for k in evals
                            if isinstance(cut["iteration"], int) and isinstance(cut[k + "_iteration"], int)])
@@ -80,20 +94,19 @@ def _observations(runs, opts: Options, skipped: list, notes: list[str]) -> dict[
 
 
 def _primary_metric(members, obs, opts: Options) -> tuple[str, str]:
-    """(metric, note) of P(improvement) and the verdicts: --poi-metric where it applies to the runs' task. A math
-    group (a task with a checker) uses pass@1 unless a math metric is chosen; a TL;DR group uses win rate when a
-    math metric is chosen, and rm_score when no run of the preset has a win rate (no judge)."""
-    from evals.math_tables import COMPARED, is_math_group
-    chosen = opts.poi_metric
-    if is_math_group(members):
-        if chosen in COMPARED or chosen == "win_rate":  # win_rate: the default, which means "the task's own"
-            return (chosen if chosen in COMPARED else "pass@1"), ""
-        return "pass@1", f"--poi-metric {chosen} does not apply to a task with a checker: pass@1 is used."
-    metric, note = (chosen, "") if chosen not in COMPARED else \
-        ("win_rate", f"--poi-metric {chosen} applies to runs of a task with a checker: win rate is used.")
-    if metric == "win_rate" and not any(obs[r.run_id][0].get("win_rate") is not None for r in members):
-        return "rm_score", "no win rates (no judge), so P(improvement) and the verdicts use rm_score."
-    return metric, note
+    """(metric, note) of P(improvement) and the verdicts: --poi-metric where the group's suite offers it, else the
+    suite's own first metric (win_rate, the option's default, means "the suite's own"); then the suite's fallback
+    (TL;DR: rm_score when no run has a win rate)."""
+    suite = group_suite(members)
+    default = next(iter(suite.verdict_units))
+    chosen, note = opts.poi_metric, ""
+    if chosen not in suite.verdict_units:
+        if chosen != "win_rate":
+            note = (f"--poi-metric {chosen} does not apply to the {suite.name} suite's runs: "
+                    f"{suite.verdict_units[default][0]} is used.")
+        chosen = default
+    metric, fallback = suite.verdict_metric(chosen, members, obs)
+    return metric, " ".join(n for n in (note, fallback) if n)
 
 
 def _poi_tables(runs, labels, obs, opts: Options, suffix: str, notes: list[str], budget_note: str = "") -> list:
@@ -125,12 +138,11 @@ def _matched_kl_tables(runs, labels, obs, opts: Options, suffix: str, notes: lis
                        budget_note: str = "") -> tuple[list, dict]:
     """Per preset and metric with periodic evaluations: the matched-KL table; also returns the matched values
     ({(preset, metric): MatchedValues}) for the matched verdicts."""
-    from evals import math_tables
-    from evals.matched_kl import MATCHED_METRICS, matched_table, matched_values
+    from evals.matched_kl import matched_table, matched_values
     tables, matched = [], {}
     for preset in sorted({r.preset for r in runs}):
         members = [r for r in runs if r.preset == preset and r.run_id in obs]
-        for metric, header, scale, decimals in MATCHED_METRICS + math_tables.MATCHED_METRICS:
+        for metric, header, scale, decimals in (m for suite in task_suites() for m in suite.matched_metrics):
             mv = matched_values(members, metric, opts.budget_metric, opts.budget)
             if mv is None:
                 continue
@@ -156,7 +168,7 @@ def _verdict_tables(runs, labels, obs, matched: dict, opts: Options, suffix: str
     for preset in sorted({r.preset for r in runs}):
         members = [r for r in runs if r.preset == preset and r.run_id in obs]
         metric = _primary_metric(members, obs, opts)[0]
-        what, scale, unit, decimals = VERDICT_UNITS[metric]
+        what, scale, unit, decimals = verdict_units()[metric]
         mv = matched.get((preset, metric))
         families = [("final", "at the equal-budget cut" if opts.budget_metric else "final evaluation",
                      lambda r: obs[r.run_id][0].get(metric), lambda r: obs[r.run_id][1] + ":" + metric, budget_note)]
@@ -194,7 +206,7 @@ def _slug(s: str) -> str:
 def build(paths: list[Path], opts: Options) -> tuple[list[Section], list, list[str]]:
     """All sections of the report, the skipped runs/files and general notes. Raises UserError when nothing is
     usable; never raises on a bad run (it is listed as skipped)."""
-    from evals import math_tables, plots, tables
+    from evals import plots
     from evals.runs import comparison_groups, group_difference, load_runs, row_labels
     runs, skipped = load_runs(paths)
     notes = [n for r in runs for n in r.notes]
@@ -219,22 +231,16 @@ def build(paths: list[Path], opts: Options) -> tuple[list[Section], list, list[s
         sec = Section(f"Group {i + 1}: {heading}" if len(groups) > 1 else f"Comparison: {heading}")
         labels = row_labels(members)
         obs = _observations(members, opts, skipped, sec.notes)
-        math_group = math_tables.is_math_group(members)
-        if math_group:  # a task with a checker: pass@k in place of Table 1's win rate and RM score
-            obs = obs if opts.budget_metric else math_tables.math_observations(members, obs, sec.notes)
-            task = str(key.get("task"))
-            sec.tables.append(math_tables.math_table(members, labels, obs, task, opts.level, opts.reps, opts.seed,
-                                                     f"math_{_slug(task)}{suffix}", budget_note))
-        else:
-            sec.tables.append(tables.table1(members, labels, obs, str(key.get("judge")), opts.level, opts.reps,
-                                            opts.seed, "table1" + suffix, budget_note))
-        sec.tables += _suite_tables(members, labels, opts, suffix, sec.notes, quiet=math_group)
+        suite = group_suite(members)  # its Table 1: TL;DR's win rate and RM score, a math task's pass@k, ...
+        table, obs = suite.main_table(members, labels, obs, key, opts, suffix, budget_note, sec.notes)
+        sec.tables.append(table)
+        sec.tables += _suite_tables(members, labels, opts, suffix, sec.notes, quiet=not suite.model_suite_tables)
         matched_tables, matched = _matched_kl_tables(members, labels, obs, opts, suffix, sec.notes, matched_note)
         sec.tables += matched_tables
         sec.tables += _poi_tables(members, labels, obs, opts, suffix, sec.notes, budget_note)
         sec.tables += _verdict_tables(members, labels, obs, matched, opts, suffix, budget_note, matched_note)
         if opts.plots:
-            sec.figures = _figures(members, labels, opts, suffix, math_group)
+            sec.figures = [_safe(*figure) for figure in suite.figures(members, labels, opts, suffix)]
         sections.append(sec)
     if opts.plots:
         bench_file = opts.bench or _bench_default(paths)
@@ -243,12 +249,11 @@ def build(paths: list[Path], opts: Options) -> tuple[list[Section], list, list[s
 
 
 def _suite_tables(members, labels, opts: Options, suffix: str, notes: list[str], quiet: bool = False) -> list:
-    """Tables 2 and 6 from evals/chat.json and evals/open_llm.json; `quiet`: no note when absent (a math group,
-    where those suites are not expected)."""
-    from evals import tables
+    """The model suites' report tables (Tables 2 and 6 from evals/chat.json and evals/open_llm.json); `quiet`: no
+    note when absent (a group whose suite does not expect them)."""
+    from evals import suites, tables
     out = []
-    for metrics, name, title in ((tables.CHAT_METRICS, "table2", "Table 2: chat benchmarks"),
-                                 (tables.OPEN_LLM_METRICS, "table6", "Table 6: Open LLM Leaderboard tasks")):
+    for name, title, metrics in (t for suite in suites.model_suites() for t in suite.report_tables()):
         t = tables.suite_table(members, labels, metrics, name + suffix, title, opts.level, opts.reps, opts.seed)
         if t is None:
             if not quiet:
@@ -259,22 +264,6 @@ def _suite_tables(members, labels, opts: Options, suffix: str, notes: list[str],
                           f"each run's final policy.")
         out.append(t)
     return out
-
-
-def _figures(members, labels, opts: Options, suffix: str, math_group: bool) -> list:
-    """A math group's pass@1 curves; else the TL;DR figures (their reward, win-rate and MT-Bench axes would be
-    empty or mislabelled for checker-scored runs)."""
-    from evals import plots
-    pdir = opts.out / "plots"
-    if math_group:
-        return [_safe(plots.pass_at_1_curves, members, labels, opts.x_metric, opts.level,
-                      pdir / f"pass_at_1_curves{suffix}.png")]
-    return [_safe(plots.frontier, members, labels, pdir / f"frontier{suffix}.png"),
-            _safe(plots.learning_curves, members, labels, opts.x_metric, opts.level,
-                  pdir / f"learning_curves{suffix}.png"),
-            _safe(plots.mt_bench_radar, members, labels, pdir / f"mt_bench_radar{suffix}.png"),
-            _safe(plots.eta_ablation, members, pdir / f"eta_ablation{suffix}.png"),
-            _safe(plots.winrate_vs_length, members, labels, pdir / f"winrate_vs_length{suffix}.png")]
 
 
 def _safe(fn, *args):
@@ -312,7 +301,7 @@ def report(paths: list[Path] | None, out: Path | None = None, budget_metric: str
     poi_metric = poi_metric.replace("_at_", "@")  # pass_at_1 spells pass@1 without a shell-unfriendly character
     for name, value, choices in (("--budget-metric", budget_metric, BUDGET_CHOICES),
                                  ("--x-metric", x_metric, BUDGET_CHOICES),
-                                 ("--poi-metric", poi_metric, tuple(VERDICT_UNITS)),
+                                 ("--poi-metric", poi_metric, tuple(verdict_units())),
                                  ("--test", test, TESTS)):
         if value is not None and value not in choices:
             raise UserError(f"{name} must be one of {', '.join(choices)}, not {value!r}")

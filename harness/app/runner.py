@@ -14,16 +14,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from algorithms.base import Algorithm, make
-from evals.math import METRIC_KEYS as MATH_KEYS, evaluate_math
-from evals.tldr import KL_DEFINITION, evaluate_tldr
-from harness.config import SYNTHETIC_SOURCES, TABLE_SECTIONS, RunConfig, changed_settings
+from evals import suites
+from evals.tldr import KL_DEFINITION
+from harness.config import TABLE_SECTIONS, RunConfig, changed_settings
 from harness.contract import PREFERENCE_PAIRS
 from harness.errors import UserError
 from harness.experience import Budget
 from harness.app.catalogue import preflight_run
 from harness.models import Models, load_models, peak_memory_mb
 from harness.tasks.checked_pairs import cached_pairs
-from harness.tasks.tiny import resolve_paths
+from harness.tasks import resolve_paths
 from harness.store import RunDir, code_version, config_hash, read_json, writable_cache_root, write_json, write_jsonl
 from harness import checkpoint, tasks
 from harness.distributed import Runtime
@@ -32,24 +32,15 @@ from harness.store import cache_root, code_fingerprint
 from harness.trackers import open_trackers
 from harness.train import Trainer, TrainingDiverged, score_rule, training_examples
 
-EVAL_KEYS = ("rm_score", "kl", "kl_exact", "win_rate", "gold_reward", "response_length")
-
-
-def eval_keys(data: TaskData) -> tuple[str, ...]:
-    """The evaluation metrics a metrics line carries: the math suite's for a task with a checker, else TL;DR's."""
-    return MATH_KEYS if data.reward is not None else EVAL_KEYS
-
-
-def suite_file(cfg: RunConfig, data: TaskData) -> str:
-    """evals/<name>.json of the final evaluation: tldr.json (what `harness eval --suite tldr` writes), or the
-    task's name for a task with a checker (arith.json, gsm8k.json)."""
-    return f"{cfg.task.name}.json" if data.reward is not None else "tldr.json"
+def suite_of(cfg: RunConfig) -> suites.TaskSuite:
+    """The evaluation suite of the run's task (Task.suite)."""
+    return suites.get(tasks.get(cfg.task.name).suite)
 
 
 def held_out(cfg: RunConfig, data: TaskData) -> list:
     """The evaluation prompts: a seeded random subset of `eval.prompts` rows of the held-out split (the paper: 600
     random test prompts), the same for every optimizer and seed; `eval.selection=first` takes the first rows."""
-    from harness.tasks.tldr import eval_examples
+    from harness.examples import eval_examples
 
     return eval_examples(data, cfg.eval.prompts, split=cfg.eval.split, selection=cfg.eval.selection,
                          seed=cfg.eval.selection_seed)
@@ -60,7 +51,7 @@ def make_judge(cfg: RunConfig, data: TaskData, base_url: str | None = None):
     OpenAI-compatible LLM judge when configured (an API key or `base_url`); otherwise none (win rate not
     computed). An LLM judge's endpoint is checked here, before any generation. A task with a checker has no judge:
     the checker grades its answers."""
-    if data.reward is not None:
+    if not suite_of(cfg).uses_judge:
         return None
     choice = cfg.eval.judge
     if choice == "auto":
@@ -86,27 +77,15 @@ def make_judge(cfg: RunConfig, data: TaskData, base_url: str | None = None):
 
 def evaluate(cfg: RunConfig, models: Models, data: TaskData, judge, policy=None,
              runtime: Runtime | None = None) -> tuple[dict, list[dict]]:
-    """The end-of-run evaluation of `policy` (default: the trained policy) on held-out prompts: the math suite
-    (evals/math.py: pass@k at eval.temperature, greedy pass@1, KL, length, no-answer share) for a task with a
-    checker, else TL;DR's; with several processes every rank scores its share and rank 0 gets the metrics (the
-    others get ({}, []))."""
+    """The end-of-run evaluation of `policy` (default: the trained policy) on held-out prompts by the task's suite
+    (evals.suites); with several processes every rank scores its share and rank 0 gets the metrics (the others get
+    ({}, []))."""
     runtime = runtime or Runtime.single()
     with models.as_reference() as reference, runtime.gathered(models.policy):
         if policy is None:
             policy = models.policy
-        if data.reward is not None:
-            metrics, samples = evaluate_math(policy, reference, models.tokenizer, held_out(cfg, data),
-                                             max_prompt_tokens=cfg.task.max_prompt_tokens,
-                                             max_new_tokens=cfg.generation.max_new_tokens,
-                                             temperature=cfg.eval.temperature,
-                                             kl_temperature=cfg.generation.temperature, runtime=runtime)
-        else:
-            metrics, samples = evaluate_tldr(policy, reference, models.reward_model, models.tokenizer,
-                                             held_out(cfg, data), max_prompt_tokens=cfg.task.max_prompt_tokens,
-                                             max_new_tokens=cfg.generation.max_new_tokens,
-                                             temperature=cfg.eval.temperature,
-                                             kl_temperature=cfg.generation.temperature, judge=judge, runtime=runtime,
-                                             rule=score_rule(cfg, evaluation=True), gold=data.gold)
+        metrics, samples = suite_of(cfg).evaluate(cfg, policy, reference, models, held_out(cfg, data), data, judge,
+                                                  runtime)
     bad = runtime.broadcast([k for k in ("rm_score", "kl", "kl_exact") if k in metrics
                              and not math.isfinite(metrics[k])])
     if bad:  # never written into a summary or the SFT-baseline cache
@@ -117,7 +96,7 @@ def evaluate(cfg: RunConfig, models: Models, data: TaskData, judge, policy=None,
 
 # the modules whose code computes an SFT baseline's numbers, part of its cache key (harness/store.code_fingerprint)
 BASELINE_CODE = ("evals.tldr", "evals.math", "evals.pass_at_k", "evals.gold_judge", "harness.scoring",
-                 "harness.rollout", "harness.tasks.verifier", "harness.tasks.tldr:eval_examples")
+                 "harness.rollout", "harness.tasks.verifier", "harness.examples:eval_examples")
 
 
 def sft_baseline(cfg: RunConfig, models: Models, data: TaskData, judge, console: Console,
@@ -127,6 +106,7 @@ def sft_baseline(cfg: RunConfig, models: Models, data: TaskData, judge, console:
     key = config_hash({"models": {k: v for k, v in models.origin.items()}, "recipe": cfg.model.tiny.model_dump(),
                        "source": data.source, "eval": cfg.eval.model_dump(), "generation": cfg.generation.model_dump(),
                        "max_prompt_tokens": cfg.task.max_prompt_tokens, "judge": getattr(judge, "name", None),
+                       "prompts": config_hash([ex.record() | {"prompt": ex.prompt} for ex in held_out(cfg, data)]),
                        # the code that computes the numbers: a changed evaluation never reads an old baseline
                        "code": code_fingerprint(evaluate, held_out, type(judge), type(data.gold), type(data.reward),
                                                 *BASELINE_CODE)})
@@ -169,12 +149,13 @@ def describe(cfg: RunConfig, algo: Algorithm, models: Models, data: TaskData, ju
                   + (f" - {escape(cfg.description)}" if cfg.description else ""))
     reward = models.origin["reward_model"] if data.reward is None else f"the task's {data.reward.name} (no reward model)"
     console.print(f"[bold]reward[/]     {reward}")
-    source_note = " (SYNTHETIC stand-in, not the real TL;DR data)" if data.source in SYNTHETIC_SOURCES else ""
+    offline = data.source in tasks.get(cfg.task.name).offline_sources
+    source_note = " (generated offline: a stand-in, not the real data)" if offline else ""
     console.print(f"[bold]data[/]       {cfg.task.name} from {data.source}{source_note}: {len(data.sft_train)} training prompts, "
                   f"{len(held_out(cfg, data))} held-out prompts ({cfg.eval.selection} of {cfg.eval.split})")
     judge_note = "none: win rate not computed (configure eval.judge=openai)" if judge is None else judge.name
-    if data.reward is not None:
-        judge_note = f"none: the {data.reward.name} grades every answer (pass@k, evals/math.py)"
+    if data.reward is not None and judge is None:
+        judge_note = f"none: the {data.reward.name} grades every answer"
     if judge is not None and judge.name == "gold":
         judge_note += " (the stand-in's programmatic gold reward)"
     console.print(f"[bold]judge[/]      {judge_note}")
@@ -247,7 +228,7 @@ def run(cfg: RunConfig, console: Console | None = None, runtime: Runtime | None 
                 line = trainer.iteration(iteration)
                 if cfg.eval.due(iteration, cfg.train.iterations):
                     metrics, _ = evaluate(cfg, models, data, judge, runtime=runtime)
-                    line.update({f"eval/{k}": metrics[k] for k in eval_keys(data) if k in metrics})
+                    line.update({f"eval/{k}": metrics[k] for k in suite_of(cfg).metric_keys if k in metrics})
                 if runtime.is_main:
                     run_dir.log(line)
                     trackers.log(line)
@@ -275,16 +256,17 @@ def run(cfg: RunConfig, console: Console | None = None, runtime: Runtime | None 
         return run_dir.path
     if cfg.train.iterations:
         last_line = {"iteration": iteration, **counters, "final": True,
-                     **{f"eval/{k}": final[k] for k in eval_keys(data) if k in final}}
+                     **{f"eval/{k}": final[k] for k in suite_of(cfg).metric_keys if k in final}}
         run_dir.log(last_line)
         trackers.log(last_line)
     trackers.finish()
     write_jsonl(run_dir.samples, samples)
-    write_json(run_dir.evals / suite_file(cfg, data), final)  # tldr.json: what `harness eval RUN --suite tldr` writes
+    write_json(run_dir.evals / suite_of(cfg).file_name(cfg.task.name), final)  # what `harness eval` writes
     settings = changed_settings(cfg)  # what --set or a sweep grid changed against the preset
     summary = {"run_id": run_dir.path.name, "status": "completed", "algorithm": algo.name,
                "algorithm_config": algo.hyperparameters(),
-               "objective": algo.objective(cfg.train.kl_coef), "task": cfg.task.name, "data_source": source,
+               "objective": algo.objective(cfg.train.kl_coef), "task": cfg.task.name, "suite": suite_of(cfg).name,
+               "data_source": source,
                "preset": cfg.preset, "seed": cfg.seed, "config_hash": chash,
                "code_version": code_version(), "started_at": started, "resumed_from": start or None,
                "processes": runtime.world_size,
@@ -321,39 +303,5 @@ def _status(line: dict) -> str:
 
 
 def summary_table(summary: dict) -> Table:
-    def fmt(x, pct=False):
-        return "n/a" if x is None else f"{100 * x:.1f}%" if pct else f"{x:.3f}"
-
-    if "pass@1" in summary["eval"]:
-        return _math_table(summary, fmt)
-
-    judge = summary["eval"].get("win_rate_judge") or "no judge"
-    table = Table(title=f"{summary['algorithm']} on {summary['task']} ({summary['data_source']}, preset "
-                        f"{summary['preset']}, seed {summary['seed']})")
-    for col in ("policy", f"win rate ({judge})", "RM score", "KL(pi||ref)", "exact KL", "gold reward", "length"):
-        table.add_column(col, justify="right")
-    for name, m in (("SFT", summary["sft"]), (summary["algorithm"], summary["eval"])):
-        table.add_row(name, fmt(m["win_rate"], pct=True), fmt(m["rm_score"]), fmt(m["kl"]), fmt(m["kl_exact"]),
-                      fmt(m["gold_reward"]), f"{m['response_length']:.1f}")
-    table.caption = _budget_caption(summary["budget"])
-    return table
-
-
-def _math_table(summary: dict, fmt) -> Table:
-    """The summary table of a task with a checker: pass@k and the rest of the math suite, SFT against trained."""
-    e = summary["eval"]
-    table = Table(title=f"{summary['algorithm']} on {summary['task']} ({summary['data_source']}, preset "
-                        f"{summary['preset']}, seed {summary['seed']}; sampled at T={e['temperature']})")
-    columns = ("pass@1", "pass@4", "pass@8", "greedy_pass@1", "kl", "no_answer_frac", "response_length")
-    for col in ("policy",) + columns:
-        table.add_column(col.replace("_", " "), justify="right")
-    for name, m in (("SFT", summary["sft"]), (summary["algorithm"], e)):
-        table.add_row(name, *(fmt(m.get(k)) if k in ("kl", "response_length") else fmt(m.get(k), pct=True)
-                              for k in columns))
-    table.caption = _budget_caption(summary["budget"])
-    return table
-
-
-def _budget_caption(b: dict) -> str:
-    return (f"{b['prompts']} prompts, {b['responses']} responses, {b['optimizer_steps']} optimizer steps, "
-            f"{b['wall_time_s']:.0f} s training, peak memory {b['peak_memory_mb']:.0f} MB")
+    """A run's summary as its suite's table (a summary written before suites were named: its task's suite)."""
+    return suites.get(summary.get("suite") or tasks.get(summary["task"]).suite).summary_table(summary)

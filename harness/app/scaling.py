@@ -233,7 +233,7 @@ def run_scaling(cfg: RunConfig, mode: str, sizes: list[Size], prompt_counts: lis
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from harness import tasks
-    from harness.tasks.tiny import resolve_paths
+    from harness.tasks import resolve_paths
 
     if mode not in MODES:
         raise UserError(f"--scaling must be one of {', '.join(MODES)}, got {mode!r}")

@@ -27,7 +27,7 @@ from harness.config import Strict
 from harness.errors import UserError, invalid
 from harness.models import fit_vocab
 from harness.store import read_json, write_json
-from harness.examples import TaskData, truncate_prompt
+from harness.examples import TaskData
 from harness.tokens import encode_responses, left_pad
 
 BASE_MODELS = {"tldr-pythia-1.4b": "EleutherAI/pythia-1.4b-deduped",
@@ -70,7 +70,9 @@ def settings_for(preset: str, overrides: dict | None = None) -> tuple[StartSetti
     from harness.config import resolve
 
     cfg = resolve(preset)
-    if cfg.task.name != "tldr":
+    from harness import tasks
+
+    if not tasks.get(cfg.task.name).start_recipe:
         raise UserError(f"build-start trains TL;DR starting points; preset {preset!r} is task {cfg.task.name!r} "
                         f"(its chat models come ready-made)")
     values = {"max_prompt_tokens": cfg.task.max_prompt_tokens, "seed": cfg.seed}
@@ -103,11 +105,10 @@ def load_data(source: str, dataset: str | None = None, preference_dataset: str |
     """The TL;DR splits, refusing (rather than falling back to the stand-in) when the hub data cannot be had: present
     in the local cache (`harness prepare`) or served by the hub, else one line naming the data set."""
     from harness.assets import prepare_command, require
-    from harness.app.catalogue import tldr_data
-    from harness.tasks.tldr import load_task, resolve_source
+    from harness.tasks.tldr import hub_assets, load_task, resolve_source
 
     if source in ("auto", "hub"):
-        require(tldr_data(dataset, preference_dataset), prepare_command(preset=preset))
+        require(hub_assets(dataset, preference_dataset), prepare_command(preset=preset))
         source = "hub"
     return load_task(resolve_source(source), dataset, preference_dataset)
 
@@ -140,7 +141,7 @@ def _trainer_args(cls, s: StartSettings, out: Path, **extra):
 
 
 def _prompt(ex, tokenizer, s: StartSettings) -> list[int]:
-    return truncate_prompt(ex, tokenizer, s.max_prompt_tokens)
+    return ex.encode_prompt(tokenizer, s.max_prompt_tokens)
 
 
 def _response(text: str, tokenizer, max_tokens: int) -> list[int]:

@@ -1,6 +1,6 @@
-"""`harness eval TARGET --suite tldr|chat|open-llm|math`: evaluate a finished run's policy (or any model) and write
-the suite files `harness report` reads. The suites themselves live in harness/app/evaluate.py (tldr, math) and
-harness/app/evaluate_chat.py (chat, open-llm); this module only wires options."""
+"""`harness eval TARGET --suite NAME`: evaluate a finished run's policy (or any model) and write the suite files
+`harness report` reads. The suites are evals.suites' registry (`harness list` names them); this module only wires
+options: each suite declares the options it reads, and an option no chosen suite reads is refused."""
 from __future__ import annotations
 
 from typing import Optional
@@ -9,18 +9,21 @@ import typer
 
 from harness.errors import UserError
 
-# the options that describe what a suite evaluates, and the suites they apply to
-SUITE_OPTIONS = {"--prompts": ("tldr", "math"), "--judge": ("tldr",), "--temperature": ("tldr", "math"),
-                 "--reward-model": ("tldr",), "--reference": ("tldr", "math"), "--source": ("tldr", "math"),
-                 "--preset": ("tldr", "math"), "--task": ("math",)}
 
-
-def check_suite_options(chosen: list[str], given: dict) -> None:
+def check_suite_options(chosen: list, given: dict) -> None:
     """One line for the options that none of the chosen suites reads (they would be silently ignored)."""
-    unread = [flag for flag, value in given.items() if value is not None and not set(SUITE_OPTIONS[flag]) & set(chosen)]
+    from evals import suites
+
+    unread = [flag for flag, value in given.items() if value is not None
+              and not any(_dest(flag) in s.options for s in chosen)]
     if unread:
-        suites = dict.fromkeys(s for flag in unread for s in SUITE_OPTIONS[flag])
-        raise UserError(f"{', '.join(unread)} only apply to --suite {' or --suite '.join(suites)}")
+        readers = dict.fromkeys(s.name for flag in unread for n in suites.names()
+                                for s in [suites.get(n)] if _dest(flag) in s.options)
+        raise UserError(f"{', '.join(unread)} only apply to --suite {' or --suite '.join(readers)}")
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
 
 
 def register(app: typer.Typer) -> None:
@@ -85,47 +88,40 @@ def register(app: typer.Typer) -> None:
         per-sample records into the run's evals/."""
         from rich.console import Console
 
-        from harness.app import evaluate as suites
-        from harness.app import evaluate_chat
+        from evals.suites import TaskSuite
+        from harness.app import evaluate
         from harness.store import cache_root
 
         console = Console(stderr=True)
-        chosen = suites.parse_suites(suite)
-        tgt = suites.resolve_target(target, checkpoint, out)
-        check_suite_options(chosen, {"--prompts": prompts, "--judge": judge, "--temperature": temperature,
-                                     "--reward-model": reward_model, "--reference": reference, "--source": source,
-                                     "--preset": preset, "--task": task})
-        judge_cache = None
-        if tgt.run_dir is not None and "chat" in chosen:
-            judge_cache = cache_root(suites.run_config(tgt.run_dir)[0].model.cache_dir) / "judge"
-        task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
-        if "chat" in chosen:  # a missing judge key is the cheaper thing to fix: say it before the assets
+        chosen = evaluate.parse_suites(suite)
+        tgt = evaluate.resolve_target(target, checkpoint, out)
+        given = {"--prompts": prompts, "--judge": judge, "--temperature": temperature, "--reward-model": reward_model,
+                 "--reference": reference, "--source": source, "--preset": preset, "--task": task,
+                 "--alpaca-reference": alpaca_reference, "--annotator": annotator,
+                 "--mt-bench-questions": mt_bench_questions, "--mt-bench-references": mt_bench_references,
+                 "--hub-cache-dir": hub_cache_dir, "--include-path": include_path, "--tasks": tasks,
+                 "--limit": limit, "--device": device}
+        check_suite_options(chosen, given)
+        judge_cache = cache_root(evaluate.run_config(tgt.run_dir)[0].model.cache_dir if tgt.run_dir else None)
+        options = {_dest(flag): value for flag, value in given.items()}
+        options.update(tasks=[t.strip() for t in tasks.split(",") if t.strip()] if tasks else None,
+                       judge_model=judge_model, judge_base_url=judge_base_url, max_new_tokens=max_new_tokens,
+                       cache_dir=judge_cache / "judge")
+        if any(getattr(s, "needs_judge_key", False) for s in chosen):  # the cheaper thing to fix: said first
             from evals.judge import Endpoint
 
             Endpoint.resolve(judge_model, judge_base_url)
-        for name in chosen:  # every suite's hub assets before a model loads (tldr, math: in run_tldr, run_math)
-            evaluate_chat.check_suite_assets(name, tgt, alpaca_reference=alpaca_reference,
-                                      mt_bench_questions=mt_bench_questions, hub_cache_dir=hub_cache_dir,
-                                      include_path=include_path, tasks=task_list, log=console.print)
+        for s in chosen:  # every model suite's assets before a model loads (a task suite checks its own)
+            if not isinstance(s, TaskSuite):
+                s.check(tgt, options, log=console.print)
         console.print(f"[bold]evaluating[/] {tgt.model} -> {tgt.out_dir}")
-        for name in chosen:
-            console.print(f"[bold]suite[/] {name}")
-            if name == "tldr":
-                result = suites.run_tldr(tgt, prompts=prompts, judge=judge, judge_model=judge_model,
-                                         judge_base_url=judge_base_url, temperature=temperature,
-                                         reward_model=reward_model, reference=reference, source=source, preset=preset,
-                                         log=console.print)
-            elif name == "math":
-                result = suites.run_math(tgt, prompts=prompts, temperature=temperature, reference=reference,
-                                         source=source, preset=preset, task=task, log=console.print)
-            elif name == "chat":
-                result = evaluate_chat.run_chat(tgt, judge_model=judge_model, judge_base_url=judge_base_url,
-                                         alpaca_reference=alpaca_reference, mt_bench_questions=mt_bench_questions,
-                                         mt_bench_references=mt_bench_references, limit=limit, annotator=annotator,
-                                         hub_cache_dir=hub_cache_dir, max_new_tokens=max_new_tokens, device=device,
-                                         cache_dir=judge_cache or cache_root(None) / "judge", log=console.print)
+        for s in chosen:
+            console.print(f"[bold]suite[/] {s.name}")
+            if isinstance(s, TaskSuite):
+                result = evaluate.run_task_suite(s, tgt, log=console.print, judge_model=judge_model,
+                                                 judge_base_url=judge_base_url,
+                                                 **{k: options[k] for k in s.options if k in options})
             else:
-                result = evaluate_chat.run_open_llm_suite(tgt, include_path=include_path, limit=limit, tasks=task_list,
-                                                   device=device, log=console.print)
-            console.print(suites.describe(name, result), markup=False, highlight=False)
+                result = s.run(tgt, options, log=console.print)
+            console.print(s.describe(result), markup=False, highlight=False)
         console.print(f"[bold]written[/] {tgt.out_dir}")

@@ -1,4 +1,4 @@
-"""`harness list`: the registered optimizers, tasks and presets."""
+"""`harness list`: the registered optimizers, tasks, evaluation suites and presets."""
 from __future__ import annotations
 
 import typer
@@ -7,8 +7,9 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("list")
     def list_command() -> None:
-        """List optimizers, tasks and presets."""
+        """List optimizers, tasks, evaluation suites and presets."""
         from algorithms.base import REGISTRY, names
+        from evals import suites
         from harness import tasks
         from harness.config import preset_names, resolve
 
@@ -17,7 +18,11 @@ def register(app: typer.Typer) -> None:
             print(f"  {name:18s} {(REGISTRY[name].__doc__ or '').strip().splitlines()[0]}")
         print("tasks:")
         for name in tasks.names():
-            print(f"  {name:18s} {tasks.REGISTRY[name].summary}")
+            task = tasks.REGISTRY[name]
+            print(f"  {name:18s} {task.summary} (suite {task.suite})")
+        print("suites (harness eval --suite):")
+        for name in suites.names():
+            print(f"  {name:18s} {suites.REGISTRY[name].summary}")
         print("presets:")
         for name in preset_names():
             print(f"  {name:18s} {resolve(name).description}")

@@ -8,43 +8,34 @@ from typing import Optional
 
 import typer
 
-from harness.app.evaluate import SUITES
 from harness.errors import UserError, invalid
-
-SUITE_CHOICES = SUITES
 
 
 def resolve_assets(config: str | None, preset: str | None, suites: list[str], models: list[str], sets: list[str],
                    tasks: list[str] | None = None, include_path: str | None = None) -> list:
     """The assets of everything named on the command line, in order, without duplicates."""
+    from evals import suites as registry
     from harness import assets
     from harness.app import catalogue
     from harness.config import parse_overrides, resolve
 
-    bad = [s for s in suites if s not in SUITE_CHOICES]
-    if bad:
-        raise UserError(f"unknown suite {bad[0]!r}; valid suites: {', '.join(SUITE_CHOICES)}")
+    chosen = [registry.get(s) for s in suites]  # an unknown name: the registry's one line
     if config and preset:
         raise UserError("give a run config or --preset, not both (a run config names its preset)")
     if not (config or preset or suites or models):
-        raise UserError("say what to prepare: --preset NAME, --suite chat|open-llm|tldr, --model NAME or a run "
-                        "directory / its config.json (see `harness list` for presets)")
+        raise UserError("say what to prepare: --preset NAME, --suite NAME, --model NAME or a run directory / its "
+                        "config.json (see `harness list` for presets and suites)")
     cfg = None
     if config:
         cfg = load_run_config(config)
     elif preset:
         cfg = resolve(preset, parse_overrides(sets))
     out = catalogue.for_config(cfg) if cfg is not None else []
-    for suite in suites:
-        if suite == "tldr":
-            task = cfg.task if cfg is not None else None
-            out += catalogue.tldr_data(task and task.dataset, task and task.preference_dataset)
-        elif suite == "chat":
-            out += catalogue.chat_assets()
-        elif suite == "open-llm":
-            out += catalogue.open_llm_assets(tasks, include_path)
-        else:  # a suite name added to SUITES must say here what it needs
-            raise AssertionError(f"harness prepare does not know the assets of suite {suite!r}")
+    for suite in chosen:
+        if isinstance(suite, registry.TaskSuite):
+            out += catalogue.suite_data(suite, cfg)
+        else:
+            out += suite.assets({"tasks": tasks, "include_path": include_path})
     for name in models:
         out += assets.model_asset("model", name)
     return assets.unique(out)
@@ -114,7 +105,7 @@ def register(app: typer.Typer) -> None:
     def prepare_command(
         config: Optional[str] = typer.Argument(None, help="a run directory or its config.json"),
         preset: Optional[str] = typer.Option(None, "--preset", "-p", help="a preset (see `harness list`)"),
-        suite: list[str] = typer.Option([], "--suite", "-s", help="tldr | chat | open-llm (repeatable)"),
+        suite: list[str] = typer.Option([], "--suite", "-s", help="a suite's assets: tldr | chat | open-llm | math or a plugin's (`harness list`; repeatable)"),
         model: list[str] = typer.Option([], "--model", help="another hub model to fetch (e.g. one to evaluate)"),
         set_: list[str] = typer.Option([], "--set", help="preset overrides, as for `harness run`"),
         tasks: Optional[str] = typer.Option(None, "--tasks", help="open-llm: comma-separated subset of the six"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from importlib.metadata import entry_points
 from dataclasses import dataclass
 from typing import Callable
 
@@ -11,15 +12,71 @@ from harness.errors import UserError
 from harness.examples import TaskData
 
 REGISTRY: dict[str, "Task"] = {}
+BUILTIN_MODELS: dict[str, "Builtin"] = {}  # "builtin:NAME" -> its build, registered by the task that owns it
+_LOADED: set[str] = set()  # entry points already imported
+
+
+def _nothing(*_args) -> list:
+    return []
 
 
 @dataclass(frozen=True)
 class Task:
+    """Everything task-specific, asked for by name: the application never branches on a task's name."""
+
     name: str
     summary: str  # one line for `harness list`
     load: Callable[..., tuple[str, TaskData]]  # (source, dataset, preference_dataset) -> (resolved source, data)
     preset: str = "tiny"  # the preset `harness run --task NAME` uses when no --preset is given
     checker: bool = False  # scored by its own checker (TaskData.reward): no reward model is loaded
+    suite: str = "tldr"  # the evaluation suite of its runs (evals.suites): RM score, KL and win rate, or pass@k
+    hub_data: Callable[..., list] = _nothing  # (task settings) -> the hub data sets (harness.assets.Asset) the
+    # settings read; [] when nothing is fetched (a generated or local source)
+    offline_sources: tuple[str, ...] = ()  # sources generated offline (a stand-in: the run says so)
+    offline_fallback: bool = False  # source `auto` falls back to the offline stand-in when the hub is unreachable
+    check: Callable[..., None] | None = None  # (RunConfig) -> None: refuses settings the task cannot run with
+    start_recipe: bool = False  # `harness build-start` can train its SFT policy and reward model from a base model
+
+    def present(self, source: str) -> bool:
+        """Whether a source needs no fetch: generated offline, a local directory, or the hub with nothing listed."""
+        from pathlib import Path
+
+        return source in self.offline_sources or Path(source).exists() or source == "hub"
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """A model a task builds itself (a tiny stand-in): `build(recipe, cache_dir, log)` returns the built paths
+    (`.policy`, `.reward_model`, `.info`), building and caching them on first use."""
+
+    build: Callable
+    has_reward_model: bool = True
+    note: str = ""  # why there is no reward model, for the error when one is needed
+
+
+def register_builtin(name: str, builtin: Builtin) -> None:
+    BUILTIN_MODELS[name] = builtin
+
+
+def resolve_paths(settings, log=print, needs_reward_model: bool = True) -> dict[str, str | None]:
+    """Where policy, reward model and tokenizer come from: a task's builtin model (built and cached on first use)
+    for `builtin:NAME`, else the names in the settings (harness.models.named_paths). needs_reward_model False: a
+    task that scores responses itself; the reward model is then None unless the settings name one."""
+    from harness.models import named_paths
+
+    if not settings.policy.startswith("builtin:"):
+        return named_paths(settings, needs_reward_model)
+    names()
+    if settings.policy not in BUILTIN_MODELS:
+        raise UserError(f"unknown builtin model {settings.policy!r}; valid: {', '.join(sorted(BUILTIN_MODELS))}")
+    builtin = BUILTIN_MODELS[settings.policy]
+    if needs_reward_model and not settings.reward_model and not builtin.has_reward_model:
+        raise UserError(f"{settings.policy} has no reward model ({builtin.note}); set model.reward_model to use it on "
+                        f"another task")
+    paths = builtin.build(settings.tiny, settings.cache_dir, log=log)
+    own = str(paths.reward_model) if builtin.has_reward_model and needs_reward_model else None
+    return {"policy": str(paths.policy), "reward_model": settings.reward_model or own,
+            "tokenizer": settings.tokenizer or str(paths.policy), "build_info": str(paths.info)}
 
 
 def register(task: Task) -> Task:
@@ -30,9 +87,21 @@ def register(task: Task) -> Task:
 
 
 def names() -> list[str]:
+    """Every task: the package's own modules, then those other packages register under the entry-point group
+    `harness.tasks` (a task that lives outside the package, e.g. tests/plugins)."""
     for info in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{info.name}")
+    for entry in entry_points(group="harness.tasks"):
+        if entry.value not in _LOADED:
+            _LOADED.add(entry.value)
+            entry.load()
     return sorted(REGISTRY)
+
+
+def find(name: str) -> Task | None:
+    """The task registered as `name`, or None."""
+    names()
+    return REGISTRY.get(name)
 
 
 def get(name: str) -> Task:

@@ -16,7 +16,7 @@ locally trained BPE tokenizer can learn it. The difficulty knob is `mix`: how of
 operations. A problem is also a row of the hub's openai/gsm8k "main" schema ({"question", "answer"}; see
 `Problem.row`), so the stand-in and the real data go through the same loader (harness.tasks.gsm8k).
 
-An Example carries the problem three ways: `plain_prompt` ("Question: ...\nAnswer:", for tokenizers without a
+An Example carries the problem three ways: `text` ("Question: ...\nAnswer:", for tokenizers without a
 chat template, such as the tiny model's), `messages` (one user turn: the question and INSTRUCTION, for a chat
 model's template) and `answer` (the integer the checker, harness.tasks.verifier.Checker, compares with).
 `ArithData` also keeps the problems aligned index by index with the TaskData splits.
@@ -30,8 +30,8 @@ from dataclasses import dataclass, field, replace
 
 from harness.errors import UserError
 from harness.examples import Example, TaskData
-from harness.tasks import Task, register
-from harness.tasks.verifier import Checker
+from harness.tasks import Builtin, Task, register, register_builtin
+from harness.tasks.verifier import Checker, ProblemExample
 
 VERSION = 1  # bump when generated data change
 PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
@@ -212,11 +212,11 @@ def format_prompt(question: str) -> str:
 
 def to_example(problem: Problem) -> Example:
     """An Example of the harness: the plain prompt, the chat turn (question + INSTRUCTION; the tokenizer's chat
-    template renders it when it has one, harness.examples.truncate_prompt), the integer answer, the question in
-    `post`, and the solution as the reference (" " + text, no EOS, as every harness response is held)."""
+    template renders it when it has one, Example.encode_prompt), the integer answer, the question, and the solution
+    as the reference (" " + text, no EOS, as every harness response is held)."""
     turn = {"role": "user", "content": f"{problem.question}\n{INSTRUCTION}"}
-    return Example(post=problem.question, reference=" " + problem.solution,
-                   plain_prompt=format_prompt(problem.question), messages=[turn], answer=problem.answer)
+    return ProblemExample(text=format_prompt(problem.question), messages=[turn], reference=" " + problem.solution,
+                          question=problem.question, answer=problem.answer)
 
 
 @dataclass
@@ -238,7 +238,7 @@ class ArithData:
             self._by_question = table
         if example.answer is not None:
             return example.answer
-        question = example.post
+        question = example.question
         try:
             return self._by_question[question]
         except KeyError:
@@ -296,5 +296,13 @@ def _load(source: str, dataset: str | None = None, preference_dataset: str | Non
     return SOURCE, replace(standard().task)  # a copy: a run may set its pref_train (checked_pairs)
 
 
+def _build_arith_tiny(recipe, cache_dir=None, log=print):
+    from harness.tasks.arith_tiny import ensure_arith_tiny  # it builds on this module's problems
+
+    return ensure_arith_tiny(recipe, cache_dir, log=log)
+
+
+register_builtin("builtin:arith", Builtin(_build_arith_tiny, has_reward_model=False,
+                                          note="its tasks, arith and gsm8k, are scored by a checker"))
 register(Task("arith", "GSM8K-style arithmetic word problems generated offline, scored by an exact-match checker",
-              _load, preset="arith", checker=True))
+              _load, preset="arith", checker=True, suite="math", offline_sources=("synthetic", "auto", SOURCE)))

@@ -17,18 +17,22 @@ import torch
 
 from harness.config import TinyRecipe
 from harness.scoring import cross_entropy_on_response
-from harness.store import config_hash, write_json
-from harness.tasks import arith
-from harness.tasks.tiny import (TinyPaths, _encode, _lengths, _train, ensure_built, new_policy, quiet_transformers,
-                                train_tokenizer)
+from harness.store import code_fingerprint, config_hash, write_json
+from harness.tasks import arith, tiny
+from harness.tasks.tiny import (TinyPaths, encode_rows, ensure_built, new_policy, quiet_transformers,
+                                sequence_lengths, train_steps, train_tokenizer)
 
 BUILD_VERSION = 1
 UNUSED = ("rm_steps", "rm_batch", "rm_lr")  # recipe fields of the TL;DR build's reward model
 
 
+# the code that makes a build (harness.store.code_fingerprint): a change to it is another build
+BUILD_CODE = ("harness.tasks.arith_tiny", "harness.tasks.arith", *tiny.BUILD_CODE)
+
+
 def recipe_key(recipe: TinyRecipe) -> str:
     return config_hash({"recipe": recipe.model_dump(exclude=set(UNUSED)), "build_version": BUILD_VERSION,
-                        "data": arith.VERSION})
+                        "data": arith.VERSION, "code": code_fingerprint(*BUILD_CODE)})
 
 
 def ensure_arith_tiny(recipe: TinyRecipe, cache_dir: str | None = None, log=print) -> TinyPaths:
@@ -52,13 +56,13 @@ def build(recipe: TinyRecipe, out: TinyPaths, log=print) -> None:
     info: dict = {"recipe": recipe.model_dump(exclude=set(UNUSED)), "build_version": BUILD_VERSION,
                   "data_version": arith.VERSION, "parameters": sum(p.numel() for p in policy.parameters()),
                   "torch_threads": torch.get_num_threads(), "sft_examples": len(data.sft_train)}
-    query, ref, ref_mask = _encode(data.sft_train, tokenizer, recipe, ("reference",))
+    query, ref, ref_mask = encode_rows(data.sft_train, tokenizer, recipe, ("reference",))
     # a solution longer than max_response_tokens loses its EOS (and its "#### N"): the policy would learn to ramble
     info["references_cut"] = int((ref_mask.sum(1) == ref_mask.shape[1]).sum())
     info["prompts_cut"] = int(((query != pad).sum(1) >= recipe.max_prompt_tokens).sum())
-    _train(policy, cross_entropy_on_response, (query, ref, ref_mask), _lengths(query, pad, ref_mask), recipe.sft_steps,
+    train_steps(policy, cross_entropy_on_response, (query, ref, ref_mask), sequence_lengths(query, pad, ref_mask), recipe.sft_steps,
            recipe.sft_batch, recipe.sft_lr, rng, "SFT (arith)", pad, recipe)
-    eq, eref, emask = _encode(data.sft_eval[:512], tokenizer, recipe, ("reference",))
+    eq, eref, emask = encode_rows(data.sft_eval[:512], tokenizer, recipe, ("reference",))
     with torch.no_grad():
         info["sft_eval_loss"] = cross_entropy_on_response(policy, eq, eref, emask, pad).item()
     info["sft_seconds"] = info["total_seconds"] = round(time.time() - t0, 1)

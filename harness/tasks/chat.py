@@ -1,7 +1,7 @@
 """Chat prompts for the paper's chat experiments (UltraFeedback with Llama-3-8B-Instruct, Nectar with OpenChat-3.5).
 
 Only prompts are needed for online training; preference pairs are read when present (offline DPO). Prompts are
-rendered with the policy tokenizer's chat template at encoding time (harness.tasks.tldr.truncate_prompt).
+rendered with the policy tokenizer's chat template at encoding time (harness.examples.Example.encode_prompt).
 Sources: a hub data set name (`task.dataset`), or a local directory with `prompts_train.jsonl`,
 `prompts_eval.jsonl` (rows `{"prompt": str}` or `{"messages": [...]}`, optional `chosen`/`rejected` strings).
 """
@@ -92,5 +92,15 @@ def load_chat(source: str, dataset: str | None, eval_prompts: int = 1000) -> Tas
                     pref_eval=[ex for ex in evals if ex.chosen and ex.rejected])
 
 
+def _hub_data(settings) -> list:
+    from harness.assets import Asset
+
+    if settings.source != "hub" or not settings.dataset:
+        return []
+    splits = tuple(dict.fromkeys(HUB_SPLITS.get(settings.dataset, ())))
+    return [Asset("chat prompts", "dataset", settings.dataset, splits=splits)]
+
+
 register(Task("chat", "chat prompts (UltraFeedback / Nectar on the hub, or a local directory)",
-              lambda source, dataset=None, preference_dataset=None: (source, load_chat(source, dataset))))
+              lambda source, dataset=None, preference_dataset=None: (source, load_chat(source, dataset)),
+              hub_data=_hub_data))

@@ -19,7 +19,7 @@ from harness.examples import Example, TaskData
 from harness.experience import encode_queries, task_scores
 from harness.rollout import sample, truncate_after_eos
 from harness.scoring import ScoreRule
-from harness.store import cache_root, config_hash, read_json, write_json, write_jsonl
+from harness.store import cache_root, code_fingerprint, config_hash, read_json, write_json, write_jsonl
 from harness.tokens import decode_responses
 
 PAIR_SEED = 0  # fixed: every seed and optimizer trains on the same pairs (as on TL;DR's fixed preference data)
@@ -27,11 +27,16 @@ VERSION = 1  # bump when the way pairs are made changes
 
 
 def pairs_key(origin: dict, source: str, n_prompts: int, max_prompt_tokens: int, max_new_tokens: int,
-              temperature: float, rule: ScoreRule) -> str:
+              temperature: float, rule: ScoreRule, checker: tuple = ()) -> str:
+    """The pairs' cache key; `checker`: the task's reward (its class), part of the code that made them."""
     return config_hash({"policy": origin.get("policy"), "tokenizer": origin.get("tokenizer"), "source": source,
                         "prompts": n_prompts, "max_prompt_tokens": max_prompt_tokens,
                         "max_new_tokens": max_new_tokens, "temperature": temperature,
-                        "rule": [rule.scale, rule.missing_eos_score], "seed": PAIR_SEED, "version": VERSION})
+                        "rule": [rule.scale, rule.missing_eos_score], "seed": PAIR_SEED, "version": VERSION,
+                        # the EOS test only when not the default (the keys of earlier pairs stay valid), and the
+                        # code that makes the pairs: a changed sampler, scorer or checker never reads old pairs
+                        **({"eos_test": rule.missing_eos_test} if rule.missing_eos_test != "eos" else {}),
+                        "code": code_fingerprint(make_pairs, "harness.rollout", "harness.scoring", *checker)})
 
 
 @torch.no_grad()
@@ -65,7 +70,7 @@ def make_pairs(policy, tokenizer, examples: list[Example], reward, *, max_prompt
 
 
 def _row(ex: Example) -> dict:
-    return {"question": ex.post, "chosen": ex.chosen, "rejected": ex.rejected}
+    return {"question": ex.question, "chosen": ex.chosen, "rejected": ex.rejected}
 
 
 def cached_pairs(data: TaskData, models, *, n_prompts: int, max_prompt_tokens: int, max_new_tokens: int,
@@ -75,10 +80,11 @@ def cached_pairs(data: TaskData, models, *, n_prompts: int, max_prompt_tokens: i
     first use, then read from the cache; `write` False: not written, as on every process but the main one);
     returns the counts (prompts, pairs, ties_correct, ties_wrong)."""
     examples = data.sft_train[:n_prompts]
-    key = pairs_key(models.origin, data.source, len(examples), max_prompt_tokens, max_new_tokens, temperature, rule)
+    key = pairs_key(models.origin, data.source, len(examples), max_prompt_tokens, max_new_tokens, temperature, rule,
+                    checker=(type(data.reward),))
     path = cache_root(cache_dir) / "checked_pairs" / f"{key}.jsonl"
     counts_path = path.with_suffix(".json")
-    by_question = {ex.post: ex for ex in examples}
+    by_question = {ex.question: ex for ex in examples}
     if path.exists() and counts_path.exists():
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         data.pref_train = [replace(by_question[r["question"]], chosen=r["chosen"], rejected=r["rejected"])

@@ -192,4 +192,5 @@ def _load(source: str, dataset: str | None = None, preference_dataset: str | Non
 
 
 register(Task("gsm8k", "GSM8K math word problems (openai/gsm8k main on the hub, or local rows in its schema), scored "
-              "by an exact-match checker", _load, preset="arith", checker=True))
+              "by an exact-match checker", _load, preset="arith", checker=True, suite="math",
+              hub_data=lambda settings: hub_assets() if settings.source in ("hub", "auto") else []))

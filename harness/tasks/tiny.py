@@ -20,14 +20,13 @@ from pathlib import Path
 import torch
 from rich.progress import Progress
 
-from harness.config import ModelSettings, TinyRecipe
+from harness.config import TinyRecipe
 from harness.scoring import cross_entropy_on_response, pairwise_reward_loss, reward_scores
 from harness.errors import UserError
-from harness.models import named_paths
-from harness.store import cache_root, config_hash, write_json
+from harness.store import cache_root, code_fingerprint, config_hash, write_json
 from harness.tasks import synthetic
 from harness.tasks.tldr import load_task, synthetic_source
-from harness.examples import TaskData, format_prompt, truncate_prompt
+from harness.examples import TaskData
 from harness.tokens import encode_responses, left_pad
 
 BUILD_VERSION = 2  # 2: batches without all-padding columns, each RM pair's prompt run once (same numbers, rounded)
@@ -43,11 +42,17 @@ class TinyPaths:
     info = property(lambda self: self.root / "build_info.json")
 
 
+# the code that makes a build (harness.store.code_fingerprint): a change to it is another build
+BUILD_CODE = ("harness.tasks.tiny", "harness.tasks.synthetic", "harness.tasks.tldr_prompt", "harness.tokens",
+              "harness.scoring:cross_entropy_on_response", "harness.scoring:pairwise_reward_loss",
+              "harness.scoring:reward_scores")
+
+
 def recipe_key(recipe: TinyRecipe) -> str:
-    """The build's cache key. A standard-posts recipe dumps without its `posts` field (TinyRecipe's serializer), so
-    its key is the one it had before hard posts existed; a hard recipe gets a key of its own."""
+    """The build's cache key: the recipe (a standard-posts recipe dumps without its `posts` field, TinyRecipe's
+    serializer; a hard recipe gets a key of its own), the data version and the code that builds it."""
     return config_hash({"recipe": recipe.model_dump(), "build_version": BUILD_VERSION,
-                        "data": synthetic.data_version(recipe.posts)})
+                        "data": synthetic.data_version(recipe.posts), "code": code_fingerprint(*BUILD_CODE)})
 
 
 def ensure_tiny(recipe: TinyRecipe, cache_dir: str | None = None, log=print) -> TinyPaths:
@@ -79,22 +84,19 @@ def ensure_built(name: str, key: str, build_into, cache_dir: str | None = None, 
 
 @contextlib.contextmanager
 def _build_lock(path: Path, log):
-    """An exclusive advisory lock (POSIX flock; none where fcntl is missing), released when the process ends."""
+    """An exclusive lock on `path` (filelock), so that two processes never build the same preset at once."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(path)
     try:
-        import fcntl
-    except ImportError:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log(f"Waiting for another process building the same tiny preset ({path.name})")
+        lock.acquire()
+    try:
         yield
-        return
-    with open(path, "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"Waiting for another process building the same tiny preset ({path.name})")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        lock.release()
 
 
 def train_tokenizer(data: TaskData, vocab_size: int):
@@ -108,15 +110,14 @@ def train_tokenizer(data: TaskData, vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, pad_token=PAD, bos_token=EOS)
 
 
-def _encode(examples, tokenizer, recipe: TinyRecipe, fields: tuple[str, ...]):
-    # One batched tokenizer call for every prompt that fits; only the rare longer ones take truncate_prompt's
-    # per-example cut (the same ids either way: truncate_prompt returns the plain encoding when it fits).
+def encode_rows(examples, tokenizer, recipe: TinyRecipe, fields: tuple[str, ...]):
+    # One batched tokenizer call for every prompt that fits; only the rare longer ones take encode_prompt's
+    # per-example cut (the same ids either way: encode_prompt returns the plain encoding when it fits).
     # (a plain prompt is used verbatim: these tokenizers have no chat template)
-    texts = [ex.plain_prompt if ex.plain_prompt is not None else
-             format_prompt(ex.subreddit, ex.title, ex.post) if ex.messages is None else None for ex in examples]
+    texts = [ex.prompt_string(tokenizer) for ex in examples]
     plain = tokenizer([t or "" for t in texts], add_special_tokens=False)["input_ids"]
     prompts = [ids if t is not None and len(ids) <= recipe.max_prompt_tokens
-               else truncate_prompt(ex, tokenizer, recipe.max_prompt_tokens)
+               else ex.encode_prompt(tokenizer, recipe.max_prompt_tokens)
                for ex, t, ids in zip(examples, texts, plain)]
     query = left_pad(prompts, tokenizer.pad_token_id)
     responses = []  # ids, mask, ids, mask, ... in the order of `fields`
@@ -161,12 +162,14 @@ def _trim(idx, query: torch.Tensor, *responses: torch.Tensor, pad: int):
     return q, *(r[:, :width] for r in rows)
 
 
-def _lengths(query: torch.Tensor, pad: int, *masks: torch.Tensor) -> torch.Tensor:
+def sequence_lengths(query: torch.Tensor, pad: int, *masks: torch.Tensor) -> torch.Tensor:
     return (query != pad).sum(1) + sum(m.sum(1) for m in masks)
 
 
 def _optimizer(model, lr: float, steps: int, schedule: str = "linear"):
-    """AdamW, linear warm-up over the first 5% of the steps, then linear or cosine decay to 0."""
+    """AdamW, linear warm-up over the first 5% of the steps, then linear or cosine decay to 0. Written out rather
+    than transformers' schedulers: theirs start the warm-up at 0 and do not multiply warm-up and decay, so the
+    cached builds (and every number measured on them) would change."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 20)
 
@@ -180,7 +183,7 @@ def _optimizer(model, lr: float, steps: int, schedule: str = "linear"):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def _train(model, loss_fn, tensors, lengths, steps: int, batch: int, lr: float, rng, name: str, pad: int,
+def train_steps(model, loss_fn, tensors, lengths, steps: int, batch: int, lr: float, rng, name: str, pad: int,
            recipe: TinyRecipe) -> None:
     opt, sched = _optimizer(model, lr, steps, recipe.schedule)
     model.train()
@@ -245,12 +248,12 @@ def build(recipe: TinyRecipe, out: TinyPaths, log=print) -> None:
                   "parameters": sum(p.numel() for p in policy.parameters()), "torch_threads": torch.get_num_threads()}
 
     # SFT: cross-entropy of the reference summary given the prompt.
-    sft = _encode(data.sft_train, tokenizer, recipe, ("reference",))
+    sft = encode_rows(data.sft_train, tokenizer, recipe, ("reference",))
     lap("encode_sft")
-    _train(policy, cross_entropy_on_response, sft, _lengths(sft[0], pad, sft[2]), recipe.sft_steps,
+    train_steps(policy, cross_entropy_on_response, sft, sequence_lengths(sft[0], pad, sft[2]), recipe.sft_steps,
            recipe.sft_batch, recipe.sft_lr, rng, "SFT", pad, recipe)
     lap("sft_train")
-    eq, eref, emask = _encode(data.sft_eval[:512], tokenizer, recipe, ("reference",))
+    eq, eref, emask = encode_rows(data.sft_eval[:512], tokenizer, recipe, ("reference",))
     with torch.no_grad():
         info["sft_eval_loss"] = cross_entropy_on_response(policy, eq, eref, emask, pad).item()
     lap("sft_eval")
@@ -263,9 +266,9 @@ def build(recipe: TinyRecipe, out: TinyPaths, log=print) -> None:
     t1 = time.time()
     rm = GPTNeoXForSequenceClassification.from_pretrained(out.policy, num_labels=1)
     torch.nn.init.zeros_(rm.score.weight)
-    pref = _encode(data.pref_train, tokenizer, recipe, ("chosen", "rejected"))
+    pref = encode_rows(data.pref_train, tokenizer, recipe, ("chosen", "rejected"))
     lap("encode_pairs")
-    _train(rm, pairwise_reward_loss, pref, _lengths(pref[0], pad, pref[2], pref[4]), recipe.rm_steps, recipe.rm_batch,
+    train_steps(rm, pairwise_reward_loss, pref, sequence_lengths(pref[0], pad, pref[2], pref[4]), recipe.rm_steps, recipe.rm_batch,
            recipe.rm_lr, rng, "reward model", pad, recipe)
     lap("rm_train")
     info.update(_reward_model_report(rm, data, tokenizer, recipe))
@@ -284,48 +287,21 @@ def build(recipe: TinyRecipe, out: TinyPaths, log=print) -> None:
 @torch.no_grad()
 def _reward_model_report(rm, data: TaskData, tokenizer, recipe: TinyRecipe) -> dict:
     """Bias (mean raw score of references), held-out pair accuracy, and rank agreement with the gold reward."""
-    import pandas as pd
+    from scipy.stats import spearmanr
 
     pad = tokenizer.pad_token_id
     rm.config.reward_bias = 0.0
-    q, ref, ref_m = _encode(data.sft_eval[:512], tokenizer, recipe, ("reference",))
+    q, ref, ref_m = encode_rows(data.sft_eval[:512], tokenizer, recipe, ("reference",))
     bias = reward_scores(rm, q, ref, ref_m, pad).mean().item()
     pairs = data.pref_eval[:512]
-    q, ch, ch_m, rj, rj_m = _encode(pairs, tokenizer, recipe, ("chosen", "rejected"))
+    q, ch, ch_m, rj, rj_m = encode_rows(pairs, tokenizer, recipe, ("chosen", "rejected"))
     s_ch, s_rj = reward_scores(rm, q, ch, ch_m, pad), reward_scores(rm, q, rj, rj_m, pad)
     gold = [synthetic.gold_reward(t, synthetic.Facts(**ex.facts)) for ex in pairs for t in (ex.chosen, ex.rejected)]
     scores = torch.stack([s_ch, s_rj], 1).flatten().tolist()
-    rho = pd.Series(scores).corr(pd.Series(gold), method="spearman")
+    rho = spearmanr(scores, gold).statistic
     return {"reward_bias": bias, "rm_pair_accuracy": (s_ch > s_rj).float().mean().item(),
             "rm_gold_rank_correlation": float(rho)}
 
 
 def build_info(paths: TinyPaths) -> dict:
     return json.loads(paths.info.read_text())
-
-
-BUILTINS = ("builtin:tiny", "builtin:arith")
-
-
-def resolve_paths(settings: ModelSettings, log=print, needs_reward_model: bool = True) -> dict[str, str | None]:
-    """Where policy, reward model and tokenizer come from: the tiny preset (built and cached on first use) for
-    `builtin:tiny`, the arithmetic task's tiny policy (harness.tasks.arith_tiny; no reward model: its task has a
-    checker) for `builtin:arith`, else the names in the settings (harness.models.named_paths). needs_reward_model
-    False: a task that scores responses itself; the reward model is then None unless the settings name one."""
-    if not settings.policy.startswith("builtin:"):
-        return named_paths(settings, needs_reward_model)
-    if settings.policy not in BUILTINS:
-        raise UserError(f"unknown builtin model {settings.policy!r}; valid: {', '.join(BUILTINS)}")
-    if settings.policy == "builtin:arith":
-        from harness.tasks import arith_tiny  # it builds on this module's helpers
-
-        paths = arith_tiny.ensure_arith_tiny(settings.tiny, settings.cache_dir, log=log)
-        if needs_reward_model and not settings.reward_model:
-            raise UserError("builtin:arith has no reward model (its task, arith or gsm8k, is scored by a checker); "
-                            "set model.reward_model to use it on another task")
-        return {"policy": str(paths.policy), "reward_model": settings.reward_model or None,
-                "tokenizer": settings.tokenizer or str(paths.policy), "build_info": str(paths.info)}
-    paths = ensure_tiny(settings.tiny, settings.cache_dir, log=log)
-    reward_model = settings.reward_model or (str(paths.reward_model) if needs_reward_model else None)
-    return {"policy": str(paths.policy), "reward_model": reward_model,
-            "tokenizer": settings.tokenizer or str(paths.policy), "build_info": str(paths.info)}

@@ -12,17 +12,15 @@ The hub's SFT `summary` lacks that space and its preference `chosen`/`rejected` 
 from __future__ import annotations
 
 import json
-import os
-import random
 import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from harness.assets import Asset
-from harness.config import SYNTHETIC_SOURCES  # task.source -> the stand-in's profile: one home
+from harness.assets import Asset, hub_reachable
 from harness.errors import UserError
 from harness.examples import Example, TaskData
-from harness.tasks import Task, register
+from harness.tasks.tldr_prompt import TldrExample
+from harness.tasks import Builtin, Task, register, register_builtin
 from harness.tasks import synthetic
 
 HUB_SFT = "vwxyzjn/summarize_from_feedback_tldr_3_filtered_oai_preprocessing_1706381144"
@@ -41,6 +39,24 @@ LOCAL_OPTIONAL = {"sft_test": "sft_test.jsonl"}  # absent: evaluation falls back
 SYNTHETIC_SIZES = {"sft_train": 20000, "sft_eval": 1000, "pref_train": 20000, "pref_eval": 1000, "sft_test": 1000}
 
 
+SYNTHETIC_SOURCES = {"synthetic": "standard", "synthetic-hard": "hard"}  # task.source -> the stand-in's profile
+POSTS_OF_SOURCE = {**SYNTHETIC_SOURCES, "auto": "standard"}  # auto: the standard posts are its offline fallback
+
+
+def check_tiny_posts(cfg) -> None:
+    """builtin:tiny is built on one profile of the synthetic posts (model.tiny.posts); a TL;DR run on the stand-in
+    must train and evaluate on the same profile, or its SFT policy and reward model would meet posts they never saw
+    and the run would measure that, not the optimizer. Hub and directory sources are the user's choice."""
+    expected = POSTS_OF_SOURCE.get(cfg.task.source)
+    if cfg.model.policy != "builtin:tiny" or expected in (None, cfg.model.tiny.posts):
+        return
+    means = "falls back to" if cfg.task.source == "auto" else "means"
+    raise UserError(f"task.source {cfg.task.source} {means} the stand-in's {expected} posts, but model.tiny.posts is "
+                    f"{cfg.model.tiny.posts}: the tiny model must be built on the posts it trains and evaluates on; "
+                    f"use --preset tiny-hard for the hard posts, or set task.source and model.tiny.posts to match")
+
+
+
 ROW_FIELDS = {"sft": ("summary",), "preference": ("chosen", "rejected")}  # besides subreddit, title, post
 FACT_FIELDS = {f.name for f in fields(synthetic.Facts)}
 REQUIRED_FACT_FIELDS = {f.name for f in fields(synthetic.Facts) if f.default is MISSING}  # a standard row's five
@@ -56,7 +72,7 @@ def split_kind(split: str) -> str:
     return "sft" if split.startswith("sft") else "preference"
 
 
-def example_from_row(row: dict, where: str, kind: str | None = None) -> Example:
+def example_from_row(row: dict, where: str, kind: str | None = None) -> TldrExample:
     """Flat schema {subreddit, title, post, summary | chosen/rejected}; the hub's nested `info`/`summaries`/`choice`
     is accepted too. kind "sft" requires a summary, "preference" a chosen/rejected pair (None: neither).
 
@@ -76,7 +92,7 @@ def example_from_row(row: dict, where: str, kind: str | None = None) -> Example:
     problem = _row_problem(values, ROW_FIELDS.get(kind, ()), row.get("facts"))
     if problem:
         raise UserError(f"{where}: {problem}; {_expected(kind)}")
-    return Example(subreddit=str(values["subreddit"]), title=str(values["title"]), post=values["post"],
+    return TldrExample(subreddit=str(values["subreddit"]), title=str(values["title"]), post=values["post"],
                    reference=values["summary"], chosen=values["chosen"], rejected=values["rejected"],
                    facts=row.get("facts"))
 
@@ -204,21 +220,9 @@ def _hub(load=None, sft: str | None = None, preference: str | None = None) -> di
             for key, (name, split) in HUB_SPLITS.items()}
 
 
-def hub_reachable(timeout: float = 5.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-        return False
-    try:
-        from huggingface_hub import HfApi
-
-        HfApi().dataset_info(HUB_SFT, timeout=timeout)
-        return True
-    except Exception:  # any failure (DNS, proxy, HTTP) means "not reachable" for the purpose of `auto`
-        return False
-
-
 def resolve_source(source: str) -> str:
     if source == "auto":
-        if hub_reachable():
+        if hub_reachable(HUB_SFT):
             return "hub"
         print("!! The Hugging Face hub is not reachable: using the SYNTHETIC TL;DR stand-in (offline data with a "
               "programmatic gold reward). Numbers are not comparable with the paper's.", file=sys.stderr)
@@ -242,33 +246,6 @@ def load_task(source: str, dataset: str | None = None, preference_dataset: str |
     note = None if splits.get("sft_test") else (
         f"{source} has no {LOCAL_OPTIONAL['sft_test']}: evaluation prompts come from the validation split")
     return TaskData(source=source, gold=synthetic.StandInGold() if with_facts else None, test_note=note, **splits)
-
-
-EVAL_SPLITS = ("test", "validation")
-EVAL_SELECTIONS = ("random", "first")
-
-
-def eval_examples(data: TaskData, n: int, split: str = "test", selection: str = "random",
-                  seed: int = 0) -> list[Example]:
-    """The evaluation prompts: n of the split (all if it has fewer), a seeded random subset in split order
-    (the paper: 600 random test prompts) or the first n. No test split: validation (see `data.test_note`)."""
-    if split not in EVAL_SPLITS or selection not in EVAL_SELECTIONS:
-        raise UserError(f"evaluation split must be one of {', '.join(EVAL_SPLITS)} and selection one of "
-                        f"{', '.join(EVAL_SELECTIONS)}; got split={split!r}, selection={selection!r}")
-    if n < 1:
-        raise UserError(f"the number of evaluation prompts must be at least 1, got {n}")
-    pool = data.sft_test if split == "test" and data.sft_test else data.sft_eval
-    if selection == "first":
-        return pool[:n]
-    return [pool[i] for i in eval_indices(len(pool), n, seed)]
-
-
-def eval_indices(size: int, n: int, seed: int) -> list[int]:
-    """Sorted indices of a seeded random n-subset of range(size); random.Random(int) is the same in every process
-    and platform, and a larger n keeps the smaller n's prompts (a prefix of one shuffle)."""
-    order = list(range(size))
-    random.Random(seed).shuffle(order)
-    return sorted(order[:n])
 
 
 def export_synthetic(path: Path, profile: str = "standard") -> None:
@@ -296,5 +273,20 @@ def _load(source: str, dataset: str | None = None, preference_dataset: str | Non
     return resolved, load_task(resolved, dataset, preference_dataset)
 
 
+def _hub_data(settings) -> list[Asset]:
+    """The hub data sets a source reads: `hub`, and `auto` while the hub is reachable (it falls back otherwise)."""
+    if settings.source not in ("hub", "auto"):
+        return []
+    return hub_assets(settings.dataset, settings.preference_dataset)
+
+
+def _build_tiny(recipe, cache_dir=None, log=print):
+    from harness.tasks.tiny import ensure_tiny  # it builds on this module's data
+
+    return ensure_tiny(recipe, cache_dir, log=log)
+
+
+register_builtin("builtin:tiny", Builtin(_build_tiny))
 register(Task("tldr", "TL;DR summarisation: the authors' hub data sets, a local directory, or the synthetic stand-in",
-              _load))
+              _load, hub_data=_hub_data, offline_sources=tuple(SYNTHETIC_SOURCES), offline_fallback=True,
+              check=check_tiny_posts, start_recipe=True))

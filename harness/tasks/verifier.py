@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
+from harness.examples import Example
+
 _NUMBER = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
 NUMBER_RE = re.compile(rf"(?<![\w).])(?P<sign>-)?\$?(?P<sign2>-)?(?P<num>{_NUMBER})")
 MARKER_RE = re.compile(rf"####\s*(?P<sign>-)?\$?(?P<sign2>-)?(?P<num>{_NUMBER})")
@@ -71,6 +73,18 @@ def verify(response: str, answer: int | float) -> Verdict:
     return Verdict(correct=correct, no_answer=got is None, extracted=got)
 
 
+@dataclass
+class ProblemExample(Example):
+    """A word problem's row: the question (the key its checked pairs are cached under) and the ground-truth number
+    the checker compares with."""
+
+    question: str = ""
+    answer: int | float | None = None
+
+    def record(self) -> dict:
+        return {"answer": self.answer}
+
+
 @dataclass(frozen=True)
 class Checker:
     """The exact-match checker as a task's reward (harness.examples.TaskReward): 1.0 when the response's final
@@ -83,3 +97,8 @@ class Checker:
         if example.answer is None:
             raise ValueError("the checker needs Example.answer (the ground truth); this example has none")
         return check(text, example.answer)
+
+    def details(self, text: str, example) -> dict:
+        """What the math suite records of one response besides its score: whether a number was found, and which."""
+        v = verify(text, example.answer)
+        return {"no_answer": v.no_answer, "extracted": v.extracted}

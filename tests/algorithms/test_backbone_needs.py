@@ -6,7 +6,7 @@ from algorithms.base import make
 from harness.config import resolve
 from harness.experience import Budget, collect_online, gold_rewards, policy_output
 from harness.models import load_models
-from harness.tasks.tiny import resolve_paths
+from harness.tasks import resolve_paths
 from harness.tasks.synthetic import bradley_terry_prob
 from harness.tokens import encode_responses
 from harness.train import Trainer

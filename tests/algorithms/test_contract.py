@@ -18,7 +18,7 @@ from harness import experience, rollout
 from harness.config import resolve
 from harness.experience import Budget
 from harness.models import load_models
-from harness.tasks.tiny import resolve_paths
+from harness.tasks import resolve_paths
 from harness.train import Trainer
 
 ALGO_DIR = Path(algorithms.__file__).parent

@@ -10,7 +10,7 @@ from algorithms.base import make, names
 from harness.config import resolve
 from harness.experience import Budget, collect_pairs, encode_queries
 from harness.models import load_models
-from harness.tasks.tiny import resolve_paths
+from harness.tasks import resolve_paths
 from harness.rollout import sample, truncate_after_eos
 from harness.scoring import reward_scores
 from harness.train import Trainer

@@ -16,7 +16,7 @@ import torch
 from algorithms.dpo import dpo_loss
 from algorithms.rloo import leave_one_out_advantages
 from harness.scoring import sequence_logprobs
-from harness.tasks.tiny import resolve_paths
+from harness.tasks import resolve_paths
 from harness.tokens import left_pad
 
 

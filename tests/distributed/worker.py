@@ -22,7 +22,7 @@ from harness.config import resolve
 from harness.distributed import Runtime
 from harness.experience import Budget
 from harness.models import load_models
-from harness.tasks.tiny import resolve_paths
+from harness.tasks import resolve_paths
 from harness.tasks.tldr import load_task
 from harness.train import Trainer
 

@@ -177,14 +177,14 @@ def test_open_llm_suite_on_a_run_is_read_by_the_report(finished_run, shadow):  #
 
 
 @pytest.mark.parametrize("case,message", [
-    ("unknown suite", "unknown suite 'bleu'; valid suites: tldr, chat, open-llm"),
+    ("unknown suite", "unknown suite 'bleu'; valid suites: tldr, math, chat, open-llm"),
     ("no final checkpoint", "has no checkpoints/final"),
     ("remote judge without key", "no API key for the judge at https://judge.example.com/v1: set HARNESS_JUDGE_API_KEY"),
     ("chat judge without key", "no API key for the judge at https://judge.example.com/v1: set HARNESS_JUDGE_API_KEY"),
     ("model without reward model", "needs --reward-model"),
     ("checkpoint of a model", "--checkpoint needs a run directory"),
     ("missing directory", "no such directory: ./no/such/run"),
-    ("tldr flag without tldr", "--prompts only apply to --suite tldr"),
+    ("tldr flag without tldr", "--prompts only apply to --suite tldr or --suite math"),
 ])
 def test_bad_input_is_a_one_line_error(finished_run, tmp_path, capsys, case, message):
     unfinished = tmp_path / "unfinished"

@@ -81,20 +81,20 @@ def tldr_run(root: Path) -> Path:
 
 
 @pytest.mark.parametrize("case,message", [
-    ("tldr run", "trained on task 'tldr', which has no checker: --suite math evaluates runs of arith | gsm8k"),
+    ("tldr run", "trained on task 'tldr': --suite math evaluates runs of arith | gsm8k (use --suite tldr)"),
     ("tldr flag", "--reward-model only apply to --suite tldr"),
-    ("math flag", "--task only apply to --suite math"),
+    ("model-suite flag", "--limit only apply to --suite chat or --suite open-llm"),
     ("task on a run", "--task is for a model directory; a run directory brings its own"),
-    ("task without checker", "--task tldr has no checker: --suite math evaluates arith | gsm8k"),
+    ("task without checker", "--task tldr is not evaluated by --suite math: it evaluates arith | gsm8k"),
     ("arith from a directory", "the arith task is generated offline"),
-    ("math on a math run with tldr", "--suite tldr evaluates TL;DR runs (use --suite math)"),
+    ("math on a math run with tldr", "--suite tldr evaluates runs of chat | tldr (use --suite math)"),
 ])
 def test_bad_input_is_a_one_line_error(arith_run, tmp_path, capsys, case, message):
     model = arith_run / "checkpoints" / "final"
     argv = {
         "tldr run": [tldr_run(tmp_path), "--suite", "math"],
         "tldr flag": [arith_run, "--suite", "math", "--reward-model", "rm"],
-        "math flag": [arith_run, "--suite", "tldr", "--task", "arith"],
+        "model-suite flag": [arith_run, "--suite", "math", "--limit", "3"],
         "task on a run": [arith_run, "--suite", "math", "--task", "gsm8k"],
         "task without checker": [model, "--suite", "math", "--task", "tldr", "--out", tmp_path / "out"],
         "arith from a directory": [model, "--suite", "math", "--source", tmp_path, "--out", tmp_path / "out"],

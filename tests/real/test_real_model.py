@@ -41,8 +41,7 @@ def chat_config(smollm2_dir, chat_data, tmp_path, **model):
 
 def test_chat_preset_loads_the_real_model_with_its_own_tokens(smollm2_dir, chat_data, tmp_path):
     from harness.models import load_models
-    from harness.tasks.tiny import resolve_paths
-    from harness.examples import truncate_prompt
+    from harness.tasks import resolve_paths
     from harness.tasks import load
 
     cfg = chat_config(smollm2_dir, chat_data, tmp_path)
@@ -63,7 +62,7 @@ def test_chat_preset_loads_the_real_model_with_its_own_tokens(smollm2_dir, chat_
     tok = models.tokenizer
     assert tok.pad_token_id != tok.eos_token_id and tok.eos_token == "<|im_end|>"
     _, data = load("chat", str(chat_data), None)
-    ids = truncate_prompt(data.sft_train[0], tok, 96)
+    ids = data.sft_train[0].encode_prompt(tok, 96)
     text = tok.decode(ids)
     assert text.startswith("<|im_start|>system") and text.endswith(f"{PROMPTS[0]}<|im_end|>\n<|im_start|>assistant\n")
     assert tok.pad_token_id not in ids and ids.count(tok.eos_token_id) == 2  # system and user turns end in EOS
@@ -71,7 +70,7 @@ def test_chat_preset_loads_the_real_model_with_its_own_tokens(smollm2_dir, chat_
 
 def test_lora_on_the_real_model_keeps_a_frozen_reference(smollm2_dir, chat_data, tmp_path):
     from harness.models import load_models
-    from harness.tasks.tiny import resolve_paths
+    from harness.tasks import resolve_paths
 
     cfg = chat_config(smollm2_dir, chat_data, tmp_path, trainable_layers=None,
                       lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]})

@@ -121,7 +121,7 @@ def test_pass_at_1_drives_poi_verdicts_and_matched_kl(arith, tmp_path):
     (sec,), _ = sections(arith, tmp_path, poi_metric="greedy_pass@1")
     assert tables_of(sec)["verdicts_final_arith"].title.startswith("Pairwise verdicts (arith, greedy pass@1")
     (sec,), _ = sections(arith, tmp_path, poi_metric="rm_score")
-    assert "arith: --poi-metric rm_score does not apply to a task with a checker: pass@1 is used." in sec.notes
+    assert "arith: --poi-metric rm_score does not apply to the math suite's runs: pass@1 is used." in sec.notes
 
 
 def test_poi_metric_spellings(arith, tmp_path):
