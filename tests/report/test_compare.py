@@ -239,3 +239,13 @@ def test_paired_t_p_shapes_and_degenerate_rows_without_warnings():
         warnings.simplefilter("error")  # scipy warns about constant rows and divides by zero: kept inside
         p = compare.paired_t_p(np.array([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 2.0, 4.0]]))
     assert p[:2].tolist() == [0.0, 1.0] and 0 < p[2] < 1
+
+
+def test_paired_t_p_spread_guard_is_per_row():
+    """Only a row without spread gets the 0 / 1 convention; small spreads, two seeds and mixed rows are scipy's."""
+    from scipy import stats as sps
+
+    for row in ([0.1, 0.2, 0.3], [1.0, 2.0], [0.01, -0.02, 0.015, 0.0]):
+        assert compare.paired_t_p(row) == pytest.approx(sps.ttest_1samp(row, 0.0).pvalue, rel=1e-12)
+    mixed = compare.paired_t_p(np.array([[2.0, 2.0, 2.0], [0.1, 0.2, 0.3]]))
+    assert mixed[0] == 0.0 and mixed[1] == pytest.approx(sps.ttest_1samp([0.1, 0.2, 0.3], 0.0).pvalue)

@@ -194,3 +194,54 @@ def test_a_counter_no_run_logged_is_one_clear_error(budget_runs, tmp_path):
     opts = report.Options(out=tmp_path, budget_metric="generated_tokens", budget=100, reps=50, plots=False)
     with pytest.raises(UserError, match="no run's metrics.jsonl logs this counter"):
         report.build([budget_runs], opts)
+
+
+def test_verdict_table_orients_worse_first_rows_with_the_same_options():
+    """When the alphabetically first row is the worse one, the pair is recomputed as better vs worse with the
+    table's own resamples, seed, level and test (mutation-run survivors in the swap branch)."""
+    from evals import compare
+
+    scores = {"A": {s: 10.0 for s in range(5)}, "B": {s: 10 + d for s, d in enumerate([1.0, 2.5, 0.5, 3.0, 1.5])}}
+    t = verdict_table("tiny", scores, {"A": [{}], "B": [{}]}, "score, final", "points", 2, 0.9, 300, 3, "v", test="t")
+    (row,) = t.rows
+    st = row[1].stats
+    expected = compare.paired_difference(scores["B"], scores["A"], 300, 3, 0.9, "t")
+    assert (st["a"], st["b"], st["method"]) == ("B", "A", "paired t-test")
+    assert (st["mean_diff"], st["ci_low"], st["ci_high"], st["p"]) == pytest.approx(
+        (expected.mean_diff, expected.low, expected.high, expected.p_value), rel=1e-12)
+    assert row[1].text == f"+{expected.mean_diff:.2f} [{expected.low:.2f}, {expected.high:.2f}]"
+    assert t.columns[1] == "Difference (points) [90% CI]"
+    assert t.caption.endswith("itself an estimate from n seeds.")  # no budget note, no small-n warning at 5
+    ordered = verdict_table("tiny", {"A": scores["B"], "B": scores["A"]}, {"A": [{}], "B": [{}]}, "score, final",
+                            "points", 2, 0.9, 300, 3, "v", test="t").rows[0][1].stats
+    direct = compare.paired_difference(scores["B"], scores["A"], 300, 3, 0.9, "t")  # no swap: the first call counts
+    assert (ordered["a"], ordered["method"]) == ("A", "paired t-test")
+    assert (ordered["ci_low"], ordered["ci_high"], ordered["p"]) == pytest.approx(
+        (direct.low, direct.high, direct.p_value), rel=1e-12)
+
+
+def test_verdict_table_cells_for_untestable_unpaired_and_null_pairs():
+    """One seed a side: no interval and no test ('–'); no shared seeds: no seed count; a zero difference: the
+    reason instead of a number; the summary line gives the range of seed counts."""
+    t = verdict_table("tiny", {"A": {0: 1.0}, "B": {0: 0.5}}, {"A": [{}], "B": [{}]}, "x", "points", 1, 0.95, 50, 0,
+                      "v")
+    (row,) = t.rows
+    assert row[1].text == "+0.5 [–, –]" and row[4].text == "–" and row[6].text == "not tested"
+    unpaired = verdict_table("tiny", {"A": {0: 1.0, 1: 2.0, 2: 1.5}, "B": {5: 1.0, 6: 1.2, 7: 1.4}},
+                             {"A": [{}], "B": [{}]}, "x", "points", 1, 0.95, 50, 0, "v")
+    assert unpaired.rows[0][7].text == "n/a (no shared seeds)"
+    null = verdict_table("tiny", {"A": {s: float(s % 2) for s in range(4)}, "B": {s: 0.5 for s in range(4)}},
+                         {"A": [{}], "B": [{}]}, "x", "points", 1, 0.95, 50, 0, "v")
+    assert null.rows[0][7].text == "the mean difference is 0: no number of seeds detects it"
+    rng = np.random.default_rng(8)
+    three = {k: {s: v for s, v in enumerate(rng.normal(m, 1.0, 6))} for k, m in (("A", 0.0), ("B", 0.3), ("C", 0.5))}
+    summary = verdict_table("tiny", three, {k: [{}] for k in three}, "x", "points", 1, 0.95, 50, 0, "v").notes[0]
+    needs = sorted(r[7].stats["seeds_needed"] for r in verdict_table("tiny", three, {k: [{}] for k in three}, "x",
+                                                                     "points", 1, 0.95, 50, 0, "v").rows)
+    assert f"would need {needs[0]}-{needs[-1]} paired seeds" in summary and needs[0] < needs[-1]
+    assert verdict_table("tiny", three, {k: [{}] for k in three}, "x", "points", 1, 0.95, 50, 0, "v").caption.endswith(
+        "more seeds are the only remedy.")
+    twins = {"A": {s: 1.0 + s % 3 for s in range(6)}, "B": {s: 0.0 for s in range(6)}, "C": {s: 0.0 for s in range(6)}}
+    note = verdict_table("tiny", twins, {k: [{}] for k in twins}, "x", "points", 1, 0.95, 50, 0, "v").notes[0]
+    assert note == ("tiny, x: 0 of 3 tested pairs significant after Holm correction; of the 3 not significant, 2 "
+                    "would need 7 paired seeds for 80% power and 1 has none (no difference, or more than 1000 seeds).")
