@@ -29,6 +29,9 @@ def test_verdict_table_two_rows_hand_values():
     assert 1.0 <= st["ci_low"] < 2.0 < st["ci_high"] <= 3.0  # bootstrap means of the differences stay in [1, 3]
     # d_z 2.2 needs 4 seeds by the t power, but the sign-flip test cannot reach p < 0.05 below ceil(log2(40)) = 6
     assert row[7].text == "6"
+    with_t = verdict_table("tiny", scores, {"A": [{"run_id": "a"}], "B": [{"run_id": "b"}]}, "RM score, final",
+                           "RM score", 2, 0.95, 500, 0, "v", test="t")
+    assert with_t.rows[0][7].text == "4"  # the t-test has no floor: its power alone asks for 4 seeds
     assert t.notes[1].startswith("A vs B: +2.00 RM score [") and "significant after Holm correction over 1 pairs" in \
         t.notes[1]
     assert t.notes[0] == "tiny, RM score, final: 1 of 1 tested pairs significant after Holm correction."
