@@ -1,7 +1,8 @@
 """The optimizer registry: every module of algorithms/ registers its optimizers by name (one file each).
 
 The contract an optimizer implements is harness/contract.py (the backbone runs it without knowing any optimizer);
-the helpers below are plain tensor arithmetic shared by losses.
+the loss math optimizers share (masked means, whitening, reward-to-go, GAE, the clipped surrogate) is
+harness/objective.py.
 """
 from __future__ import annotations
 
@@ -9,30 +10,13 @@ import dataclasses
 import importlib
 import pkgutil
 
-import torch
-from torch import Tensor
-
 from harness.contract import OBJECTIVE_SETTINGS, Algorithm
 from harness.errors import UserError
 from harness.objective import KL_ESTIMATORS
 
-__all__ = ["Algorithm", "REGISTRY", "make", "masked_mean", "masked_whiten", "names", "register"]
+__all__ = ["Algorithm", "REGISTRY", "make", "names", "register"]
 
 REGISTRY: dict[str, type[Algorithm]] = {}
-
-
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean of x over the True positions of mask (same shape)."""
-    mask = mask.to(x.dtype)
-    return (x * mask).sum() / mask.sum().clamp(min=1)
-
-
-def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
-    """(x - mean) / std over the True positions of mask (population variance); shift_mean=False keeps the mean."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    white = (x - mean) * torch.rsqrt(var + eps)
-    return white if shift_mean else white + mean
 
 
 def register(name: str):

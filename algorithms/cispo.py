@@ -18,7 +18,7 @@ from torch import Tensor
 
 from algorithms.base import register
 from algorithms.grpo import GRPO
-from harness.batch import Batch, PolicyOutput
+from harness.batch import Advantages, Batch, PolicyOutput
 from harness.objective import aggregate, masked_token_mean
 
 
@@ -43,8 +43,8 @@ class CISPO(GRPO):
     loss_aggregation: str = "token_mean"
 
     def loss(self, batch: Batch, new: PolicyOutput) -> tuple[Tensor, dict[str, float]]:
-        mask = batch.counted_mask
-        per_token, clipped = cispo_token_loss(new.logp_tokens, batch.logp_old, batch.extras["advantages"][..., None],
+        mask, prepared = batch.counted_mask, batch.prepared(Advantages)
+        per_token, clipped = cispo_token_loss(new.logp_tokens, batch.logp_old, prepared.advantages[..., None],
                                               self.eps_low, self.eps_high)
-        loss = aggregate(per_token, mask, self.loss_aggregation, batch.token_share, self.length_normaliser)
+        loss = aggregate(per_token, mask, self.loss_aggregation, batch.token_share, prepared.length)
         return loss, {"cispo/clipfrac": masked_token_mean(clipped, mask)}

@@ -18,9 +18,9 @@ import torch
 from torch import Tensor
 
 from algorithms.base import Algorithm, register
-from harness.batch import Batch, PolicyOutput
+from harness.batch import Advantages, Batch, PolicyOutput
 from harness.objective import (AGGREGATIONS, REWARD_SCALES, aggregate, check_choice, clipped_surrogate,
-                               group_advantages, masked_token_mean)
+                               group_advantages, masked_token_mean, sum_norm_length)
 
 
 @register("grpo")
@@ -61,14 +61,14 @@ class GRPO(Algorithm):
         """[P, K] the reward the advantages are taken of (subclasses shape it)."""
         return batch.reward
 
-    def prepare(self, batch: Batch) -> dict[str, Tensor]:
-        return {"advantages": group_advantages(self.rewards(batch), self.scale_rewards, self.std_eps,
-                                               batch.sum_over_ranks)}
+    def prepare(self, batch: Batch) -> Advantages:
+        return Advantages(group_advantages(self.rewards(batch), self.scale_rewards, self.std_eps, batch.sum_over_ranks),
+                          sum_norm_length(self.loss_aggregation, self.length_normaliser, batch.response.shape[-1],
+                                          batch.sum_over_ranks))
 
     def loss(self, batch: Batch, new: PolicyOutput) -> tuple[Tensor, dict[str, float]]:
-        mask = batch.counted_mask
+        mask, prepared = batch.counted_mask, batch.prepared(Advantages)
         ratio = torch.exp(new.logp_tokens - batch.logp_old)
-        per_token, clipped = clipped_surrogate(ratio, batch.extras["advantages"][..., None], self.eps_low,
-                                               self.eps_high)
-        loss = aggregate(per_token, mask, self.loss_aggregation, batch.token_share, self.length_normaliser)
+        per_token, clipped = clipped_surrogate(ratio, prepared.advantages[..., None], self.eps_low, self.eps_high)
+        loss = aggregate(per_token, mask, self.loss_aggregation, batch.token_share, prepared.length)
         return loss, {f"{self.name}/clipfrac": masked_token_mean(clipped, mask)}

@@ -19,14 +19,13 @@ from torch import Tensor
 
 from algorithms.base import register
 from algorithms.grpo import GRPO
-from harness.batch import Batch, PolicyOutput
-from harness.objective import clipped_surrogate
+from harness.batch import Advantages, Batch, PolicyOutput
+from harness.objective import clipped_surrogate, masked_mean
 
 
 def sequence_ratio(logp_new: Tensor, logp_old: Tensor, mask: Tensor) -> Tensor:
     """[..., Lr] per-token log-probs -> [...] exp of the masked mean log-ratio (GSPO's s_i)."""
-    m = mask.to(logp_new.dtype)
-    return torch.exp(((logp_new - logp_old) * m).sum(-1) / m.sum(-1).clamp(min=1))
+    return torch.exp(masked_mean(logp_new - logp_old, mask, dim=-1))
 
 
 @register("gspo")
@@ -40,6 +39,7 @@ class GSPO(GRPO):
 
     def loss(self, batch: Batch, new: PolicyOutput) -> tuple[Tensor, dict[str, float]]:
         s = sequence_ratio(new.logp_tokens, batch.logp_old, batch.counted_mask)
-        per_seq, clipped = clipped_surrogate(s, batch.extras["advantages"], self.eps_low, self.eps_high)
+        per_seq, clipped = clipped_surrogate(s, batch.prepared(Advantages).advantages, self.eps_low,
+                                             self.eps_high)
         return per_seq.mean(), {"gspo/clipfrac": clipped.float().mean().item(),
                                 "gspo/ratio_dev": (s.detach() - 1).abs().mean().item()}

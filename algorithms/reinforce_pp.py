@@ -16,18 +16,9 @@ import torch
 from torch import Tensor
 
 from algorithms.base import Algorithm, register
-from harness.batch import Batch, PolicyOutput
+from harness.batch import Advantages, Batch, PolicyOutput
 from harness.objective import (AGGREGATIONS, aggregate, check_choice, clipped_surrogate, masked_token_mean,
-                               whiten_over_batch)
-
-
-def discounted_returns(rewards: Tensor, gamma: float) -> Tensor:
-    """G_t = r_t + gamma G_{t+1} over the last axis (zero past the end); [..., Lr]."""
-    returns, running = torch.zeros_like(rewards), torch.zeros_like(rewards[..., 0])
-    for t in reversed(range(rewards.shape[-1])):
-        running = rewards[..., t] + gamma * running
-        returns[..., t] = running
-    return returns
+                               reward_to_go, sum_norm_length, whiten)
 
 
 @register("reinforce_pp")
@@ -49,14 +40,17 @@ class ReinforcePP(Algorithm):
         if not (0 <= self.gamma <= 1 and 0 <= self.clip < 1):
             raise ValueError("need 0 <= gamma <= 1 and 0 <= clip < 1")
 
-    def prepare(self, batch: Batch) -> dict[str, Tensor]:
+    def prepare(self, batch: Batch) -> Advantages:
         mask = batch.counted_mask
-        returns = discounted_returns(batch.token_reward * mask, self.gamma)
-        return {"advantages": whiten_over_batch(returns, mask, batch.sum_over_ranks)}
+        returns = reward_to_go(batch.token_reward * mask, self.gamma)
+        return Advantages(whiten(returns, mask, eps_on="std", sum_over_ranks=batch.sum_over_ranks),
+                          sum_norm_length(self.loss_aggregation, self.length_normaliser, mask.shape[-1],
+                                          batch.sum_over_ranks))
 
     def loss(self, batch: Batch, new: PolicyOutput) -> tuple[Tensor, dict[str, float]]:
         mask = batch.counted_mask
         ratio = torch.exp(new.logp_tokens - batch.logp_old)
-        per_token, clipped = clipped_surrogate(ratio, batch.extras["advantages"], self.clip, self.clip)
-        loss = aggregate(per_token, mask, self.loss_aggregation, batch.token_share, self.length_normaliser)
+        prepared = batch.prepared(Advantages)
+        per_token, clipped = clipped_surrogate(ratio, prepared.advantages, self.clip, self.clip)
+        loss = aggregate(per_token, mask, self.loss_aggregation, batch.token_share, prepared.length)
         return loss, {"reinforce_pp/clipfrac": masked_token_mean(clipped, mask)}

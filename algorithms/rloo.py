@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from algorithms.base import Algorithm, register
-from harness.batch import Batch, PolicyOutput
+from harness.batch import Advantages, Batch, PolicyOutput
+from harness.objective import clipped_surrogate
 
 
 def leave_one_out_advantages(reward: Tensor) -> Tensor:
@@ -26,9 +27,8 @@ def leave_one_out_advantages(reward: Tensor) -> Tensor:
 
 def clipped_sequence_loss(logp_new: Tensor, logp_old: Tensor, advantages: Tensor, clip: float) -> tuple[Tensor, Tensor]:
     """PPO-style clipped surrogate on sequence-level ratios; [P, k] inputs -> (loss, clip fraction)."""
-    ratio = torch.exp(logp_new - logp_old)
-    pg1, pg2 = -advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip)
-    return torch.max(pg1, pg2).mean(), (pg2 > pg1).float().mean()
+    loss, clipped = clipped_surrogate(torch.exp(logp_new - logp_old), advantages, clip, clip)
+    return loss.mean(), clipped.float().mean()
 
 
 @register("rloo")
@@ -47,11 +47,12 @@ class RLOO(Algorithm):
         if self.samples_per_prompt < 2:
             raise ValueError("RLOO's leave-one-out baseline needs samples_per_prompt >= 2")
 
-    def prepare(self, batch: Batch) -> dict[str, Tensor]:
-        return {"advantages": leave_one_out_advantages(batch.reward)}
+    def prepare(self, batch: Batch) -> Advantages:
+        return Advantages(leave_one_out_advantages(batch.reward))
 
     def loss(self, batch: Batch, new: PolicyOutput) -> tuple[Tensor, dict[str, float]]:
-        loss, clipfrac = clipped_sequence_loss(new.logp, batch.logp_old_sum, batch.extras["advantages"], self.clip)
+        loss, clipfrac = clipped_sequence_loss(new.logp, batch.logp_old_sum, batch.prepared(Advantages).advantages,
+                                               self.clip)
         return loss, {"rloo/clipfrac": clipfrac.item()}
 
 

@@ -4,19 +4,37 @@ Shuffling and minibatching index PROMPTS (the first axis), so a pair or group is
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
-from typing import Callable
+from dataclasses import dataclass, fields, replace
+from typing import Callable, TypeVar
 
 import torch
 from torch import Tensor
+
+from harness.objective import local
 
 
 RESPONSE_AXIS_FIELDS = ("response", "mask", "logp_old", "logp_ref", "token_reward", "values_old", "logp_mask",
                         "sample_logp")  # [P, K, Lr]: padded on the right when batches are joined
 
 
-def _local(parts: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-    return parts
+@dataclass
+class Prepared:
+    """What an optimizer's `prepare` computes once per iteration for its `loss` (harness/contract.py): a subclass
+    declares typed fields. Tensor fields are per prompt ([P, ...]) and travel with the batch through shuffling and
+    micro-batches (`select`); other fields (a float) hold for the whole batch."""
+
+    def select(self, idx: Tensor) -> "Prepared":
+        return replace(self, **{f.name: getattr(self, f.name)[idx] for f in fields(self)
+                                if isinstance(getattr(self, f.name), Tensor)})
+
+
+@dataclass
+class Advantages(Prepared):
+    advantages: Tensor  # [P, K] one per response, or [P, K, Lr] one per token
+    length: float | None = None  # L of a "seq_mean_token_sum_norm" loss (harness/objective.py `sum_norm_length`)
+
+
+PreparedT = TypeVar("PreparedT", bound=Prepared)
 
 
 @dataclass
@@ -45,9 +63,9 @@ class Batch:
     # tokens, compared with logp_old (the trainer's forward) to measure the engine's drift; not used by losses
     token_share: Tensor | None = None  # [P] the counted tokens of the whole batch (every rank) over its prompts: a
     # token-mean denominator that stays exact under micro-batching and data parallelism (harness/objective.py)
-    sum_over_ranks: Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]] = _local  # sums batch statistics over ranks
+    sum_over_ranks: Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]] = local  # sums batch statistics over ranks
     max_new_tokens: int | None = None  # the generation cap the responses were sampled under
-    extras: dict[str, Tensor] = field(default_factory=dict)  # per-prompt tensors an algorithm prepared, [P, ...]
+    extras: Prepared | None = None  # what the optimizer's `prepare` computed for its loss (read with `prepared`)
 
     @property
     def num_prompts(self) -> int:
@@ -76,7 +94,14 @@ class Batch:
         """The sub-batch of the prompts `idx` (all K responses of each)."""
         picked = {f.name: getattr(self, f.name)[idx] for f in fields(self)
                   if isinstance(getattr(self, f.name), Tensor)}
-        return replace(self, **picked, extras={k: v[idx] for k, v in self.extras.items()})
+        return replace(self, **picked, extras=None if self.extras is None else self.extras.select(idx))
+
+    def prepared(self, kind: type[PreparedT]) -> PreparedT:
+        """The optimizer's prepared values, checked to be of the type its `loss` reads."""
+        if not isinstance(self.extras, kind):
+            raise TypeError(f"the batch carries {type(self.extras).__name__}, not {kind.__name__}: was the "
+                            f"optimizer's prepare run on it?")
+        return self.extras
 
     @staticmethod
     def concat(batches: list["Batch"], pad_id: int) -> "Batch":

@@ -10,8 +10,9 @@ An optimizer declares what it needs from the backbone and computes only what is 
   - `mask_post_eos`: True counts log-probs (and values) up to the first EOS; False counts every generated token
     (the sampled tokens after EOS too, as in the REBEL authors' PPO); `batch.counted_mask` says which;
   - `logprob_temperature`: None means the sampling temperature (online), 1.0 for offline losses such as DPO;
-  - `prepare(batch)`: once per iteration, before the epochs (advantages, baselines, labels), returns tensors
-    indexed by prompt that travel with the batch through shuffling as `batch.extras`;
+  - `prepare(batch)`: once per iteration, before the epochs (advantages, baselines, labels), returns a typed
+    `harness.batch.Prepared` (per-prompt tensors travel with the batch through shuffling as `batch.extras`; the
+    loss reads them with `batch.prepared(ItsType)`), or None;
   - `loss(batch, new)`: the optimizer's math on a minibatch; returns (scalar loss, detached float stats);
   - state kept across iterations (a moving baseline) lives in plain attributes set in `__post_init__`: checkpoints
     save and restore them (`state_dict`), so nothing else is needed for exact resume.
@@ -33,11 +34,13 @@ from typing import ClassVar, Literal
 
 from torch import Tensor
 
-from harness.batch import Batch, PolicyOutput
+from harness.batch import Batch, PolicyOutput, Prepared
 
 DataKind = Literal["online", "online_with_reference", "preference_pairs"]
 ONLINE, ONLINE_WITH_REFERENCE, PREFERENCE_PAIRS = "online", "online_with_reference", "preference_pairs"
 OBJECTIVE_SETTINGS = ("kl_placement", "kl_estimator", "kl_coef", "kl_ratio_correction")
+RECORDED_WHEN_SET = {"recorded_when_set": True}  # field metadata: a setting added after runs were recorded, left
+# out of `hyperparameters()` while it holds its default, so those runs keep pooling with later ones
 
 
 @dataclass
@@ -70,18 +73,22 @@ class Algorithm:
     mask_post_eos: ClassVar[bool] = True
     logprob_temperature: ClassVar[float | None] = None
 
-    def prepare(self, batch: Batch) -> dict[str, Tensor]:
-        return {}
+    def prepare(self, batch: Batch) -> Prepared | None:
+        return None
 
     def loss(self, batch: Batch, new: PolicyOutput) -> tuple[Tensor, dict[str, float]]:
         raise NotImplementedError
 
     def hyperparameters(self) -> dict:
         """The settings, without the objective-matrix ones that are at the protocol's defaults (so runs from before
-        the matrix existed pool with later ones); `objective()` has all of them resolved."""
+        the matrix existed pool with later ones), nor those marked RECORDED_WHEN_SET at their defaults;
+        `objective()` has the objective settings resolved."""
         out = dataclasses.asdict(self)
         for f in dataclasses.fields(Algorithm):
             if f.name in OBJECTIVE_SETTINGS and (not self.kl_placements or out[f.name] == f.default):
+                del out[f.name]
+        for f in dataclasses.fields(self):
+            if f.metadata.get("recorded_when_set") and out[f.name] == f.default:
                 del out[f.name]
         return out
 

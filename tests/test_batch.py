@@ -1,6 +1,6 @@
 import torch
 
-from harness.batch import Batch
+from harness.batch import Advantages, Batch
 
 
 def _batch(P=5, K=2, L=3):
@@ -9,7 +9,7 @@ def _batch(P=5, K=2, L=3):
     return Batch(query=torch.arange(P)[:, None].repeat(1, 4), response=marks[..., None].repeat(1, 1, L).long(),
                  mask=torch.ones(P, K, L, dtype=torch.bool), logp_old=marks[..., None].repeat(1, 1, L),
                  logp_ref=torch.zeros(P, K, L), score=marks, kl=marks, reward=marks,
-                 extras={"advantage": marks})
+                 extras=Advantages(marks, length=3.0))
 
 
 def test_pairs_survive_shuffling():
@@ -20,7 +20,8 @@ def test_pairs_survive_shuffling():
         assert sub.query[row, 0].item() == p
         assert sub.response[row, :, 0].tolist() == [10 * p, 10 * p + 1]  # both samples of prompt p, in order
         assert sub.reward[row].tolist() == [10 * p, 10 * p + 1]
-        assert sub.extras["advantage"][row].tolist() == [10 * p, 10 * p + 1]
+        assert sub.extras.advantages[row].tolist() == [10 * p, 10 * p + 1]  # prepared values travel along
+    assert sub.prepared(Advantages).length == 3.0  # a whole-batch value stays as it is
 
 
 def test_flat_repeats_each_query_per_sample():

@@ -1,12 +1,17 @@
 """harness/objective.py against hand computations, the exact KL of a small categorical distribution, and the
-micro-batch invariance that harness/train.py's gradient accumulation needs (no model involved)."""
+micro-batch and data-parallel invariance that harness/train.py's gradient accumulation needs (no model involved).
+The rank-aware path runs each rank in a thread whose `sum_over_ranks` is an all-reduce among the threads (a
+simulated process group); tests/test_invariance.py runs a real 2-process one."""
 import math
+import threading
 
 import pytest
 import torch
 
-from harness.objective import (AGGREGATIONS, aggregate, check_choice, clipped_surrogate, group_advantages,
-                               kl_loss, kl_per_token, token_share, whiten_over_batch)
+from harness.objective import (AGGREGATIONS, aggregate, batch_mean_var, check_choice, clipped_surrogate,
+                               count_share, gae, group_advantages, kl_loss, kl_per_token, local, masked_mean,
+                               masked_token_mean, max_over_ranks, reward_to_go, scope, sum_norm_length, token_share,
+                               whiten)
 
 # --- KL estimators ---------------------------------------------------------------------------------------------------
 
@@ -176,31 +181,58 @@ def test_token_mean_needs_the_batch_normaliser_under_train_py_accumulation(micro
 
 
 # --- data parallelism: each rank holds a shard; gradients are averaged over ranks (harness/distributed.py) ----------
-# A rank's batch statistics go through Batch.sum_over_ranks, an all-reduce sum. Simulated here: each shard's
-# call returns what the all-reduce would, the sums over both shards.
 
-def _two_ranks(x: list):
-    """A sum_over_ranks for shard r of a 2-rank run, given what each rank contributes (computed beforehand)."""
-    def reduce(parts):
-        return tuple(sum(x[r][i] for r in range(2)) for i in range(len(parts)))
-    return reduce
+def on_ranks(world: int, work):
+    """work(rank, sum_over_ranks) run by `world` threads whose sum_over_ranks is an all-reduce among them (sums in
+    rank order, detached, as Runtime.sum_tensors); the results in rank order."""
+    barrier, slots, results, errors = threading.Barrier(world), [None] * world, [None] * world, []
+
+    def reduce_for(rank):
+        def reduce(parts):
+            slots[rank] = parts
+            barrier.wait()
+            out = tuple(sum(slots[r][i].detach().float() for r in range(world)) for i in range(len(parts)))
+            barrier.wait()
+            return out
+        return reduce
+
+    def run(rank):
+        try:
+            results[rank] = work(rank, reduce_for(rank))
+        except BaseException as e:  # noqa: BLE001 - re-raised below, after the other ranks are released
+            errors.append(e)
+            barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def test_simulated_all_reduce_sums_what_every_rank_contributes():
+    out = on_ranks(3, lambda r, reduce: reduce((torch.tensor(float(r)), torch.tensor(1.0))))
+    assert [tuple(x.item() for x in o) for o in out] == [(3.0, 3.0)] * 3
+
+
+SHARDS = [torch.arange(0, 2), torch.arange(2, P)]  # uneven: 2 and 4 prompts
 
 
 @pytest.mark.parametrize("mode", AGGREGATIONS)
 def test_every_aggregation_is_invariant_to_two_data_parallel_ranks(mode):
     x, adv, mask = _data()
-    shards = [torch.arange(0, 3), torch.arange(3, P)]
-    tokens_total, prompts_total = mask.sum().float(), torch.tensor(float(P))
-    reduce = _two_ranks([(mask[s].sum().float(), torch.tensor(float(len(s)))) for s in shards])
-    assert torch.allclose(sum(token_share(mask[s], reduce).sum() for s in shards), tokens_total)
-    tokens = token_share(mask, lambda parts: (tokens_total, prompts_total))
-    whole, grad = _whole(x, adv, mask, mode, tokens if mode == "token_mean" else None)
+    whole, grad = _whole(x, adv, mask, mode, token_share(mask) if mode == "token_mean" else None)
+    shards = [torch.arange(0, 3), torch.arange(3, P)]  # equal shards (harness/distributed.py splits evenly)
+    shares = on_ranks(2, lambda r, reduce: token_share(mask[shards[r]], reduce))
+    assert torch.allclose(sum(share.sum() for share in shares), mask.sum().float())  # the batch's token count
     theta = x.clone().requires_grad_()
-    for s in shards:  # each rank's loss on its shard, the gradients averaged over the 2 ranks
-        share = token_share(mask[s], reduce) if mode == "token_mean" else None
-        (_loss(theta[s], adv[s], mask[s], mode, share) / 2).backward()
-    if mode == "seq_mean_token_sum_norm":  # Lr is the padded width, the same on both shards here
-        assert mask[shards[0]].shape[-1] == mask[shards[1]].shape[-1]
+    for s, share in zip(shards, shares):  # each rank's loss on its shard, the gradients averaged over the 2 ranks
+        (_loss(theta[s], adv[s], mask[s], mode, share if mode == "token_mean" else None) / 2).backward()
+    if mode == "seq_mean_token_sum_norm":  # Lr is the padded width, the same on both shards here (else: the widest
+        assert mask[shards[0]].shape[-1] == mask[shards[1]].shape[-1]  # rank's, `sum_norm_length`)
     assert torch.allclose(theta.grad, grad, atol=1e-6), mode
 
 
@@ -208,33 +240,96 @@ def test_batch_statistics_are_over_every_ranks_shard():
     g = torch.Generator().manual_seed(1)
     reward, values = torch.randn(P, K, generator=g), torch.randn(P, K, L, generator=g)
     _, _, mask = _data()
-    shards = [torch.arange(0, 2), torch.arange(2, P)]
 
-    # group_advantages(scale="batch"): two all-reduces (counts/sums, then squared deviations about the global mean)
-    whole = group_advantages(reward, "batch")
-    mean = reward.mean()
-    first = [(torch.tensor(float(reward[s].numel())), reward[s].sum()) for s in shards]
-    second = [(((reward[s] - mean) ** 2).sum(),) for s in shards]
+    def split(work):  # each rank's result on its shard, concatenated in rank order
+        return torch.cat(on_ranks(2, lambda r, reduce: work(SHARDS[r], reduce)))
 
-    def rank_reduce():
-        calls = iter([first, second])
-        def reduce(parts):
-            rank_parts = next(calls)
-            return tuple(sum(rp[i] for rp in rank_parts) for i in range(len(parts)))
-        return reduce
+    # group_advantages(scale="batch"): counts and sums, then squared deviations about the global mean
+    assert torch.allclose(split(lambda s, reduce: group_advantages(reward[s], "batch", sum_over_ranks=reduce)),
+                          group_advantages(reward, "batch"), atol=1e-6)
+    # whitening (PPO, REINFORCE++): the mean and population std of the counted tokens of every rank
+    for eps_on in ("var", "std"):
+        shards = split(lambda s, reduce: whiten(values[s], mask[s], eps_on=eps_on, sum_over_ranks=reduce))
+        assert torch.allclose(shards, whiten(values, mask, eps_on=eps_on), atol=1e-5)
+    # REINFORCE's mean reward; a masked mean over every rank
+    means = on_ranks(2, lambda r, reduce: masked_mean(reward[SHARDS[r]], sum_over_ranks=reduce))
+    assert all(torch.isclose(m, reward.mean()) for m in means)
+    # per_process: each rank's own
+    means = on_ranks(2, lambda r, reduce: masked_mean(reward[SHARDS[r]], sum_over_ranks=scope("per_process", reduce)))
+    assert [m.item() for m in means] == pytest.approx([reward[s].mean().item() for s in SHARDS])
+    # a count spread over the prompts: summed over a rank's prompts, its part of the batch's count
+    shares = on_ranks(2, lambda r, reduce: count_share(mask[SHARDS[r]], reduce))
+    assert torch.allclose(torch.cat(shares), torch.full((P,), mask.sum().item() / P))
 
-    for s in shards:
-        assert torch.allclose(group_advantages(reward[s], "batch", sum_over_ranks=rank_reduce()), whole[s], atol=1e-6)
-    # whiten_over_batch (REINFORCE++): mean and population std of the counted tokens of every rank
-    m = mask.float()
-    wmean = (values * m).sum() / m.sum()
-    first = [(m[s].sum(), (values[s] * m[s]).sum()) for s in shards]
-    second = [((((values[s] - wmean) * m[s]) ** 2).sum(),) for s in shards]
-    whole = whiten_over_batch(values, mask)
-    for s in shards:
-        assert torch.allclose(whiten_over_batch(values[s], mask[s], rank_reduce()), whole[s], atol=1e-5)
-    expected = (values - wmean) / ((((values - wmean) * m) ** 2).sum() / m.sum()).sqrt() * m
-    assert torch.allclose(whole, expected, atol=1e-5)
+
+# --- the shared math by hand -----------------------------------------------------------------------------------------
+
+def test_masked_mean_by_hand():
+    x = torch.tensor([[1.0, 2.0, 30.0], [4.0, 50.0, 60.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    assert masked_mean(x, mask).item() == pytest.approx(7 / 3)
+    assert masked_mean(x).item() == pytest.approx(147 / 6)  # no mask: every element
+    assert masked_mean(x, mask, dim=-1).tolist() == pytest.approx([1.5, 4.0])  # per sequence
+    assert masked_mean(x, mask, count=torch.tensor(14.0)).item() == pytest.approx(0.5)  # the batch's count
+    assert masked_mean(x, torch.zeros_like(mask)).item() == 0.0  # nothing counted: 0, not nan
+    assert masked_mean(x, torch.zeros_like(mask), dim=-1).tolist() == [0.0, 0.0]
+    assert masked_token_mean(x, mask) == pytest.approx(7 / 3)
+    # over ranks: the sums and counts of both (the other rank holds 10 at 2 counted places)
+    assert masked_mean(x, mask, sum_over_ranks=lambda parts: (parts[0] + 20, parts[1] + 2)).item() == \
+        pytest.approx(27 / 5)
+
+
+def test_batch_mean_var_and_whitening_by_hand():
+    x = torch.tensor([1.0, 2.0, 3.0, 100.0])
+    mask = torch.tensor([True, True, True, False])
+    mean, var = batch_mean_var(x, mask)
+    assert (mean.item(), var.item()) == pytest.approx((2.0, 1.0))  # Bessel: 2 / 2
+    assert batch_mean_var(x, mask, unbiased=False)[1].item() == pytest.approx(2 / 3)
+    std = math.sqrt(2 / 3)  # population std of 1, 2, 3
+    out = whiten(x, mask)
+    assert out.tolist() == pytest.approx([-1 / std, 0.0, 1 / std, 0.0], abs=1e-5)  # zero where not counted
+    assert whiten(x, mask, shift_mean=False).tolist() == pytest.approx([2 - 1 / std, 2.0, 2 + 1 / std, 0.0], abs=1e-5)
+    assert whiten(x[:3]).tolist() == pytest.approx(out[:3].tolist(), abs=1e-6)  # no mask: every element
+    # eps inside the square root (TRL, the REBEL authors) or added to the std (REINFORCE++ here)
+    assert whiten(x, mask, eps=1.0)[2].item() == pytest.approx(1 / math.sqrt(2 / 3 + 1))
+    assert whiten(x, mask, eps=1.0, eps_on="std")[2].item() == pytest.approx(1 / (std + 1))
+
+    def other(parts):  # the other rank holds 4 and 5: the mean and population variance of 1..5 are 3 and 2
+        extra = (2.0, 9.0) if len(parts) == 2 else (((4 - 3) ** 2 + (5 - 3) ** 2),)
+        return tuple(p + e for p, e in zip(parts, extra))
+
+    assert whiten(x, mask, sum_over_ranks=other)[:3].tolist() == pytest.approx([-2 / 2**0.5, -1 / 2**0.5, 0.0])
+
+
+def test_count_share_by_hand():
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool)  # 3 counted, 2 prompts
+    assert count_share(mask).tolist() == [1.5, 1.5]
+    assert token_share is count_share
+    # over ranks: the other rank holds 2 prompts with 5 counted -> 8 over 4 prompts
+    assert count_share(mask, lambda parts: (parts[0] + 5, parts[1] + 2)).tolist() == [2.0, 2.0]
+
+
+def test_reward_to_go_and_gae_by_hand():
+    rewards, values = torch.tensor([[1.0, 0.0, 2.0]]), torch.tensor([[0.5, 0.2, 0.1]])
+    assert reward_to_go(rewards)[0].tolist() == pytest.approx([3.0, 2.0, 2.0])
+    assert reward_to_go(rewards, 0.5)[0].tolist() == pytest.approx([1.5, 1.0, 2.0])  # 1 + 0.5 * (0 + 0.5 * 2)
+    # t=2: 2 + 0 - 0.1 = 1.9 ; t=1: (0 + 0.1 - 0.2) + 0.95 * 1.9 = 1.705 ; t=0: (1 + 0.2 - 0.5) + 0.95 * 1.705
+    assert torch.allclose(gae(rewards, values, gamma=1.0, lam=0.95), torch.tensor([[0.7 + 0.95 * 1.705, 1.705, 1.9]]))
+    # lambda 1, gamma 1: A_t = reward-to-go - V_t (Monte Carlo)
+    assert torch.allclose(gae(rewards, values, 1.0, 1.0), reward_to_go(rewards) - values)
+
+
+def test_normaliser_length_and_maxima_without_other_ranks():
+    assert sum_norm_length("seq_mean_token_sum_norm", None, 5) == 5.0  # Lr
+    assert sum_norm_length("seq_mean_token_sum_norm", 8.0, 5) == 8.0  # the setting
+    assert sum_norm_length("token_mean", None, 5) is None  # not a mode that has one
+    assert max_over_ranks(torch.tensor(3.0)).item() == 3.0
+    # a sum over ranks with no process group (one process): nothing to reduce; 2 processes: tests/test_invariance.py
+    assert max_over_ranks(torch.tensor(3.0), lambda parts: parts).item() == 3.0
+    def reduce(parts):
+        return parts
+
+    assert scope("global", reduce) is reduce and scope("per_process", reduce) is local
 
 
 def test_kl_loss_term_by_hand_and_its_ratio_correction():

@@ -18,9 +18,8 @@ from algorithms.base import make
 from algorithms.cispo import cispo_token_loss
 from algorithms.dapo import overlong_penalty
 from algorithms.gspo import sequence_ratio
-from algorithms.reinforce_pp import discounted_returns
-from harness.batch import Batch, PolicyOutput
-from harness.objective import group_advantages, kl_per_token, token_share
+from harness.batch import Advantages, Batch, PolicyOutput
+from harness.objective import group_advantages, kl_per_token, reward_to_go, token_share
 from harness.train import objective_loss
 
 FAMILY = ["grpo", "dr_grpo", "dapo", "gspo", "cispo", "reinforce_pp"]
@@ -69,7 +68,7 @@ def test_grpo_advantages_and_the_backbones_kl_term_in_the_loss():
                    mask=torch.tensor([[[1, 1], [1, 0]]], dtype=torch.bool))
     algo = make("grpo", {"samples_per_prompt": 2})
     batch.extras = algo.prepare(batch)
-    assert torch.allclose(batch.extras["advantages"], torch.tensor([[-1.0, 1.0]]) / (math.sqrt(2) + 1e-4))
+    assert torch.allclose(batch.extras.advantages, torch.tensor([[-1.0, 1.0]]) / (math.sqrt(2) + 1e-4))
     loss, stats = objective_loss(algo, batch, PolicyOutput(logp.clone()), algo.kl_coef)
     # ratio 1: policy term -A per token; k3 per token: log r = 0.5, -1 | 0: e^0.5 - 1.5, e^-1 + 0 | 0
     a = 1 / (math.sqrt(2) + 1e-4)
@@ -85,11 +84,13 @@ def test_dr_grpo_divides_token_sums_by_the_constant_length():
     batch = _batch(1, 2, 4, lengths=torch.tensor([[3, 1]]), score=torch.tensor([[0.0, 2.0]]))
     algo = make("dr_grpo", {"samples_per_prompt": 2})
     batch.extras = algo.prepare(batch)
-    assert torch.equal(batch.extras["advantages"], torch.tensor([[-1.0, 1.0]]))  # no std division
+    assert torch.equal(batch.extras.advantages, torch.tensor([[-1.0, 1.0]]))  # no std division
+    assert batch.extras.length == 4  # Lr (the widest over ranks: tests/test_invariance.py)
     loss, _ = algo.loss(batch, PolicyOutput(torch.zeros(1, 2, 4)))
     assert math.isclose(loss.item(), (3 * 1.0 + 1 * -1.0) / 2 / 4)  # mean over responses of sum / Lr
-    loss, _ = make("dr_grpo", {"samples_per_prompt": 2, "length_normaliser": 8}).loss(batch, PolicyOutput(
-        torch.zeros(1, 2, 4)))
+    algo = make("dr_grpo", {"samples_per_prompt": 2, "length_normaliser": 8})
+    batch.extras = algo.prepare(batch)
+    loss, _ = algo.loss(batch, PolicyOutput(torch.zeros(1, 2, 4)))
     assert math.isclose(loss.item(), 2 / 2 / 8)
 
 
@@ -120,7 +121,7 @@ def test_gspo_sequence_ratio_and_clip_by_hand():
     s = sequence_ratio(new, old, mask)
     assert torch.allclose(s, torch.tensor([[math.exp(0.15), 1.0]]))  # geometric mean of (e^0.2, e^0.1)
     algo = make("gspo", {"samples_per_prompt": 2})
-    batch = _batch(1, 2, 3, mask=mask, logp_old=old, extras={"advantages": torch.tensor([[1.0, -1.0]])})
+    batch = _batch(1, 2, 3, mask=mask, logp_old=old, extras=Advantages(torch.tensor([[1.0, -1.0]])))
     logp = new.clone().requires_grad_()
     loss, stats = algo.loss(batch, PolicyOutput(logp))
     loss.backward()
@@ -142,8 +143,8 @@ def test_cispo_keeps_the_gradient_of_clipped_tokens():
 
 
 def test_reinforce_pp_returns_are_whitened_over_all_tokens_of_the_batch():
-    assert torch.allclose(discounted_returns(torch.tensor([1.0, 0.0, 2.0]), 1.0), torch.tensor([3.0, 2.0, 2.0]))
-    assert torch.allclose(discounted_returns(torch.tensor([1.0, 0.0, 2.0]), 0.5), torch.tensor([1.5, 1.0, 2.0]))
+    assert torch.allclose(reward_to_go(torch.tensor([1.0, 0.0, 2.0]), 1.0), torch.tensor([3.0, 2.0, 2.0]))
+    assert torch.allclose(reward_to_go(torch.tensor([1.0, 0.0, 2.0]), 0.5), torch.tensor([1.5, 1.0, 2.0]))
     token_reward = torch.tensor([[[0.1, -0.2, 1.0]], [[0.3, 0.5, 0.0]]])
     mask = torch.tensor([[[1, 1, 1]], [[1, 1, 0]]], dtype=torch.bool)
     batch = _batch(2, 1, 3, mask=mask, token_reward=token_reward)
@@ -151,7 +152,7 @@ def test_reinforce_pp_returns_are_whitened_over_all_tokens_of_the_batch():
     batch.extras = algo.prepare(batch)
     returns = torch.tensor([0.9, 0.8, 1.0, 0.8, 0.5])  # reward-to-go of each counted token
     white = (returns - returns.mean()) / returns.std(unbiased=False)
-    assert torch.allclose(batch.extras["advantages"][mask], white, atol=1e-4)
+    assert torch.allclose(batch.extras.advantages[mask], white, atol=1e-4)
     loss, _ = algo.loss(batch, PolicyOutput(torch.zeros(2, 1, 3)))
     assert abs(loss.item()) < 1e-6  # ratio one: -mean(A) over the tokens the whitening used
 
@@ -227,7 +228,7 @@ def test_loss_and_gradient_match_trl_grpo_trainer(trl_grpo, case, monkeypatch):
     m = mask.reshape(P * K, T).long()
     inputs = {"prompt_ids": torch.ones(P * K, 2, dtype=torch.long), "prompt_mask": torch.ones(P * K, 2, dtype=torch.long),
               "completion_ids": torch.ones(P * K, T, dtype=torch.long), "completion_mask": m,
-              "advantages": batch.extras["advantages"].reshape(-1), "old_per_token_logps": old.reshape(P * K, T),
+              "advantages": batch.extras.advantages.reshape(-1), "old_per_token_logps": old.reshape(P * K, T),
               "ref_per_token_logps": ref.reshape(P * K, T), "num_items_in_batch": m.sum()}
     theirs = trainer._compute_loss(trainer.model, inputs)
     theirs_grad, = torch.autograd.grad(theirs, theirs_leaf)

@@ -4,14 +4,16 @@ import math
 import pytest
 import torch
 
-from algorithms.base import make, masked_whiten
+from algorithms.base import make
 from algorithms.dpo import dpo_loss
 from algorithms.iterative_dpo import iterative_dpo_loss
-from algorithms.ppo import gae, ppo_losses
+from algorithms.ppo import ppo_losses
 from algorithms.rebel import rebel_loss
 from algorithms.rebel_preference import preference_targets
 from algorithms.rloo import clipped_sequence_loss, leave_one_out_advantages
 from harness.batch import Batch, PolicyOutput
+from harness.errors import UserError
+from harness.objective import gae
 from harness.scoring import token_rewards
 
 
@@ -36,24 +38,6 @@ def test_token_rewards_put_the_score_at_eos_and_sum_to_the_sequence_reward():
 
 # --- PPO -------------------------------------------------------------------------------------------------------------
 
-def test_gae_matches_hand_computation():
-    rewards, values = torch.tensor([[1.0, 0.0, 2.0]]), torch.tensor([[0.5, 0.2, 0.1]])
-    # t=2: 2 + 0 - 0.1 = 1.9 ; t=1: (0 + 0.1 - 0.2) + 0.95 * 1.9 = 1.705 ; t=0: (1 + 0.2 - 0.5) + 0.95 * 1.705
-    expected = torch.tensor([[0.7 + 0.95 * 1.705, 1.705, 1.9]])
-    assert torch.allclose(gae(rewards, values, gamma=1.0, lam=0.95), expected)
-    # lambda 1, gamma 1: A_t = sum of future rewards - V_t (Monte Carlo)
-    assert torch.allclose(gae(rewards, values, 1.0, 1.0), torch.tensor([[3.0 - 0.5, 2.0 - 0.2, 2.0 - 0.1]]))
-
-
-def test_masked_whitening_uses_valid_tokens_only():
-    x = torch.tensor([1.0, 2.0, 3.0, 100.0])
-    mask = torch.tensor([True, True, True, False])
-    std = math.sqrt(2 / 3)  # population variance of 1, 2, 3
-    out = masked_whiten(x, mask)
-    assert torch.allclose(out[:3], torch.tensor([-1 / std, 0.0, 1 / std]), atol=1e-5)
-    assert torch.allclose(masked_whiten(x, mask, shift_mean=False)[:3], out[:3] + 2.0, atol=1e-5)
-
-
 def test_ppo_clipped_policy_and_value_losses_match_hand_computation():
     ratio = torch.tensor([1.5, 0.5, 3.0])
     adv = torch.tensor([1.0, 1.0, -2.0])
@@ -66,6 +50,12 @@ def test_ppo_clipped_policy_and_value_losses_match_hand_computation():
     # clipped values 0.7, 0.3: max((1-2)^2, (0.7-2)^2) = 1.69 ; max(0, 0.09) = 0.09 ; 0.5 * mean
     assert math.isclose(value.item(), 0.5 * (1.69 + 0.09) / 2, rel_tol=1e-6)
     assert clipfrac.item() == 0.5
+    # in a micro-batch the token means divide by its part of the batch's tokens (Batch.token_share summed over its
+    # prompts), not by its own: a part of 2 (its own count) changes nothing, a part of 4 halves both losses
+    for part, scale in ((torch.tensor([2.0]), 1.0), (torch.tensor([4.0]), 0.5)):
+        p, v, _ = ppo_losses(ratio.log(), torch.zeros(3), adv, values, values_old, returns, mask, 0.2, 0.2, part)
+        assert math.isclose(p.item(), scale * policy.item(), rel_tol=1e-6)
+        assert math.isclose(v.item(), scale * value.item(), rel_tol=1e-6)
 
 
 def test_ppo_prepare_gae_on_token_rewards_whitened_over_valid_tokens():
@@ -75,8 +65,8 @@ def test_ppo_prepare_gae_on_token_rewards_whitened_over_valid_tokens():
     batch = _batch(P=2, K=1, L=4, mask=mask, token_reward=token_reward, values_old=values)
     out = make("ppo").prepare(batch)
     raw = gae(token_reward, values, 1.0, 0.95)
-    assert torch.allclose(out["returns"], raw + values)
-    valid = out["advantages"][mask]
+    assert torch.allclose(out.returns, raw + values)
+    valid = out.advantages[mask]
     assert abs(valid.mean().item()) < 1e-6 and abs(valid.std(unbiased=False).item() - 1) < 1e-4
     # masked: padding has zero reward and value, so it does not leak into the advantages of valid tokens
     assert torch.allclose(raw[0, 0, 2], torch.tensor(1.0 - 0.4))
@@ -92,8 +82,39 @@ def test_ppo_unmasked_variant_whitens_rewards_over_padding_and_counts_every_toke
     assert algo.mask_post_eos is False and make("ppo").mask_post_eos is True
     out = algo.prepare(batch)
     whitened = (token_reward - token_reward.mean()) / token_reward.std(unbiased=False) + token_reward.mean()
-    assert torch.allclose(out["returns"], gae(whitened, values, 1.0, 0.95) + values, atol=1e-5)
-    assert abs(out["advantages"].mean().item()) < 1e-6  # whitened over all 4 tokens, the post-EOS one too
+    assert torch.allclose(out.returns, gae(whitened, values, 1.0, 0.95) + values, atol=1e-5)
+    assert abs(out.advantages.mean().item()) < 1e-6  # whitened over all 4 tokens, the post-EOS one too
+
+
+def test_ppo_and_reinforce_batch_statistics_over_every_rank_or_each_process():
+    """Sums over 2 ranks whose other rank holds a shard like this one: "global" statistics reduce (the mean and
+    std of two equal shards are this one's), "per_process" never does; unequal shards: tests/test_invariance.py."""
+    token_reward = torch.tensor([[[0.1, -0.2, 1.0, 0.0]], [[0.3, 0.5, 0.0, 0.0]]])
+    values = torch.tensor([[[0.2, 0.1, 0.4, 0.0]], [[0.0, 0.3, 0.0, 0.0]]])
+    mask = torch.tensor([[[1, 1, 1, 0]], [[1, 1, 0, 0]]], dtype=torch.bool)
+    calls = []
+
+    def two_equal_ranks(parts):
+        calls.append(len(parts))
+        return tuple(2 * p for p in parts)
+
+    fields = dict(P=2, K=1, L=4, mask=mask, token_reward=token_reward, values_old=values,
+                  reward=torch.tensor([[1.0], [3.0]]))
+    one = make("ppo").prepare(_batch(**fields))
+    batch = _batch(**fields, sum_over_ranks=two_equal_ranks)
+    both = make("ppo").prepare(batch)
+    assert calls == [2, 1] and torch.allclose(both.advantages, one.advantages, atol=1e-6)
+    assert torch.equal(make("ppo", {"batch_statistics": "per_process"}).prepare(batch).advantages, one.advantages)
+    assert calls == [2, 1]  # per_process: never reduced
+    assert torch.allclose(make("reinforce").prepare(batch).advantages, torch.tensor([[-1.0], [1.0]]))
+    assert calls == [2, 1, 2]
+    make("reinforce", {"batch_statistics": "per_process"}).prepare(batch)
+    assert calls == [2, 1, 2]
+    with pytest.raises(UserError, match="batch_statistics must be one of 'global', 'per_process'"):
+        make("ppo", {"batch_statistics": "local"})
+    # at its default the setting is not recorded (run rows and pooled tables stay as they were); set, it is
+    assert "batch_statistics" not in make("ppo").hyperparameters()
+    assert make("reinforce", {"batch_statistics": "per_process"}).hyperparameters()["batch_statistics"] == "per_process"
 
 
 # --- DPO and iterative DPO -------------------------------------------------------------------------------------------
@@ -128,6 +149,14 @@ def test_iterative_dpo_labels_by_reward_sign_against_pi_t_and_skips_ties():
     # the reference is pi_t: at ratio one the loss is exactly log 2
     loss, _ = iterative_dpo_loss(logp_old, logp_old, reward, beta=0.05)
     assert math.isclose(loss.item(), math.log(2), rel_tol=1e-6)
+    # the denominator is the batch's labelled pairs (prepare: every rank's, spread over the prompts): these 3
+    # prompts as part of a batch of 6 with 3 labelled pairs carry 1.5 of them, not their own 2
+    algo = make("iterative_dpo")
+    share = algo.prepare(_batch(P=6, reward=torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0], [0.0, 1.0],
+                                                          [2.0, 2.0], [3.0, 3.0]]))).share
+    assert torch.allclose(share, torch.full((6,), 0.5))
+    loss, _ = iterative_dpo_loss(logp_new, logp_old, reward, beta=1.0, share=share[:3])
+    assert torch.isclose(loss, expected * 2 / 1.5)
 
 
 # --- REINFORCE and RLOO ----------------------------------------------------------------------------------------------
@@ -136,10 +165,10 @@ def test_reinforce_moving_average_baseline_of_past_rewards():
     algo = make("reinforce")
     assert algo.samples_per_prompt == 1 and algo.epochs == 1
     first = algo.prepare(_batch(P=2, K=1, reward=torch.tensor([[1.0], [3.0]])))
-    assert torch.allclose(first["advantages"], torch.tensor([[-1.0], [1.0]]))  # no past: its own mean, 2
+    assert torch.allclose(first.advantages, torch.tensor([[-1.0], [1.0]]))  # no past: its own mean, 2
     assert math.isclose(algo.baseline, 2.0)
     second = algo.prepare(_batch(P=2, K=1, reward=torch.tensor([[4.0], [6.0]])))
-    assert torch.allclose(second["advantages"], torch.tensor([[2.0], [4.0]]))  # baseline 2 from the past batch
+    assert torch.allclose(second.advantages, torch.tensor([[2.0], [4.0]]))  # baseline 2 from the past batch
     assert math.isclose(algo.baseline, 0.9 * 2.0 + 0.1 * 5.0)
     batch = _batch(P=2, K=1, extras=second)
     loss, _ = algo.loss(batch, PolicyOutput(logp_tokens=torch.tensor([[[-1.0]], [[-0.5]]])))
