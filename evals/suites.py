@@ -178,16 +178,25 @@ def register(suite: Suite) -> Suite:
 
 
 def names() -> list[str]:
+    """Every suite: the package's own, then those other packages register under the entry-point group
+    `harness.suites` (looked up once per process; `discover()` looks again)."""
+    if not _LOADED:
+        discover()
+    builtin = {module: i for i, module in enumerate(BUILTIN)}  # the package's own first, in BUILTIN's order
+    return sorted(REGISTRY, key=lambda n: (builtin.get(type(REGISTRY[n]).__module__, len(BUILTIN)), n))
+
+
+def discover() -> None:
+    """Import the package's own suites and every entry point of the group `harness.suites`."""
     import importlib
 
     for module in BUILTIN:
         importlib.import_module(module)
+    _LOADED.add("")  # looked once, even with no entry point
     for entry in entry_points(group="harness.suites"):
         if entry.value not in _LOADED:
             _LOADED.add(entry.value)
             entry.load()
-    builtin = {module: i for i, module in enumerate(BUILTIN)}  # the package's own first, in BUILTIN's order
-    return sorted(REGISTRY, key=lambda n: (builtin.get(type(REGISTRY[n]).__module__, len(BUILTIN)), n))
 
 
 def get(name: str) -> Suite:

@@ -6,7 +6,6 @@ iteration's prompts; gradients are averaged over ranks before each step and the 
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -31,11 +30,20 @@ class TrainingDiverged(UserError):
     """NaN or inf in a loss or reward: the run stops; what was written so far stays."""
 
 
-def lr_factor(schedule: str, total: int, step: int) -> float:
-    """The learning-rate multiplier after `step` of `total` decay steps: linear to 0 (the authors' online
-    scripts' anneal_lr) or cosine to 0 without warm-up (the N+ SFT, reward and offline pairwise scripts' get_scheduler("cosine"))."""
-    done = min(1.0, step / total)
-    return 1 - done if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * done))
+def anneal_lr(total: int, step: int) -> float:
+    """The learning-rate multiplier after `step` of `total` decay steps, linear to 0: the authors' online scripts'
+    anneal_lr, lr * (1 - step / total), written out as they write it."""
+    return 1 - min(1.0, step / total)
+
+
+def lr_scheduler(optimizer, schedule: str, total: int):
+    """Linear decay to 0 (anneal_lr) or cosine to 0 without warm-up: transformers' cosine schedule, which the N+
+    SFT, reward and offline pairwise scripts take through get_scheduler("cosine")."""
+    if schedule == "cosine":
+        from transformers import get_cosine_schedule_with_warmup
+
+        return get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=0, num_training_steps=total)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, partial(anneal_lr, total))
 
 
 def training_examples(algo: Algorithm, data: TaskData) -> list[Example]:
@@ -67,7 +75,7 @@ class Trainer:
         # its epochs and minibatches, as the authors' and N+ scripts' anneal_lr; per_step: decay after every step.
         self.per_step_decay = t.lr_decay == "per_step"
         total = max(1, t.iterations * (self.algo.epochs * self.algo.minibatches if self.per_step_decay else 1))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, partial(lr_factor, t.lr_schedule, total))
+        self.scheduler = lr_scheduler(self.optimizer, t.lr_schedule, total)
         self.runtime.shard(list(range(t.prompts_per_iteration)), "train.prompts_per_iteration")  # fail early
         # Three random streams, each its own generator, so that none depends on how much another consumed:
         # minibatch permutations and sampling differ per rank, the data order is shared by all ranks.

@@ -11,7 +11,7 @@ import torch
 from algorithms.base import make
 from harness.config import resolve
 from harness.scoring import ScoreRule, reward_scores, token_rewards
-from harness.train import lr_factor
+from harness.train import anneal_lr, lr_scheduler
 
 TLDR = ["tldr-pythia-1.4b", "tldr-pythia-2.8b", "tldr-pythia-6.9b"]
 CHAT = ["chat-llama3-8b-ultrafeedback", "chat-openchat-3.5-nectar"]
@@ -49,7 +49,8 @@ def test_per_optimizer_schedules_of_the_tldr_presets(name):
     assert dpo.train.prompts_per_iteration == 64 and dpo.train.iterations == 92_832 // 64 == 1450
     assert dpo.train.lr_schedule == "cosine" and dpo.train.lr == 3e-6 and make("dpo").beta == 0.05
     ppo = resolve(name, {"algo": "ppo"})
-    assert ppo.algo_args == {"mask_post_eos": False}  # the authors' ppo.py: no post-EOS masking
+    # the authors' ppo.py: no post-EOS masking, whitening over each process's batch (docs/fidelity.md)
+    assert ppo.algo_args == {"mask_post_eos": False, "batch_statistics": "per_process"}
     assert resolve(name, {"algo": "rebel"}).algo_args == {} and resolve(name, {"algo": "rebel"}).train.iterations == 1953
     # the command line still wins over the preset's per-optimizer section
     assert resolve(name, {"algo": "dpo", "train": {"iterations": 7}}).train.iterations == 7
@@ -101,10 +102,19 @@ def test_optimizer_defaults_match_the_protocol():
 def test_linear_decay_once_per_iteration_is_the_authors_anneal():
     """rebel.py: lrnow = (1 - (update - 1) / num_updates) * lr, set once before the update's 4 epochs; the N+
     SFT / reward / DPO scripts: cosine to 0 without warm-up."""
-    assert [lr_factor("linear", 5, k - 1) for k in range(1, 6)] == [1 - (k - 1) / 5 for k in range(1, 6)]
-    assert lr_factor("cosine", 4, 0) == 1.0 and lr_factor("cosine", 4, 2) == pytest.approx(0.5)
-    assert lr_factor("cosine", 4, 4) == pytest.approx(0.0, abs=1e-12)
-    assert lr_factor("cosine", 4, 1) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert [anneal_lr(5, k - 1) for k in range(1, 6)] == [1 - (k - 1) / 5 for k in range(1, 6)]
+
+    def factors(schedule, total):  # the multiplier before each step, read from the scheduler itself
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched, out = lr_scheduler(opt, schedule, total), []
+        for _ in range(total + 1):
+            out.append(sched.get_last_lr()[0])
+            opt.step()
+            sched.step()
+        return out
+
+    assert factors("linear", 5) == pytest.approx([1 - k / 5 for k in range(6)], abs=1e-15)
+    assert factors("cosine", 4) == pytest.approx([0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(5)], abs=1e-12)
 
 
 def test_score_rule_scales_then_replaces_a_missing_eos():

@@ -27,6 +27,8 @@ def plugins(tmp_path, monkeypatch):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: harness-test-plugins\nVersion: 0.0\n")
     (dist / "entry_points.txt").write_text(ENTRY_POINTS)
     monkeypatch.syspath_prepend(str(dist.parent))
+    tasks.discover()  # the registries look entry points up once per process: look again now
+    suites.discover()
     yield
     for registry, name in ((tasks.REGISTRY, "echo"), (suites.REGISTRY, "length")):
         registry.pop(name, None)

@@ -88,14 +88,22 @@ def register(task: Task) -> Task:
 
 def names() -> list[str]:
     """Every task: the package's own modules, then those other packages register under the entry-point group
-    `harness.tasks` (a task that lives outside the package, e.g. tests/plugins)."""
+    `harness.tasks` (a task that lives outside the package, e.g. tests/plugins); looked up once per process,
+    `discover()` looks again."""
+    if not _LOADED:
+        discover()
+    return sorted(REGISTRY)
+
+
+def discover() -> None:
+    """Import the package's task modules and every entry point of the group `harness.tasks`."""
     for info in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{info.name}")
+    _LOADED.add("")  # looked once, even with no entry point
     for entry in entry_points(group="harness.tasks"):
         if entry.value not in _LOADED:
             _LOADED.add(entry.value)
             entry.load()
-    return sorted(REGISTRY)
 
 
 def find(name: str) -> Task | None:
