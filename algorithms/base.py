@@ -1,8 +1,8 @@
 """The optimizer registry: every module of algorithms/ registers its optimizers by name (one file each).
 
-The contract an optimizer implements is harness/contract.py (the backbone runs it without knowing any optimizer);
+The contract an optimizer implements is harness/core/contract.py (the backbone runs it without knowing any optimizer);
 the loss math optimizers share (masked means, whitening, reward-to-go, GAE, the clipped surrogate) is
-harness/objective.py.
+harness/core/objective.py.
 """
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import dataclasses
 import importlib
 import pkgutil
 
-from harness.contract import OBJECTIVE_SETTINGS, Algorithm
-from harness.errors import UserError
-from harness.objective import KL_ESTIMATORS
+from harness.core.contract import OBJECTIVE_SETTINGS, Algorithm
+from harness.core.errors import UserError
+from harness.core.objective import KL_ESTIMATORS
 
 __all__ = ["Algorithm", "REGISTRY", "make", "names", "register"]
 

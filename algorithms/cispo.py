@@ -18,8 +18,8 @@ from torch import Tensor
 
 from algorithms.base import register
 from algorithms.grpo import GRPO
-from harness.batch import Advantages, Batch, PolicyOutput
-from harness.objective import aggregate, masked_token_mean
+from harness.core.batch import Advantages, Batch, PolicyOutput
+from harness.core.objective import aggregate, masked_token_mean
 
 
 def cispo_token_loss(logp_new: Tensor, logp_old: Tensor, advantages: Tensor, eps_low: float,

@@ -5,7 +5,7 @@
     A_i   = (r_i - mean_j r_j) / (std_j r_j + eps)
     l_t   = max(-A_i rho_t, -A_i clip(rho_t, 1 - eps_low, 1 + eps_high))      "clip-higher": 0.2 / 0.28
     loss  = sum_{i,t} l_t / sum_i |y_i|             token-level over all tokens of the batch (TRL "dapo")
-Dynamic sampling is the backbone's (harness/train.py `Trainer.collect`): groups whose K scores are all equal carry
+Dynamic sampling is the backbone's (harness/core/train.py `Trainer.collect`): groups whose K scores are all equal carry
 no signal; they are dropped and replaced by newly sampled prompts, for at most `dynamic_sampling` more rounds,
 every sampled response counted in the budget (`groups_dropped` too). No KL term. Paper: L_max 20480 with L_cache
 4096 (0.2 of it), 16 samples and 16 updates per batch; here K = 4, one update, L_max = the generation cap.
@@ -18,7 +18,7 @@ from torch import Tensor
 
 from algorithms.base import register
 from algorithms.grpo import GRPO
-from harness.batch import Batch
+from harness.core.batch import Batch
 
 
 def overlong_penalty(length: Tensor, max_length: float, cache: float) -> Tensor:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from algorithms.base import Algorithm, register
-from harness.batch import Batch, PolicyOutput
+from harness.core.batch import Batch, PolicyOutput
 
 
 def dpo_loss(logp: Tensor, logp_ref: Tensor, beta: float) -> tuple[Tensor, Tensor]:

@@ -4,9 +4,9 @@
     rho_t = pi_theta(y_t) / pi_t(y_t)                    per token, against the rollout policy's log-probs
     l_t   = max(-A_i rho_t, -A_i clip(rho_t, 1 - eps_low, 1 + eps_high))
     loss  = mean_i (1/|y_i|) sum_t l_t  +  beta * the same mean of k3_t     (TRL loss_type="grpo")
-The KL term is the backbone's (harness/train.py `Trainer.objective`, kl_placement "loss", estimator k3 as the paper
+The KL term is the backbone's (harness/core/train.py `Trainer.objective`, kl_placement "loss", estimator k3 as the paper
 and TRL; `--set algo.kl_placement=reward` moves it into r instead). Paper: eps 0.2, beta 0.04, one update per
-batch (mu = 1); K = 4 here (the paper samples 64). Settings: loss_aggregation (harness/objective.py),
+batch (mu = 1); K = 4 here (the paper samples 64). Settings: loss_aggregation (harness/core/objective.py),
 scale_rewards ("group", "batch", "none"), kl_ratio_correction (DeepSeek-V3.2; TRL 1.16's default, off here as
 in the paper).
 """
@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from algorithms.base import Algorithm, register
-from harness.batch import Advantages, Batch, PolicyOutput
-from harness.objective import (AGGREGATIONS, REWARD_SCALES, aggregate, check_choice, clipped_surrogate,
+from harness.core.batch import Advantages, Batch, PolicyOutput
+from harness.core.objective import (AGGREGATIONS, REWARD_SCALES, aggregate, check_choice, clipped_surrogate,
                                group_advantages, masked_token_mean, sum_norm_length)
 
 

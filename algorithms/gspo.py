@@ -19,8 +19,8 @@ from torch import Tensor
 
 from algorithms.base import register
 from algorithms.grpo import GRPO
-from harness.batch import Advantages, Batch, PolicyOutput
-from harness.objective import clipped_surrogate, masked_mean
+from harness.core.batch import Advantages, Batch, PolicyOutput
+from harness.core.objective import clipped_surrogate, masked_mean
 
 
 def sequence_ratio(logp_new: Tensor, logp_old: Tensor, mask: Tensor) -> Tensor:

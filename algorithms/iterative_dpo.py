@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from algorithms.base import Algorithm, register
-from harness.batch import Batch, PolicyOutput, Prepared
-from harness.objective import count_share, masked_mean
+from harness.core.batch import Batch, PolicyOutput, Prepared
+from harness.core.objective import count_share, masked_mean
 
 
 @dataclass

@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 
 from algorithms.base import Algorithm, register
-from harness.batch import Batch, PolicyOutput, Prepared
-from harness.contract import RECORDED_WHEN_SET
-from harness.objective import BATCH_STATISTICS, check_choice, clipped_surrogate, gae, masked_mean, scope, whiten
+from harness.core.batch import Batch, PolicyOutput, Prepared
+from harness.core.contract import RECORDED_WHEN_SET
+from harness.core.objective import BATCH_STATISTICS, check_choice, clipped_surrogate, gae, masked_mean, scope, whiten
 
 
 @dataclass

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from algorithms.base import Algorithm, register
-from harness.batch import Batch, PolicyOutput
+from harness.core.batch import Batch, PolicyOutput
 
 
 def rebel_loss(logp_new: Tensor, logp_old: Tensor, reward: Tensor, eta: float) -> tuple[Tensor, Tensor]:

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from algorithms.base import Algorithm, register
 from algorithms.rebel import rebel_loss
-from harness.batch import Batch, PolicyOutput
+from harness.core.batch import Batch, PolicyOutput
 
 
 def preference_targets(preference: Tensor) -> Tensor:

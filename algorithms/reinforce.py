@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from torch import Tensor
 
 from algorithms.base import Algorithm, register
-from harness.batch import Advantages, Batch, PolicyOutput
-from harness.contract import RECORDED_WHEN_SET
-from harness.objective import BATCH_STATISTICS, check_choice, masked_mean, scope
+from harness.core.batch import Advantages, Batch, PolicyOutput
+from harness.core.contract import RECORDED_WHEN_SET
+from harness.core.objective import BATCH_STATISTICS, check_choice, masked_mean, scope
 
 
 @register("reinforce")

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from algorithms.base import Algorithm, register
-from harness.batch import Advantages, Batch, PolicyOutput
-from harness.objective import (AGGREGATIONS, aggregate, check_choice, clipped_surrogate, masked_token_mean,
+from harness.core.batch import Advantages, Batch, PolicyOutput
+from harness.core.objective import (AGGREGATIONS, aggregate, check_choice, clipped_surrogate, masked_token_mean,
                                reward_to_go, sum_norm_length, whiten)
 
 

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from algorithms.base import Algorithm, register
-from harness.batch import Advantages, Batch, PolicyOutput
-from harness.objective import clipped_surrogate
+from harness.core.batch import Advantages, Batch, PolicyOutput
+from harness.core.objective import clipped_surrogate
 
 
 def leave_one_out_advantages(reward: Tensor) -> Tensor:

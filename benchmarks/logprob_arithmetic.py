@@ -25,13 +25,13 @@ import math
 import torch
 
 from algorithms.base import make
-from harness.config import resolve
-from harness.experience import Budget
-from harness.models import load_models
-from harness.scoring import kl_penalised_reward, sequence_kl, sequence_logprobs
+from harness.app.config import resolve
+from harness.core.experience import Budget
+from harness.core.models import load_models
+from harness.core.scoring import kl_penalised_reward, sequence_kl, sequence_logprobs
 from harness.tasks import load as load_task
 from harness.tasks import resolve_paths
-from harness.train import Trainer
+from harness.core.train import Trainer
 
 ARITHMETICS = {"fp32": (torch.float32, False), "bf16": (torch.bfloat16, False), "bf16+fwd": (torch.bfloat16, True)}
 

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.config import parse_overrides, resolve  # noqa: E402
+from harness.app.config import parse_overrides, resolve  # noqa: E402
 
 
 def recipe_of(args):
@@ -49,7 +49,7 @@ def _load(path: str):
 
 def _two_forward_pair_loss(rm, query, chosen, chosen_mask, rejected, rejected_mask, pad):
     """The RM loss before the shared-prompt forward: [prompt | chosen] and [prompt | rejected] as two sequences."""
-    from harness.scoring import forward_inputs
+    from harness.core.scoring import forward_inputs
 
     r = rm(**forward_inputs(torch.cat([query, query]), torch.cat([chosen, rejected]), pad)).logits.float().squeeze(-1)
     r_c, r_r = r.chunk(2)
@@ -85,7 +85,7 @@ def _step_seconds(module, recipe, data, tokenizer, steps: int) -> dict:
             train(model, loss, tensors, lengths(tensors[0], pad, *tensors[2::2]), steps, short.sft_batch,
                   short.sft_lr, rng, kind, pad, short)
         else:  # the code before: fixed-width batches, both responses of a pair with their own prompt copy
-            from harness.scoring import cross_entropy_on_response
+            from harness.core.scoring import cross_entropy_on_response
 
             opt, sched = module._optimizer(model, short.sft_lr, steps)
             for idx in module._batches(len(tensors[0]), short.sft_batch, steps, rng):

@@ -27,8 +27,8 @@ from typing import Callable
 import yaml
 
 from evals.judge import Endpoint, client_defaults
-from harness.errors import UserError
-from harness.store import write_json, write_jsonl
+from harness.core.errors import UserError
+from harness.core.store import write_json, write_jsonl
 
 HUB_REPO = "tatsu-lab/alpaca_eval"
 HUB_REFERENCE_FILE = "alpaca_eval_gpt4_baseline.json"  # AlpacaEval 2.0: GPT-4 Turbo's outputs on the 805 instructions
@@ -103,7 +103,7 @@ def run_alpaca_eval(model_outputs: list[dict], reference_outputs_path: str | Pat
 
 
 def _require_hub_file(filename: str, role: str, hub_cache_dir: str | Path | None) -> None:
-    from harness.assets import Asset, Caches, require
+    from harness.core.assets import Asset, Caches, require
 
     require([Asset(role, "file", HUB_REPO, filename, repo_type="dataset")], "python -m harness prepare --suite chat",
             Caches(hub=str(hub_cache_dir) if hub_cache_dir else None))

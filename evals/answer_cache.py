@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from harness.store import code_fingerprint, config_hash, read_jsonl
+from harness.core.store import code_fingerprint, config_hash, read_jsonl
 
 
 # the code that turns a conversation into an answer (loading, chat template, decoding): part of every answer's key.

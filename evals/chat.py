@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Callable
 
 from evals.suites import ModelSuite, Target, keep_base, num, pct, register
-from harness.assets import Asset
-from harness.errors import UserError
-from harness.store import write_json
+from harness.core.assets import Asset
+from harness.core.errors import UserError
+from harness.core.store import write_json
 
 FILE_OPTIONS = (("--alpaca-reference", "alpaca_reference"), ("--mt-bench-questions", "mt_bench_questions"),
                 ("--mt-bench-references", "mt_bench_references"))
@@ -47,7 +47,7 @@ class ChatSuite(ModelSuite):
         return chat_assets(options.get("alpaca_reference"), options.get("mt_bench_questions"))
 
     def check(self, target: Target, options: dict, log: Callable = print) -> None:
-        from harness import assets
+        from harness.core import assets
 
         for flag, key in FILE_OPTIONS:
             if options.get(key) is not None and not Path(options[key]).is_file():

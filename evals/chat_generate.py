@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from harness.errors import UserError
+from harness.core.errors import UserError
 
 
 def load_chat_model(name_or_path: str | Path, device: str | None = None):

@@ -5,7 +5,7 @@ The gold reward is order-free, so position consistency is 1 by construction and 
 """
 from __future__ import annotations
 
-from harness.examples import Example, Gold
+from harness.core.examples import Example, Gold
 
 
 class GoldJudge:

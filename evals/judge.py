@@ -35,12 +35,12 @@ from urllib.parse import urlparse
 
 import openai
 
-from harness.config import DEFAULT_JUDGE_MODEL
-from harness.errors import UserError
+from harness.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_JUDGE_MODEL = "gpt-4o"  # a GPT-4-class judge; the paper used GPT-4
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 ORDERS = ("both", "random")
 # (concurrency, timeout in s): a hosted API takes parallel requests; a server on this machine (often on its CPU)
@@ -84,7 +84,7 @@ def is_local(base_url: str) -> bool:
 
 def default_cache_dir() -> Path:
     """HARNESS_CACHE/judge (default ~/.cache/harness/judge), read when a client is made, not at import."""
-    from harness.store import cache_root
+    from harness.core.store import cache_root
     return cache_root(None) / "judge"
 
 

@@ -3,7 +3,7 @@ and the share of answers with no extractable number, on held-out problems.
 
 Per problem, `samples` responses are drawn at `temperature` (the run's sampling temperature: the policy is judged
 on the distribution it was trained to sample from), each scored by the task's reward (its checker: 1.0 right, 0.0
-wrong, harness.examples.TaskReward; its optional `details` say whether an answer was found). A response counts as
+wrong, harness.core.examples.TaskReward; its optional `details` say whether an answer was found). A response counts as
 correct only when it ENDED (EOS within max_new_tokens) and its checker accepts it: a cut-off response has not committed to an answer, as in training, where it gets the
 missing-EOS score. pass@k for k in `ks` is Chen et al.'s unbiased estimator over those samples (evals.pass_at_k),
 so pass@1 is the mean correctness at `temperature`. Greedy pass@1 is one argmax-decoded response per problem.
@@ -17,11 +17,11 @@ import torch
 from evals.pass_at_k import DEFAULT_KS, summary
 from evals.tldr import KL_DEFINITION, sampled_chunks
 from evals.suites import TaskSuite, fmt, num, pct, register
-from harness.distributed import Runtime
-from harness.examples import Example, TaskReward
-from harness.rollout import truncate_after_eos
-from harness.scoring import has_eos, sequence_logprobs
-from harness.tokens import decode_responses
+from harness.core.distributed import Runtime
+from harness.core.examples import Example, TaskReward
+from harness.core.rollout import truncate_after_eos
+from harness.core.scoring import has_eos, sequence_logprobs
+from harness.core.tokens import decode_responses
 
 DEFAULT_SAMPLES = 8  # per problem: enough for pass@8 with the unbiased estimator
 METRIC_KEYS = ("pass@1", "pass@4", "pass@8", "greedy_pass@1", "kl", "response_length", "no_answer_frac", "eos_rate")

@@ -18,8 +18,8 @@ from statistics import mean
 from typing import Callable
 
 from evals.judge import CompletionClient, template_hash
-from harness.errors import UserError
-from harness.store import write_json, write_jsonl
+from harness.core.errors import UserError
+from harness.core.store import write_json, write_jsonl
 
 HUB_DATASET = "HuggingFaceH4/mt_bench_prompts"
 NEEDS_REFERENCE = ("math", "reasoning", "coding")
@@ -53,7 +53,7 @@ def load_questions(source: str | Path = HUB_DATASET, reference_path: str | Path 
     else:
         import datasets
 
-        from harness.assets import Asset, require
+        from harness.core.assets import Asset, require
         require([Asset("MT-Bench questions and reference answers", "dataset", str(source), splits=("train",))],
                 "python -m harness prepare --suite chat")
         rows = list(datasets.load_dataset(str(source), split="train"))

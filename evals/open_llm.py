@@ -18,9 +18,9 @@ from typing import Iterable
 import yaml
 
 from evals.suites import ModelSuite, Target, keep_base, pct, register
-from harness.assets import LOCAL_LOADERS, Asset
-from harness.errors import UserError
-from harness.store import write_json, write_jsonl
+from harness.core.assets import LOCAL_LOADERS, Asset
+from harness.core.errors import UserError
+from harness.core.store import write_json, write_jsonl
 
 # task: (few-shot examples, the metric the leaderboard reports)
 LEADERBOARD = {
@@ -78,7 +78,7 @@ def run_open_llm(model, output_dir: Path | str, tasks: list[str] | None = None, 
     unknown = [t for t in tasks if t not in LEADERBOARD]
     if unknown:
         raise UserError(f"unknown open-llm task(s) {unknown}; valid: {', '.join(LEADERBOARD)}")
-    from harness.assets import require
+    from harness.core.assets import require
 
     require(open_llm_assets(tasks, include_path), "python -m harness prepare --suite open-llm"
             + (f" --tasks {','.join(tasks)}" if tasks != list(LEADERBOARD) else ""))  # before the model loads
@@ -178,7 +178,7 @@ class OpenLlmSuite(ModelSuite):
         return open_llm_assets(options.get("tasks"), options.get("include_path"))
 
     def check(self, target: Target, options: dict, log=print) -> None:
-        from harness import assets
+        from harness.core import assets
 
         include_path, tasks = options.get("include_path"), options.get("tasks")
         if include_path is not None and not Path(include_path).is_dir():

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.store import RunDir, is_run_dir, read_json, read_jsonl
-from harness.config import ROW_SECTIONS
+from harness.core.store import RunDir, is_run_dir, read_json, read_jsonl
 
+ROW_SECTIONS = ("train", "generation")  # a run that changes one of these is a row of its own in the report
+TABLE_SECTIONS = ("model", "task")  # another model or data set: a table of its own (its own SFT row)
 BUDGET_COUNTERS = ("prompts", "responses", "rm_queries", "optimizer_steps", "wall_time_s")
 COMPARISON_FIELDS = ("task", "data_source", "preset", "judge", "eval_temperature", "kl_definition", "settings")
 REQUIRED_SUMMARY = ("run_id", "status", "algorithm", "preset", "seed", "eval", "comparison_key")

@@ -13,14 +13,14 @@ Another package adds a suite under the entry-point group `harness.suites` (see t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Callable
 
 from rich.table import Table
 
-from harness.errors import UserError
-from harness.store import read_json
+from harness.core.errors import UserError
+from harness.core.plugins import load_entry_points
+from harness.core.store import read_json
 
 REGISTRY: dict[str, "Suite"] = {}
 BUILTIN = ("evals.tldr", "evals.math", "evals.chat", "evals.open_llm")  # the modules of the package's own suites
@@ -84,19 +84,9 @@ class TaskSuite(Suite):
 
     def main_table(self, members, labels, observations, key: dict, opts, suffix: str, budget_note: str,
                    notes: list[str]):
-        """(its Table 1, the observations the later tables use): Table 1 of a comparison group; by default one
-        column per metric key (higher is better for its rates, the rest not ranked)."""
-        from evals.tables import Metric, few_seeds_note, field_getter, numeric_table, sft_and_optimizer_rows
-
-        metrics = [Metric(k, k.replace("_", " "), field_getter(k), 1.0, 3, True if k in self.rate_keys else None)
-                   for k in self.metric_keys]
-        rows = sft_and_optimizer_rows(members, labels, observations)
-        caption = (f"The {self.name} suite's metrics. Each cell: mean (standard deviation, ddof=1) across seeds; "
-                   f"n = seeds. IQM: interquartile mean with a {opts.level:.0%} stratified-bootstrap percentile CI "
-                   f"(rliable, {opts.reps} resamples, seed {opts.seed}).") + few_seeds_note(rows)
-        caption += " " + budget_note if budget_note else " Values are each run's final evaluation (summary.json)."
-        return numeric_table(f"{self.name}{suffix}", f"{key.get('task')}: {self.summary}", caption, rows, metrics,
-                             True, opts.level, opts.reps, opts.seed), observations
+        """(its Table 1, the observations the later tables use) of a comparison group; None: the report's generic
+        table, one column per metric key (evals.tables.metric_table)."""
+        return None
 
     def figures(self, members, labels, opts, suffix: str) -> list[tuple]:
         """(plot function, *arguments) of its figures; the report runs each, a failure becomes a note."""
@@ -134,7 +124,7 @@ class ModelSuite(Suite):
     key: str = ""  # run.evals[key] in the report; the suite writes evals/<key>.json
 
     def assets(self, options: dict) -> list:
-        """The hub assets (harness.assets.Asset) the suite needs with these options (`harness prepare`)."""
+        """The hub assets (harness.core.assets.Asset) the suite needs with these options (`harness prepare`)."""
         return []
 
     def check(self, target: Target, options: dict, log: Callable = print) -> None:
@@ -192,11 +182,7 @@ def discover() -> None:
 
     for module in BUILTIN:
         importlib.import_module(module)
-    _LOADED.add("")  # looked once, even with no entry point
-    for entry in entry_points(group="harness.suites"):
-        if entry.value not in _LOADED:
-            _LOADED.add(entry.value)
-            entry.load()
+    load_entry_points("harness.suites", _LOADED)
 
 
 def get(name: str) -> Suite:

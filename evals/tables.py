@@ -338,3 +338,17 @@ def to_html(t: Table) -> str:
     notes = "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in t.notes) + "</ul>" if t.notes else ""
     return (f"<h3>{html.escape(t.title)}</h3><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
             f"<caption>{html.escape(t.caption)}</caption></table>{notes}")
+
+
+def metric_table(suite, runs: list[Run], labels: dict, observations: dict[str, tuple[dict, str]], task: str,
+                 level: float, reps: int, seed: int, name: str, budget_note: str = "") -> Table:
+    """Table 1 of a suite that brings none of its own: one column per metric key (its rates ranked, higher is
+    better; the rest not ranked), SFT and optimizer rows as Table 1's."""
+    metrics = [Metric(k, k.replace("_", " "), field_getter(k), 1.0, 3, True if k in suite.rate_keys else None)
+               for k in suite.metric_keys]
+    rows = sft_and_optimizer_rows(runs, labels, observations)
+    caption = (f"The {suite.name} suite's metrics. Each cell: mean (standard deviation, ddof=1) across seeds; n = "
+               f"seeds. IQM: interquartile mean with a {level:.0%} stratified-bootstrap percentile CI (rliable, {reps} "
+               f"resamples, seed {seed}).") + few_seeds_note(rows)
+    caption += " " + budget_note if budget_note else " Values are each run's final evaluation (summary.json)."
+    return numeric_table(name, f"{task}: {suite.summary}", caption, rows, metrics, True, level, reps, seed)

@@ -8,12 +8,12 @@ from __future__ import annotations
 import torch
 
 from evals.suites import TaskSuite, fmt, num, pct, register
-from harness.distributed import Runtime
-from harness.experience import encode_queries
-from harness.rollout import sample, truncate_after_eos
-from harness.examples import Example, Gold
-from harness.scoring import ScoreRule, exact_kl, has_eos, reward_scores, sequence_logprobs
-from harness.tokens import decode_responses
+from harness.core.distributed import Runtime
+from harness.core.experience import encode_queries
+from harness.core.rollout import sample, truncate_after_eos
+from harness.core.examples import Example, Gold
+from harness.core.scoring import ScoreRule, exact_kl, has_eos, reward_scores, sequence_logprobs
+from harness.core.tokens import decode_responses
 
 KL_DEFINITION = "masked_sequence_sum"
 
@@ -113,13 +113,13 @@ class TldrSuite(TaskSuite):
     default_task = "tldr"
 
     def evaluate(self, cfg, policy, reference, models, examples, data, judge, runtime):
-        from harness.train import score_rule
+        from harness.core.train import score_rule
 
         return evaluate_tldr(policy, reference, models.reward_model, models.tokenizer, examples,
                              max_prompt_tokens=cfg.task.max_prompt_tokens,
                              max_new_tokens=cfg.generation.max_new_tokens, temperature=cfg.eval.temperature,
                              kl_temperature=cfg.generation.temperature, judge=judge, runtime=runtime,
-                             rule=score_rule(cfg, evaluation=True), gold=data.gold)
+                             rule=score_rule(cfg, missing_eos=cfg.eval.missing_eos_penalty), gold=data.gold)
 
     def summary_table(self, summary):
         table = super().summary_table(summary)

@@ -8,7 +8,7 @@ import sys
 import typer
 
 import harness.commands
-from harness.errors import UserError
+from harness.core.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compare policy optimizers (REBEL, PPO, DPO, ...) on one shared training backbone.")

@@ -19,8 +19,8 @@ def harness_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_test_models(harness_cache):
     """(config, Models, TaskData) for the tiny-test preset; the build happens here, once."""
-    from harness.config import resolve
-    from harness.models import load_models
+    from harness.app.config import resolve
+    from harness.core.models import load_models
     from harness.tasks import resolve_paths
     from harness.tasks.tldr import load_task
 

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from harness.cli import main
-from harness.config import resolve
-from harness.store import read_jsonl
+from harness.app.config import resolve
+from harness.core.store import read_jsonl
 
 # A test-only recipe: small enough to build in seconds, so it solves (almost) nothing; the numbers are not the
 # point here, the wiring is (tests/test_arith_task.py holds the pure parts).
@@ -103,11 +103,11 @@ def test_checker_scores_replace_the_reward_model(arith_run, harness_cache):
     """collect_online with the task's checker: scores are the checker's (missing EOS -> the run's score), the
     reward model is never called (there is none), and rm_queries counts checker calls."""
     from algorithms.base import make
-    from harness.experience import Budget
-    from harness.models import load_models
+    from harness.core.experience import Budget
+    from harness.core.models import load_models
     from harness.tasks import load
     from harness.tasks import resolve_paths
-    from harness.train import Trainer
+    from harness.core.train import Trainer
 
     cfg = resolve("arith", {"model": {"cache_dir": harness_cache, "tiny": TEST_RECIPE},
                             "train": {"prompts_per_iteration": 4}})
@@ -118,8 +118,8 @@ def test_checker_scores_replace_the_reward_model(arith_run, harness_cache):
     trainer = Trainer(cfg, make("rebel"), models, data.sft_train, budget, reward=data.reward)
     examples = trainer.next_prompts()
     batch = trainer.collect(examples)
-    from harness.scoring import has_eos
-    from harness.tokens import decode_responses
+    from harness.core.scoring import has_eos
+    from harness.core.tokens import decode_responses
 
     texts = decode_responses(batch.flat("response"), batch.flat("mask"), models.tokenizer)
     ended = has_eos(batch.flat("response"), batch.flat("mask"), models.eos_id).tolist()
@@ -139,8 +139,8 @@ class EvenLength:
 
 
 def test_offline_pairs_are_checker_labelled_cached_and_count_ties(arith_run, harness_cache, tmp_path):
-    from harness.models import load_models
-    from harness.scoring import ScoreRule
+    from harness.core.models import load_models
+    from harness.core.scoring import ScoreRule
     from harness.tasks import arith
     from harness.tasks.checked_pairs import cached_pairs
     from harness.tasks import resolve_paths

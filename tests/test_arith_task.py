@@ -7,9 +7,9 @@ import random
 import pytest
 
 from evals.pass_at_k import mean_pass_at_k, pass_at_k, summary
-from harness.errors import UserError
+from harness.core.errors import UserError
 from harness.tasks import arith, gsm8k
-from harness.examples import Example, TaskData
+from harness.core.examples import Example, TaskData
 from harness.tasks.verifier import Checker, check, extract_answer, no_answer, verify
 
 # Rows written by hand in the exact openai/gsm8k "main" schema: the hub's train rows 0 and 1, and a made-up one
@@ -228,7 +228,7 @@ def test_registered_tasks_carry_the_checker(tmp_path):
 def test_checked_pairs_key_follows_the_code_and_the_eos_test(monkeypatch):
     """Cached offline pairs are keyed by the code that made them and by the EOS test (issue 34): a changed sampler,
     checker or rule never reads old pairs."""
-    from harness.scoring import ScoreRule
+    from harness.core.scoring import ScoreRule
     from harness.tasks import checked_pairs
     from harness.tasks.verifier import Checker
 

@@ -14,11 +14,10 @@ import pytest
 import torch
 
 from harness.cli import main
-from harness.config import resolve
-from harness.errors import UserError
+from harness.app.config import resolve
+from harness.core.errors import UserError
 from harness.tasks.tldr import example_from_row, load_task
 from harness.tasks.tldr_prompt import TldrExample
-from harness.examples import Example
 from tests.helpers import BigramLM, ConstantRewardModel
 from tests.openai_stub import OpenAIStub
 from tests.test_tldr_task import WordTokenizer
@@ -224,8 +223,8 @@ EOS, PAD = 1, 0
 
 
 def test_scoring_all_pad_and_length_one_responses_is_finite_and_applies_the_eos_rule():
-    from harness.rollout import truncate_after_eos
-    from harness.scoring import MISSING_EOS_SCORE, reward_scores, sequence_logprobs, token_rewards
+    from harness.core.rollout import truncate_after_eos
+    from harness.core.scoring import MISSING_EOS_SCORE, reward_scores, sequence_logprobs, token_rewards
 
     raw = torch.tensor([[PAD, PAD, PAD], [EOS, 4, 4], [EOS, EOS, EOS]])
     response, mask = truncate_after_eos(raw, EOS, PAD)
@@ -259,8 +258,8 @@ def force_token(monkeypatch, model, token_id: int) -> None:
 @pytest.mark.parametrize("append_reference, count_post_eos", [(False, False), (True, True)])
 def test_collect_online_with_a_policy_that_emits_only_pad_or_eos(tiny_test_models, monkeypatch, emit,
                                                                  append_reference, count_post_eos):
-    from harness.experience import Budget, collect_online
-    from harness.scoring import MISSING_EOS_SCORE, reward_scores
+    from harness.core.experience import Budget, collect_online
+    from harness.core.scoring import MISSING_EOS_SCORE, reward_scores
 
     cfg, models, data = tiny_test_models
     token = models.pad_id if emit == "pad" else models.eos_id
@@ -289,10 +288,10 @@ def test_collect_online_with_a_policy_that_emits_only_pad_or_eos(tiny_test_model
 @pytest.mark.parametrize("emit", ["pad", "eos"])
 def test_training_on_degenerate_responses_stays_finite(tiny_test_models, harness_cache, monkeypatch, algo, emit):
     from algorithms.base import make
-    from harness.experience import Budget
-    from harness.models import load_models
+    from harness.core.experience import Budget
+    from harness.core.models import load_models
     from harness.tasks import resolve_paths
-    from harness.train import Trainer
+    from harness.core.train import Trainer
 
     _, _, data = tiny_test_models
     cfg = resolve("tiny-test", {"algo": algo, "model": {"cache_dir": harness_cache},
@@ -323,10 +322,10 @@ def poison_reward_head(monkeypatch, reward_model, value: float, when=lambda: Tru
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_non_finite_reward_stops_training_before_any_step(tiny_test_models, harness_cache, monkeypatch, algo, value):
     from algorithms.base import make
-    from harness.experience import Budget
-    from harness.models import load_models
+    from harness.core.experience import Budget
+    from harness.core.models import load_models
     from harness.tasks import resolve_paths
-    from harness.train import Trainer, TrainingDiverged
+    from harness.core.train import Trainer, TrainingDiverged
 
     _, _, data = tiny_test_models
     cfg = resolve("tiny-test", {"algo": algo, "model": {"cache_dir": harness_cache},
@@ -347,10 +346,10 @@ def test_non_finite_reward_stops_training_before_any_step(tiny_test_models, harn
 
 def test_non_finite_loss_stops_with_what_to_do(tiny_test_models, harness_cache):
     from algorithms.base import make
-    from harness.experience import Budget
-    from harness.models import load_models
+    from harness.core.experience import Budget
+    from harness.core.models import load_models
     from harness.tasks import resolve_paths
-    from harness.train import Trainer, TrainingDiverged
+    from harness.core.train import Trainer, TrainingDiverged
 
     _, _, data = tiny_test_models
     cfg = resolve("tiny-test", {"model": {"cache_dir": harness_cache}, "train": {"prompts_per_iteration": 4}})
@@ -368,8 +367,8 @@ def test_non_finite_loss_stops_with_what_to_do(tiny_test_models, harness_cache):
 def test_nan_reward_through_the_cli_keeps_what_was_written(private_cache, tmp_path, capsys, monkeypatch):
     """Iteration 1 trains normally, then the reward model turns NaN: one line, exit 2, and the run directory keeps its
     config, the first metrics line and a failure record (no summary: the run did not complete)."""
-    from harness.models import load_reward_model
-    from harness.train import Trainer
+    from harness.core.models import load_reward_model
+    from harness.core.train import Trainer
 
     collects = {"n": 0}
     original_collect = Trainer.collect
@@ -384,7 +383,7 @@ def test_nan_reward_through_the_cli_keeps_what_was_written(private_cache, tmp_pa
         return rm
 
     monkeypatch.setattr(Trainer, "collect", counting_collect)
-    monkeypatch.setattr("harness.models.load_reward_model", poisoned_load)
+    monkeypatch.setattr("harness.core.models.load_reward_model", poisoned_load)
     out = tmp_path / "runs"
     code, lines = cli(capsys, "run", "--preset", "tiny-test", "--iterations", "3", "-o", out, "--run-id", "nan",
                       "--set", f"model.cache_dir={private_cache}", "--set", "eval.every=0", "--set", "eval.prompts=8",
@@ -401,14 +400,14 @@ def test_nan_reward_through_the_cli_keeps_what_was_written(private_cache, tmp_pa
 def test_non_finite_evaluation_is_never_cached_or_summarised(private_cache, tmp_path, capsys, monkeypatch):
     """A reward model that is NaN from the start: the SFT baseline's evaluation stops the run in one line, and
     nothing NaN reaches the SFT-baseline cache (which later runs would read) or a summary."""
-    from harness.models import load_reward_model
+    from harness.core.models import load_reward_model
 
     def poisoned_load(*args, **kwargs):
         rm = load_reward_model(*args, **kwargs)
         poison_reward_head(monkeypatch, rm, float("nan"))
         return rm
 
-    monkeypatch.setattr("harness.models.load_reward_model", poisoned_load)
+    monkeypatch.setattr("harness.core.models.load_reward_model", poisoned_load)
     out = tmp_path / "runs"
     code, lines = cli(capsys, "run", "--preset", "tiny-test", "--iterations", "1", "-o", out, "--run-id", "nan-eval",
                       "--set", f"model.cache_dir={private_cache}", "--set", "eval.prompts=8")
@@ -470,7 +469,7 @@ def test_metrics_that_are_not_utf8_skip_the_run_with_a_reason(tmp_path):
 
 
 def test_a_record_appended_after_a_truncated_line_is_kept(tmp_path):
-    from harness.store import append_jsonl, read_jsonl
+    from harness.core.store import append_jsonl, read_jsonl
 
     path = tmp_path / "metrics.jsonl"
     append_jsonl(path, {"iteration": 1})
@@ -519,7 +518,7 @@ def test_the_judge_key_appears_in_no_file_log_or_report(private_cache, tmp_path,
 def test_pickled_only_model_directory_is_refused_without_unpickling(tiny_test_models, harness_cache, tmp_path, role):
     import shutil
 
-    from harness.models import load_models
+    from harness.core.models import load_models
 
     from harness.tasks import resolve_paths
 
@@ -545,7 +544,7 @@ def test_pickled_only_model_directory_is_refused_without_unpickling(tiny_test_mo
 
 
 def test_missing_model_directory_is_a_one_line_error(tiny_test_models, harness_cache):
-    from harness.models import load_models
+    from harness.core.models import load_models
     from harness.tasks import resolve_paths
 
     tiny = next(Path(harness_cache).glob("tiny-*"))

@@ -1,6 +1,6 @@
 import torch
 
-from harness.batch import Advantages, Batch
+from harness.core.batch import Advantages, Batch
 
 
 def _batch(P=5, K=2, L=3):

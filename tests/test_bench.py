@@ -6,7 +6,7 @@ import json
 import pytest
 
 from algorithms.base import names
-from harness.efficiency import PeakRss
+from harness.app.efficiency import PeakRss
 from harness.cli import main
 
 KEYS = {"generation_s", "scoring_s", "update_s", "total_s", "peak_memory_mb"}
@@ -79,7 +79,7 @@ def test_phase_counter_flops_and_mfu_by_hand():
     import torch
     from transformers import GPTNeoXForCausalLM
 
-    from harness.efficiency import PhaseCounter, efficiency
+    from harness.app.efficiency import PhaseCounter, efficiency
 
     model = _toy(GPTNeoXForCausalLM)
     n = sum(p.numel() for p in model.gpt_neox.layers.parameters()) + sum(
@@ -109,7 +109,7 @@ def test_build_batches_without_padding_columns_give_the_same_losses():
 
     import torch.nn.functional as F
 
-    from harness.scoring import cross_entropy_on_response, forward_inputs, pairwise_reward_loss
+    from harness.core.scoring import cross_entropy_on_response, forward_inputs, pairwise_reward_loss
     from harness.tasks.tiny import _trim
 
     def two_forwards(rm, q, c, cm, r, rmask, pad):  # the classifier's own pooling, each response with its prompt

@@ -11,8 +11,8 @@ import pytest
 
 from harness.app import scaling
 from harness.cli import main
-from harness.config import resolve
-from harness.errors import UserError
+from harness.app.config import resolve
+from harness.core.errors import UserError
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,8 @@ import pytest
 
 from algorithms.base import make
 from harness import tasks
-from harness.config import parse_overrides, preset_names, resolve
-from harness.errors import UserError
+from harness.app.config import parse_overrides, preset_names, resolve
+from harness.core.errors import UserError
 
 
 def test_default_preset_resolves_and_overrides_apply():
@@ -41,7 +41,7 @@ def test_evaluation_schedule_every_and_at():
     """Periodic evaluations, extra early ones from eval.at, never a duplicate of the run's final evaluation."""
     from pydantic import ValidationError
 
-    from harness.config import EvalSettings
+    from harness.app.config import EvalSettings
 
     s = EvalSettings(every=10, at=[2, 4, 40])
     assert [i for i in range(1, 41) if s.due(i, 40)] == [2, 4, 10, 20, 30]

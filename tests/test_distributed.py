@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-from harness.distributed import Runtime, _buckets, derived_seed
-from harness.errors import UserError
-from harness.fsdp import FsdpSettings
-from harness.store import read_json, read_jsonl
+from harness.core.distributed import Runtime, _buckets, derived_seed
+from harness.core.errors import UserError
+from harness.core.fsdp import FsdpSettings
+from harness.core.store import read_json, read_jsonl
 from tests.distributed.launch import launch
-from tests.distributed.worker import dpo_step, round_trip
+from tests.distributed.worker import dpo_step
 
 SETUPS = ["ddp", "fsdp"]
 SAME = ("loss", "score", "kl", "reward", "ppo/value_loss", "ppo/policy_loss", "prompts", "optimizer_steps", "lr")

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from algorithms.base import make
-from harness.errors import UserError
-from harness.experience import Budget
-from harness.models import load_models
+from harness.core.errors import UserError
+from harness.core.experience import Budget
+from harness.core.models import load_models
 from harness.tasks import resolve_paths
-from harness.rollout import HFEngine, logprob_drift, make_engine, sample
-from harness.train import Trainer
+from harness.core.rollout import HFEngine, logprob_drift, make_engine, sample
+from harness.core.train import Trainer
 
 DRIFT = ("rollout/logprob_drift_mean", "rollout/logprob_drift_max", "rollout/sequence_logratio_abs")
 
@@ -46,7 +46,7 @@ def test_backbone_sampler_agrees_with_the_trainer_forward(algo, tiny_test_models
 
 def test_sampler_logprobs_do_not_change_the_samples(tiny_test_models):
     cfg, models, data = tiny_test_models
-    from harness.experience import encode_queries
+    from harness.core.experience import encode_queries
 
     query = encode_queries(data.sft_train[:4], models.tokenizer, cfg.task.max_prompt_tokens)
     plain = sample(models.policy, query, 8, 0.7, models.pad_id, torch.Generator().manual_seed(3), group=2)
@@ -107,7 +107,7 @@ def test_vllm_engine_glue_against_a_stand_in(tiny_test_models, monkeypatch):
     fake.SamplingParams = lambda **kw: types.SimpleNamespace(**kw)
     fake.LLM = lambda model, **kw: FakeLLM(models.policy, model=model, **kw)
     monkeypatch.setitem(sys.modules, "vllm", fake)
-    from harness.vllm_engine import VLLMEngine
+    from harness.core.vllm_engine import VLLMEngine
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     engine = VLLMEngine(models.origin["policy"], dtype="float32", seed=1, max_model_len=200,

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from algorithms.base import make
-from harness.config import resolve
-from harness.scoring import ScoreRule, reward_scores, token_rewards
-from harness.train import anneal_lr, lr_scheduler
+from harness.app.config import resolve
+from harness.core.scoring import ScoreRule, reward_scores, token_rewards
+from harness.core.train import anneal_lr, lr_scheduler
 
 TLDR = ["tldr-pythia-1.4b", "tldr-pythia-2.8b", "tldr-pythia-6.9b"]
 CHAT = ["chat-llama3-8b-ultrafeedback", "chat-openchat-3.5-nectar"]

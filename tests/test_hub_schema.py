@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import UserError
-from harness.examples import Example, TaskData
+from harness.core.errors import UserError
+from harness.core.examples import TaskData
 from harness.tasks.tldr_prompt import PROMPT_TEMPLATE, TldrExample
 from harness.tasks.tldr import HUB_PREFERENCE, HUB_SFT, HUB_SPLITS, _hub, hub_examples
 
@@ -90,7 +90,7 @@ def test_hub_reads_train_validation_test_and_never_cnndm(hub):
 def test_hub_responses_become_space_text_plus_one_eos(hub, tok):
     """Each reference/chosen/rejected is tokenized exactly as the authors' own string (" " + text + EOS, with the
     literal "<|endoftext|>" read as the EOS token): one leading-space token run, one EOS."""
-    from harness.tokens import encode_responses
+    from harness.core.tokens import encode_responses
 
     splits, _ = hub
     cases = [(splits["sft_train"], "reference", load_fixture(HUB_SFT, "train"), "reference_response"),
@@ -108,7 +108,7 @@ def test_hub_responses_become_space_text_plus_one_eos(hub, tok):
 
 
 def test_encode_responses_never_doubles_an_eos_already_in_the_text(tok):
-    from harness.tokens import encode_responses
+    from harness.core.tokens import encode_responses
 
     ids, mask = encode_responses([" a summary" + tok.eos_token, " a summary"], tok, 32, tok.eos_token_id,
                                  tok.pad_token_id)

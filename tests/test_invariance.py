@@ -1,7 +1,7 @@
 """One update does not depend on how its batch is cut: every registered optimizer, on fixed rollouts and a tiny
 random model, gives the one-process gradient when the batch is split over 2 gloo processes (`accelerate launch`
 with configs/accelerate/ddp.yaml) and under micro-batching, on one process or on both (tests/distributed/invariance.py
-computes them with harness/train.py's arithmetic; one launch loops over all optimizers).
+computes them with harness/core/train.py's arithmetic; one launch loops over all optimizers).
 
 Tolerance: 1e-5 of the largest gradient entry, in float32. Measured (2026-12-07, CPU): at most 4.2e-7 of it (cispo
 1.1e-7, dpo 4.2e-7, grpo 4.2e-7, ppo 1.2e-7, rloo_k4 3.6e-7, ...): summation order. Before the statistics were made
@@ -41,7 +41,7 @@ def test_every_optimizer_gives_the_one_process_gradient_on_two_processes_and_in_
             assert len(diffs) == 5 and all(d < TOLERANCE for d in diffs.values()), (label, diffs)
             worst = max(worst, *diffs.values())
     print(f"largest difference from the one-process gradient: {worst:.1e} of its largest entry")
-    # the shards were padded to their own widths (as harness/experience.py pads them): Lr differs by rank
+    # the shards were padded to their own widths (as harness/core/experience.py pads them): Lr differs by rank
     assert ranks[0]["invariant"]["dr_grpo"]["width"] < ranks[1]["invariant"]["dr_grpo"]["width"]
 
 

@@ -22,19 +22,22 @@ ALLOWED = {
 }
 
 
+PACKAGES = {"harness.core": "backbone", "harness.tasks": "tasks", "algorithms": "algorithms", "evals": "evals",
+            "harness.app": "app", "harness.commands": "commands", "harness.cli": "commands",
+            "harness.__main__": "commands", "harness": "commands"}  # harness/__init__.py: the package's front door
+
+
 def layer_of(module: str) -> str | None:
-    """The layer of a dotted module name of this project (None: a third-party or standard module)."""
+    """The layer of a dotted module name of this project, by its package (None: a third-party or standard module;
+    "unmapped": a project module in no layer's package, which the tests refuse)."""
     parts = module.split(".")
-    if parts[0] == "algorithms":
-        return "algorithms"
-    if parts[0] == "evals":
-        return "evals"
-    if parts[0] != "harness":
+    if parts[0] not in ("harness", "algorithms", "evals"):
         return None
-    if len(parts) == 1:
-        return "backbone"
-    return {"tasks": "tasks", "app": "app", "commands": "commands", "cli": "commands",
-            "__main__": "commands"}.get(parts[1], "backbone")
+    for n in range(len(parts), 0, -1):
+        layer = PACKAGES.get(".".join(parts[:n]))
+        if layer is not None and (n > 1 or parts[0] != "harness" or len(parts) == 1):
+            return layer
+    return "unmapped"
 
 
 def module_name(path: Path) -> str:
@@ -58,9 +61,9 @@ def imported(path: Path, package: str | None = None) -> list[tuple[int, str]]:
                 name = ".".join(base + ([node.module] if node.module else []))
             else:
                 name = node.module or ""
-            # `from harness import tasks` imports the module harness.tasks
-            out += [(node.lineno, f"{name}.{a.name}" if layer_of(f"{name}.{a.name}") != layer_of(name) else name)
-                    for a in node.names]
+            # `from harness import tasks` imports the module harness.tasks; `from m import f`: m.f, whose layer is
+            # m's (the import graph shortens it to the module m)
+            out += [(node.lineno, f"{name}.{a.name}") for a in node.names]
     return out
 
 
@@ -68,7 +71,9 @@ SOURCES = sorted(p for folder in ("harness", "algorithms", "evals") for p in (RO
 
 
 def test_every_source_file_has_a_layer():
-    assert SOURCES and all(layer_of(module_name(p)) for p in SOURCES)
+    """Every file sits in a layer's package: there is no default bucket."""
+    unmapped = [str(p.relative_to(ROOT)) for p in SOURCES if layer_of(module_name(p)) in (None, "unmapped")]
+    assert SOURCES and not unmapped, unmapped
 
 
 @pytest.mark.parametrize("layer", sorted(ALLOWED))
@@ -85,10 +90,67 @@ def test_layers_import_only_downward(layer):
 
 
 def test_the_rule_catches_an_upward_import(tmp_path):
-    """The checker itself: an upward import (the backbone reaching into the application) is found."""
-    fake = ROOT / "harness" / "_layer_probe.py"
-    assert layer_of(module_name(fake)) == "backbone"
+    """The checker itself: an upward import (the backbone reaching into the application) is found, and a module
+    outside every layer's package is unmapped."""
+    assert layer_of("harness.core.train") == "backbone" and layer_of("harness.tasks.tldr") == "tasks"
+    assert layer_of("harness.somewhere") == "unmapped" and layer_of("torch.nn") is None
     probe = tmp_path / "probe.py"
     probe.write_text("def f():\n    from harness.app.runner import run\n    from harness import tasks\n")
-    found = [m for _, m in imported(probe, package="harness")]
+    found = [m for _, m in imported(probe, package="harness.core")]
     assert {layer_of(m) for m in found} == {"app", "tasks"}
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports (every import, those inside functions too)."""
+    names = {module_name(p) for p in SOURCES}
+    graph: dict[str, set[str]] = {}
+    for path in SOURCES:
+        targets = set()
+        for _, module in imported(path):
+            while module and module not in names:  # `from harness.core.x import name` -> harness.core.x
+                module = module.rpartition(".")[0]
+            if module:
+                targets.add(module)
+        graph[module_name(path)] = targets - {module_name(path)}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan), each an import cycle."""
+    index, low, stack, on_stack, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles():
+    """No two modules import each other, directly or through others (imports inside functions count)."""
+    found = cycles(import_graph())
+    assert not found, found
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from harness.config import resolve
-from harness.rollout import truncate_after_eos
-from harness.scoring import ScoreRule, reward_scores, sequence_logprobs
+from harness.app.config import resolve
+from harness.core.rollout import truncate_after_eos
+from harness.core.scoring import ScoreRule, reward_scores, sequence_logprobs
 from tests.helpers import BigramLM, ConstantRewardModel
 
 EOS, PAD = 1, 0
@@ -126,7 +126,7 @@ def test_pad_test_needs_the_generation_cap_and_a_known_name():
 
 
 def test_run_score_rule_carries_the_test_and_the_generation_cap():
-    from harness.train import score_rule
+    from harness.core.train import score_rule
 
     cfg = resolve("tldr-pythia-1.4b", {"train": {"missing_eos_test": "pad"}})
     rule = score_rule(cfg)
@@ -150,20 +150,22 @@ def test_a_tiny_update_trains_with_the_authors_arithmetic(tiny_test_models, algo
     import dataclasses
 
     from algorithms.base import make
-    from harness.experience import Budget
-    from harness.train import Trainer
+    from harness.core.experience import Budget
+    from harness.core.train import Trainer
 
     cfg, models, data = tiny_test_models
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"missing_eos_test": "pad",
                                                                         "prompts_per_iteration": 4})})
     saved = models.precision
+    weights = {k: v.clone() for k, v in models.policy.state_dict().items()}  # the session's shared models
     models.precision = dataclasses.replace(saved, logprob=torch.bfloat16)
     try:
         trainer = Trainer(cfg, make(algo), models, data.sft_train, Budget())
         batch = trainer.collect(trainer.next_prompts())
         stats = trainer.update(batch, 1)
-    finally:
+    finally:  # later tests start from the SFT policy (policy == reference)
         models.precision = saved
+        models.policy.load_state_dict(weights)
     assert batch.logp_ref.dtype == torch.bfloat16
     assert torch.equal(batch.logp_ref_sum, batch.logp_ref.float().sum(-1).to(torch.bfloat16))
     assert batch.logp_old_sum.dtype == torch.bfloat16  # pi_t's, from the scoring forward or the update's own

@@ -6,16 +6,17 @@ import torch
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
 
 from algorithms.base import make
-from harness.config import LoraSettings, resolve
-from harness.errors import UserError
-from harness.experience import Budget
-from harness.models import add_critic_lora, load_models, lora_config
+from harness.core.settings import LoraSettings
+from harness.app.config import resolve
+from harness.core.errors import UserError
+from harness.core.experience import Budget
+from harness.core.models import add_critic_lora, load_models, lora_config
 from harness.tasks import resolve_paths
 from harness.app.plan import Counts, dry_run, estimate_memory_gb, estimated_counts, memory_plan, parameter_counts
-from harness.precision import Precision
-from harness.scoring import token_values
+from harness.core.precision import Precision
+from harness.core.scoring import token_values
 from harness.tasks.tldr import load_task
-from harness.train import Trainer
+from harness.core.train import Trainer
 from tests.test_scale_presets import _save_stand_ins
 
 HIDDEN, LAYERS = 32, 2  # the stand-ins' shape
@@ -111,10 +112,10 @@ def test_critic_values_subtract_the_reward_models_bias(neox, tiny_test_models):
 
 
 def test_lora_critic_on_a_scalar_model_reward_head(tiny_test_models):
-    """The TL;DR ScalarModel convention (harness/reward_heads.py) as critic: adapters on its backbone only."""
+    """The TL;DR ScalarModel convention (harness/core/reward_heads.py) as critic: adapters on its backbone only."""
     from transformers import AutoModel, GPTNeoXConfig
 
-    from harness.reward_heads import ScalarRewardModel
+    from harness.core.reward_heads import ScalarRewardModel
 
     config = GPTNeoXConfig(vocab_size=64, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=2,
                            intermediate_size=64)
@@ -127,7 +128,7 @@ def test_lora_critic_on_a_scalar_model_reward_head(tiny_test_models):
 def test_lora_critic_checkpoint_round_trip(neox, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from harness.checkpoint import load_weights, save_weights
+    from harness.core.checkpoint import load_weights, save_weights
 
     critic = add_critic_lora(AutoModelForSequenceClassification.from_pretrained(neox[1]), LoraSettings(r=4, alpha=8))
     saved = {n: p.detach().clone() for n, p in critic.named_parameters()}
@@ -188,7 +189,7 @@ def test_positions_shifted_by_left_padding_change_nothing_under_rotary_embedding
     are masked out, so both give the same logits at every real token up to float rounding."""
     from transformers import AutoModelForCausalLM
 
-    from harness.scoring import forward_inputs
+    from harness.core.scoring import forward_inputs
 
     _, tiny, _ = tiny_test_models
     policy_dir, _, _ = _save_stand_ins(tmp_path, tiny.tokenizer, arch)

@@ -1,5 +1,5 @@
-"""harness/objective.py against hand computations, the exact KL of a small categorical distribution, and the
-micro-batch and data-parallel invariance that harness/train.py's gradient accumulation needs (no model involved).
+"""harness/core/objective.py against hand computations, the exact KL of a small categorical distribution, and the
+micro-batch and data-parallel invariance that harness/core/train.py's gradient accumulation needs (no model involved).
 The rank-aware path runs each rank in a thread whose `sum_over_ranks` is an all-reduce among the threads (a
 simulated process group); tests/test_invariance.py runs a real 2-process one."""
 import math
@@ -8,7 +8,7 @@ import threading
 import pytest
 import torch
 
-from harness.objective import (AGGREGATIONS, aggregate, batch_mean_var, check_choice, clipped_surrogate,
+from harness.core.objective import (AGGREGATIONS, aggregate, batch_mean_var, check_choice, clipped_surrogate,
                                count_share, gae, group_advantages, kl_loss, kl_per_token, local, masked_mean,
                                masked_token_mean, max_over_ranks, reward_to_go, scope, sum_norm_length, token_share,
                                whiten)
@@ -116,7 +116,7 @@ def test_aggregation_normalisers_by_hand():
         aggregate(LOSS, MASK, "sum")
 
 
-# --- micro-batch invariance under harness/train.py's accumulation ----------------------------------------------------
+# --- micro-batch invariance under harness/core/train.py's accumulation ----------------------------------------------------
 # train.py, per minibatch `mb` (prompt indices): for part in mb.split(micro): (loss(part) * len(part) / len(mb))
 # .backward(); one step. Each micro-batch's loss is weighted by its share of the minibatch's PROMPTS.
 
@@ -180,7 +180,7 @@ def test_token_mean_needs_the_batch_normaliser_under_train_py_accumulation(micro
     assert math.isclose(acc, whole, rel_tol=1e-5) and torch.allclose(acc_grad, grad, atol=1e-6)
 
 
-# --- data parallelism: each rank holds a shard; gradients are averaged over ranks (harness/distributed.py) ----------
+# --- data parallelism: each rank holds a shard; gradients are averaged over ranks (harness/core/distributed.py) ----------
 
 def on_ranks(world: int, work):
     """work(rank, sum_over_ranks) run by `world` threads whose sum_over_ranks is an all-reduce among them (sums in
@@ -225,7 +225,7 @@ SHARDS = [torch.arange(0, 2), torch.arange(2, P)]  # uneven: 2 and 4 prompts
 def test_every_aggregation_is_invariant_to_two_data_parallel_ranks(mode):
     x, adv, mask = _data()
     whole, grad = _whole(x, adv, mask, mode, token_share(mask) if mode == "token_mean" else None)
-    shards = [torch.arange(0, 3), torch.arange(3, P)]  # equal shards (harness/distributed.py splits evenly)
+    shards = [torch.arange(0, 3), torch.arange(3, P)]  # equal shards (harness/core/distributed.py splits evenly)
     shares = on_ranks(2, lambda r, reduce: token_share(mask[shards[r]], reduce))
     assert torch.allclose(sum(share.sum() for share in shares), mask.sum().float())  # the batch's token count
     theta = x.clone().requires_grad_()

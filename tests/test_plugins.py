@@ -9,7 +9,7 @@ import pytest
 from evals import suites
 from harness import tasks
 from harness.cli import main
-from harness.store import read_jsonl
+from harness.core.store import read_jsonl
 
 ENTRY_POINTS = """[harness.tasks]
 echo = tests.plugins.echo_task

@@ -1,13 +1,13 @@
-"""The precision policy (harness/precision.py): fp32 master weights under bf16 compute train like fp32; bf16 weights
+"""The precision policy (harness/core/precision.py): fp32 master weights under bf16 compute train like fp32; bf16 weights
 under AdamW do not move; the start-up probe decides bf16 compute only where the hardware runs it natively."""
 import time
 
 import pytest
 import torch
 
-import harness.precision as precision
-from harness.config import resolve
-from harness.precision import Precision, resolve_precision
+import harness.core.precision as precision
+from harness.app.config import resolve
+from harness.core.precision import Precision, resolve_precision
 
 
 @pytest.fixture

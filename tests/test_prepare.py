@@ -7,12 +7,12 @@ import json
 
 import pytest
 
-from harness import assets
-from harness.app import catalogue
+from harness.core import assets
+from harness.app import catalogue, fetch
 from harness.cli import main
-from harness.config import resolve
-from harness.errors import UserError
-from harness.store import read_json, write_json
+from harness.app.config import resolve
+from harness.core.errors import UserError
+from harness.core.store import read_json, write_json
 from tests.evals.test_offline import cache_dataset
 
 SFT = "cleanrl/summarize_from_feedback_tldr_3_filtered_oai_preprocessing_1704563162"  # the presets' task.dataset
@@ -162,9 +162,9 @@ def test_prepare_fetches_with_the_libraries_calls_and_writes_a_manifest(empty_ca
     hub, data = str(out / "hub"), str(out / "datasets")
     assert fake_hub.calls == [
         ("snapshot_download", "vwxyzjn/EleutherAI_pythia-2.8b-deduped__sft__tldr",
-         {"cache_dir": hub, "ignore_patterns": assets.SKIP_WEIGHTS}),
+         {"cache_dir": hub, "ignore_patterns": fetch.SKIP_WEIGHTS}),
         ("snapshot_download", "vwxyzjn/EleutherAI_pythia-2.8b-deduped__reward__tldr",
-         {"cache_dir": hub, "ignore_patterns": assets.SKIP_WEIGHTS}),
+         {"cache_dir": hub, "ignore_patterns": fetch.SKIP_WEIGHTS}),
         ("load_dataset", SFT, {"name": None, "cache_dir": data}),
         ("load_dataset", PREF, {"name": None, "cache_dir": data}),
         ("hf_hub_download", "tatsu-lab/alpaca_eval", {"filename": "alpaca_eval_gpt4_baseline.json",
@@ -198,7 +198,7 @@ def test_a_split_the_hub_lacks_is_one_line(empty_caches, fake_hub, tmp_path):
     asset = assets.Asset("data", "dataset", "allenai/ai2_arc", config="ARC-Challenge", splits=("dev",))
     with pytest.raises(UserError, match=r"allenai/ai2_arc\[ARC-Challenge\] \(dev\): the hub data set has no split "
                                         r"'dev' \(it has: train, validation, test\)"):
-        assets.fetch(asset, assets.Caches.under(tmp_path / "dl"))
+        fetch.fetch(asset, assets.Caches.under(tmp_path / "dl"))
 
 
 def test_prepare_reads_a_run_directory(empty_caches, tmp_path, capsys):

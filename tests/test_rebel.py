@@ -2,7 +2,7 @@ import torch
 
 from algorithms.base import make
 from algorithms.rebel import rebel_loss
-from harness.batch import Batch, PolicyOutput
+from harness.core.batch import Batch, PolicyOutput
 
 
 def test_rebel_loss_matches_hand_computation():

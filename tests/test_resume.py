@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from algorithms.base import make
-from harness import checkpoint
-from harness.config import resolve
-from harness.distributed import Runtime
-from harness.errors import UserError
-from harness.experience import Budget
+from harness.core import checkpoint
+from harness.app.config import resolve
+from harness.core.distributed import Runtime
+from harness.core.errors import UserError
+from harness.core.experience import Budget
 from harness.app.runner import run
-from harness.store import read_json, read_jsonl, write_json
-from harness.train import Trainer
+from harness.core.store import read_json, read_jsonl, write_json
+from harness.core.train import Trainer
 
 EVAL = ("rm_score", "kl", "kl_exact", "gold_reward", "win_rate", "response_length")
 TRAIN = ("loss", "score", "kl", "reward", "gold", "lr", "prompts", "responses", "optimizer_steps")
@@ -108,7 +108,7 @@ def test_crashed_run_resumes_critic_and_optimizer_state(algo, tiny_test_models, 
 
 def test_nan_reward_stops_with_a_message_and_keeps_the_last_good_checkpoint(tiny_test_models, harness_cache,
                                                                              tmp_path, monkeypatch):
-    import harness.experience as experience
+    import harness.core.experience as experience
 
     real = experience.reward_scores
     calls = {"n": 0}

@@ -6,9 +6,9 @@ import sys
 import pytest
 
 from harness.cli import main
-from harness.config import resolve
+from harness.app.config import resolve
 from harness.app.runner import run
-from harness.store import read_jsonl
+from harness.core.store import read_jsonl
 
 SUMMARY_KEYS = {"run_id", "status", "algorithm", "algorithm_config", "task", "data_source", "preset", "seed",
                 "config_hash", "code_version", "eval", "sft", "budget", "comparison_key"}
@@ -76,13 +76,13 @@ def test_first_update_starts_from_ratio_one(tiny_test_models):
     import torch
 
     from algorithms.base import make
-    from harness.experience import Budget
-    from harness.train import Trainer
+    from harness.core.experience import Budget
+    from harness.core.train import Trainer
 
     cfg, models, data = tiny_test_models
     trainer = Trainer(cfg, make("rebel"), models, data.sft_train, Budget())
     batch = trainer.collect(trainer.next_prompts())
-    from harness.experience import policy_output
+    from harness.core.experience import policy_output
 
     with torch.no_grad():
         new = policy_output(models, batch, trainer.temperature)

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from algorithms.base import make
-from harness.config import preset_names, resolve
-from harness.errors import UserError
-from harness.experience import Budget
-from harness.models import load_models
+from harness.app.config import preset_names, resolve
+from harness.core.errors import UserError
+from harness.core.experience import Budget
+from harness.core.models import load_models
 from harness.tasks import resolve_paths
 from harness.app.plan import dry_run
 from harness.tasks.tldr import load_task
-from harness.train import Trainer
+from harness.core.train import Trainer
 
 PAPER_PRESETS = ["tldr-pythia-1.4b", "tldr-pythia-2.8b", "tldr-pythia-6.9b", "chat-llama3-8b-ultrafeedback",
                  "chat-openchat-3.5-nectar"]
@@ -95,8 +95,8 @@ def test_scalar_model_reward_head_convention(tmp_path, tiny_test_models):
     from safetensors.torch import save_file
     from transformers import AutoModel
 
-    from harness.models import load_reward_model
-    from harness.scoring import reward_scores
+    from harness.core.models import load_reward_model
+    from harness.core.scoring import reward_scores
 
     _, tiny, data = tiny_test_models
     tok = tiny.tokenizer
@@ -165,7 +165,7 @@ def test_chat_head_training_follows_the_authors_rule():
     (otherwise the input embeddings would train too)."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from harness.models import train_only_last_layers
+    from harness.core.models import train_only_last_layers
 
     assert resolve("chat-llama3-8b-ultrafeedback").model.train_head
     for tied in (False, True):
@@ -242,7 +242,7 @@ def test_ultrafeedback_dry_run_prints_its_reward_scale_and_refuses_the_mixed_set
     by a median of 1.0 on the data's pairs): it says the scale and why, measures it on the data's own pairs, and
     is not ready at 1/1000."""
     from harness.app.reward_scale import measure
-    from harness.models import load_reward_model
+    from harness.core.models import load_reward_model
 
     _, tiny, _ = tiny_test_models
     tok = __import__("copy").deepcopy(tiny.tokenizer)

@@ -2,8 +2,8 @@ import math
 
 import torch
 
-from harness.rollout import truncate_after_eos
-from harness.scoring import (MISSING_EOS_SCORE, exact_kl, kl_penalised_reward, reward_scores, sequence_kl,
+from harness.core.rollout import truncate_after_eos
+from harness.core.scoring import (MISSING_EOS_SCORE, exact_kl, kl_penalised_reward, reward_scores, sequence_kl,
                              sequence_logprobs)
 from tests.helpers import BigramLM, ConstantRewardModel
 

@@ -1,20 +1,20 @@
 """`harness build-start` end to end on a local GPT-NeoX stand-in: SFT and reward model through TRL's trainers,
-the bias that centres the references, loading through harness.models, and the one-line refusals offline."""
+the bias that centres the references, loading through harness.core.models, and the one-line refusals offline."""
 import math
 
 import pytest
 import torch
 
 from harness.cli import main
-from harness.config import ModelSettings
-from harness.models import load_models, load_tokenizer
-from harness.scoring import reward_scores
+from harness.core.settings import ModelSettings
+from harness.core.models import load_models, load_tokenizer
+from harness.core.scoring import reward_scores
 from harness.app.starting_point import (StartSettings, build, preference_dataset, settings_for, sft_args, sft_dataset,
                                      sft_trainer, use_line)
 from harness.tasks import synthetic
 from harness.tasks.tldr import example_from_row
-from harness.examples import TaskData
-from harness.tokens import encode_responses, left_pad
+from harness.core.examples import TaskData
+from harness.core.tokens import encode_responses, left_pad
 
 EOS = "<|endoftext|>"
 

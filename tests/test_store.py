@@ -1,6 +1,6 @@
 import json
 
-from harness.store import RunDir, append_jsonl, read_jsonl, write_json
+from harness.core.store import RunDir, append_jsonl, read_jsonl, write_json
 
 
 def test_truncated_last_line_is_reported_not_raised(tmp_path):
@@ -25,7 +25,7 @@ def test_atomic_write_leaves_no_temp_files_and_replaces(tmp_path):
 
 
 def test_a_restart_drops_a_torn_line_and_stale_lines_and_keeps_them_aside(tmp_path):
-    from harness.store import RunDir, read_jsonl
+    from harness.core.store import RunDir, read_jsonl
 
     run = RunDir(tmp_path / "r")
     run.create({"config_hash": "h"})
@@ -46,7 +46,7 @@ def test_a_restart_drops_a_torn_line_and_stale_lines_and_keeps_them_aside(tmp_pa
 def test_code_fingerprint_follows_the_code_not_its_docstrings_or_comments(tmp_path, monkeypatch):
     import sys
 
-    from harness.store import code_fingerprint
+    from harness.core.store import code_fingerprint
 
     def double(x):
         return 2 * x

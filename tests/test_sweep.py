@@ -3,7 +3,7 @@ import json
 import pytest
 import yaml
 
-from harness.errors import UserError
+from harness.core.errors import UserError
 from harness.app.sweep import Job, expand, load_spec, run_sweep
 
 

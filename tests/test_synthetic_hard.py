@@ -3,9 +3,10 @@
 preset. Kept fast: small generated splits, and one test-size build in a temporary cache."""
 import pytest
 
-from harness.config import TinyRecipe, preset_names, resolve
-from harness.errors import UserError
-from harness.store import config_hash
+from harness.core.settings import TinyRecipe
+from harness.app.config import preset_names, resolve
+from harness.core.errors import UserError
+from harness.core.store import config_hash
 from harness.tasks import synthetic, tldr
 from harness.tasks.synthetic import Facts, gold_reward
 
@@ -115,7 +116,7 @@ def test_hard_candidates_name_wrong_facts_and_references_never_do():
 def test_build_keys_are_the_recipe_the_data_and_the_code(monkeypatch):
     """A standard recipe dumps as it did before `posts` existed; the key is that dump, the data version and the
     code that builds (issue 34: a changed build function is another build, never a stale cached one)."""
-    from harness.store import code_fingerprint
+    from harness.core.store import code_fingerprint
     from harness.tasks import arith_tiny, tiny as tiny_build
     from harness.tasks.tiny import BUILD_CODE, BUILD_VERSION, recipe_key
 

@@ -2,11 +2,11 @@ import json
 
 import pytest
 
-from harness.errors import UserError
+from harness.core.errors import UserError
 from harness.tasks import synthetic
 from harness.tasks.tldr import export_synthetic, load_task, resolve_source
 from harness.tasks.tldr_prompt import TldrExample
-from harness.examples import Example, TaskData
+from harness.core.examples import TaskData
 
 
 class WordTokenizer:
@@ -144,7 +144,7 @@ def toy_data(test: int = 50, validation: int = 50) -> TaskData:
 
 
 def test_eval_prompts_are_a_seeded_random_subset_of_the_test_split():
-    from harness.examples import eval_examples, eval_indices
+    from harness.core.examples import eval_examples, eval_indices
 
     data = toy_data()
     a, b, c = (eval_examples(data, 10, seed=s) for s in (0, 0, 1))
@@ -168,16 +168,16 @@ def test_eval_selection_is_the_same_in_another_process():
     import subprocess
     import sys
 
-    from harness.examples import eval_indices
+    from harness.core.examples import eval_indices
 
-    code = "from harness.examples import eval_indices; print(eval_indices(6553, 600, 3))"
+    code = "from harness.core.examples import eval_indices; print(eval_indices(6553, 600, 3))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONHASHSEED": "12345"}).stdout
     assert json.loads(out) == eval_indices(6553, 600, 3)
 
 
 def test_without_a_test_split_evaluation_falls_back_to_validation_and_says_so(tmp_path):
-    from harness.examples import eval_examples
+    from harness.core.examples import eval_examples
 
     data = toy_data(test=0)
     assert eval_examples(data, 5, seed=2) == eval_examples(data, 5, split="validation", seed=2)

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from harness.errors import UserError
-from harness.trackers import Trackers, flat_config, scalars, tracker_names
+from harness.core.errors import UserError
+from harness.app.trackers import Trackers, flat_config, scalars, tracker_names
 
 SECRET = "sk-abcdefghijklmnop1234"
 CONFIG = {"train": {"lr": 3e-5, "max_new_tokens": 8}, "eval": {"judge_api_key": "plain-text-key", "judge": "gold",
@@ -65,7 +65,7 @@ def test_wandb_offline_run_directory(tmp_path, monkeypatch):
 
 
 def test_run_sends_its_metrics_lines_to_tensorboard(tiny_test_models, harness_cache, tmp_path):
-    from harness.config import resolve
+    from harness.app.config import resolve
     from harness.app.runner import run
 
     cfg = resolve("tiny-test", {"algo": "reinforce", "output_dir": str(tmp_path), "run_id": "tb",

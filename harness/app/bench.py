@@ -9,7 +9,7 @@ so that a drift in the machine's load does not favour either side.
 Identical work: both contenders compute in float32 without autocast (TRL's configs default to bf16=True, an
 emulated 100x-slower path on AVX2-only CPUs), with the same thread count, and with activation checkpointing off
 or on for both (`checkpointing`); every such setting is read back from each contender and stored under
-`work_settings` in bench.json. Efficiency (harness/efficiency.py, docs/bench.md): tokens/s, MFU and the decode
+`work_settings` in bench.json. Efficiency (harness/app/efficiency.py, docs/bench.md): tokens/s, MFU and the decode
 bandwidth bound per phase, against the matmul peak and bandwidth measured in this process.
 Memory: `peak_memory_mb` is the peak of live tensor bytes recorded by torch.profiler (profile_memory) from before a
 contender loads its models through its warm-up iterations (the second one has the optimizer state alive): models,
@@ -31,14 +31,14 @@ from pathlib import Path
 import torch
 
 from algorithms.base import make, names
-from harness.config import RunConfig
-from harness.efficiency import PeakRss, PhaseCounter, TensorPeak, efficiency, machine_peaks, our_phases
-from harness.experience import Budget, encode_queries
-from harness.models import load_models, load_reward_model, load_tokenizer
+from harness.app.config import RunConfig
+from harness.app.efficiency import PeakRss, PhaseCounter, TensorPeak, efficiency, machine_peaks, our_phases
+from harness.core.experience import Budget, encode_queries
+from harness.core.models import load_models, load_reward_model, load_tokenizer
 from harness.tasks import resolve_paths
-from harness.store import write_json
-from harness.examples import Example
-from harness.train import Trainer, data_order
+from harness.core.store import write_json
+from harness.core.examples import Example
+from harness.core.train import Trainer, data_order
 
 PHASES = ("generation_s", "scoring_s", "update_s")
 MEMORY_METHOD = ("peak_memory_mb: peak of live tensor bytes (torch.profiler memory events, allocations minus frees) "

@@ -1,12 +1,12 @@
 """Which hub models and data sets a run or an evaluation needs (the catalogue), and the preflight that checks they
-are here before anything loads; where an asset is and how it is fetched is harness/assets.py."""
+are here before anything loads; where an asset is and how it is fetched is harness/core/assets.py."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable
 
-from harness.assets import Asset, model_asset, prepare_command, require
-from harness.errors import UserError
+from harness.core.assets import Asset, model_asset, prepare_command, require
+from harness.core.errors import UserError
 
 __all__ = ["for_config", "preflight_run", "run_command_for", "suite_data"]
 
@@ -36,7 +36,7 @@ def suite_data(suite, cfg=None) -> list[Asset]:
     """The hub data of the tasks a task suite evaluates (`harness prepare --suite NAME`): a config's own data set
     names for its task, the tasks' defaults otherwise."""
     from harness import tasks
-    from harness.config import TaskSettings
+    from harness.core.settings import TaskSettings
 
     out: list[Asset] = []
     for name in tasks.names():
@@ -49,7 +49,7 @@ def suite_data(suite, cfg=None) -> list[Asset]:
 
 def run_command_for(cfg) -> str:
     """The prepare command for a run config: its preset, plus --set for the model and data keys the run changed."""
-    from harness.config import resolve
+    from harness.app.config import resolve
 
     try:
         base = resolve(cfg.preset)

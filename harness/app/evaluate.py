@@ -14,8 +14,8 @@ from typing import Callable
 
 from evals import suites
 from evals.suites import Target
-from harness.errors import UserError, invalid
-from harness.store import is_run_dir, read_json, write_json, write_jsonl
+from harness.core.errors import UserError, invalid
+from harness.core.store import is_run_dir, read_json, write_json, write_jsonl
 
 RUN_CONFIG_EXTRAS = ("config_hash", "code_version", "model_origin")  # written by the runner beside the RunConfig
 DEFAULT_OUT_ROOT = Path("results") / "evals"
@@ -72,7 +72,7 @@ def run_config(run_dir: Path):
     """(RunConfig, model_origin) of a run, rebuilt from its config.json."""
     from pydantic import ValidationError
 
-    from harness.config import RunConfig
+    from harness.app.config import RunConfig
 
     try:
         saved = read_json(run_dir / "config.json")
@@ -96,11 +96,11 @@ def _settings(cfg, **update):
 
 
 def load_eval_models(settings, policy_path: str | None, log: Callable = print, needs_reward_model: bool = True):
-    """The run's reference, reward model and tokenizer through harness.models.load_models (`settings` name the
+    """The run's reference, reward model and tokenizer through harness.core.models.load_models (`settings` name the
     reference policy), with the policy replaced by the one at `policy_path`. Loading the checkpoint as
     `settings.policy` instead would make the frozen reference a copy of the trained policy (KL = 0).
     needs_reward_model False: a task with a checker, which loads none."""
-    from harness.models import load_models, load_policy
+    from harness.core.models import load_models, load_policy
     from harness.tasks import resolve_paths
 
     models = load_models(settings, resolve_paths(settings, log=log, needs_reward_model=needs_reward_model))
@@ -206,7 +206,7 @@ def _override_eval(cfg, **values) -> None:
 def _check_assets(target: Target, settings, data_assets: list, preset: str | None, log: Callable,
                   suites: tuple[str, ...] = (), sets: tuple[str, ...] = ()) -> None:
     """One line naming a missing model or data set of the evaluation and the `harness prepare` command for it."""
-    from harness import assets
+    from harness.core import assets
 
     need = assets.model_asset("policy", target.model) + assets.model_asset("reference", settings.policy) + \
         assets.model_asset("reward model", settings.reward_model) + \
@@ -241,7 +241,7 @@ def _model_config(suite: suites.TaskSuite, task: str | None, source: str | None,
     task when the suite evaluates it, else the suite's default task). Without `source`, the preset's data source when the preset is for `task`, else the
     task's `auto` (gsm8k: the hub; the arith preset's `synthetic` would not name gsm8k rows)."""
     from harness import tasks
-    from harness.config import resolve
+    from harness.app.config import resolve
 
     own = _tasks_of(suite.name)
     if task is None and preset is not None and resolve(preset).task.name in own:

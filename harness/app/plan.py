@@ -3,7 +3,7 @@
 Nothing is trained or downloaded. Parameter counts are exact when the model's config.json is local (a directory or
 the Hugging Face cache): the model is instantiated on the meta device (no memory) and LoRA applied to it by the run's
 own builder; otherwise they come from the preset's `model.size_hint` and, for a Pythia model, its public shape, and
-the plan says "estimated". The memory plan follows harness/precision.py: trained weights fp32 with fp32 gradients
+the plan says "estimated". The memory plan follows harness/core/precision.py: trained weights fp32 with fp32 gradients
 and AdamW states, frozen models at the frozen dtype, both as resolved on this machine.
 """
 from __future__ import annotations
@@ -17,10 +17,10 @@ import torch
 
 from algorithms.base import make
 from harness.app.reward_scale import add_to_plan as add_reward_scale
-from harness.config import RunConfig
-from harness.models import lora_config, train_only_last_layers
-from harness.precision import Precision, resolve_precision
-from harness.reward_heads import _local_config
+from harness.app.config import RunConfig
+from harness.core.models import lora_config, train_only_last_layers
+from harness.core.precision import Precision, resolve_precision
+from harness.core.reward_heads import _local_config
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -135,7 +135,7 @@ def estimate_memory_gb(trainable: int, frozen_bytes: dict[str, float], activatio
 
 
 def memory_plan(counts: Counts, cfg: RunConfig, algo, precision: Precision, reward_model: bool = True) -> dict:
-    """The parts that follow from the precision policy (harness/models.py loads exactly these): the reward model
+    """The parts that follow from the precision policy (harness/core/models.py loads exactly these): the reward model
     (none for a task scored by its checker), and a critic, assumed the policy's size."""
     frozen = BYTES[precision.frozen_name]
     lora, total, trainable = cfg.model.lora is not None, counts.total, counts.trainable
@@ -161,7 +161,7 @@ def dry_run(cfg: RunConfig) -> Plan:
     task = tasks.get(cfg.task.name)
     wanted = task.hub_data(cfg.task)
     if wanted:
-        from harness.assets import hub_reachable, locate
+        from harness.core.assets import hub_reachable, locate
 
         cached = all(locate(a) is not None for a in wanted)
         ok = cached or hub_reachable(wanted[0].name)

@@ -8,39 +8,13 @@ harness/commands/report.py holds the options. Conventions are in docs/report.md.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.app.report_output import render_terminal, write
-from harness.errors import UserError
-from harness.experience import Budget
+from harness.app.report_output import Options, Section, render_terminal, write
+from harness.core.errors import UserError
+from harness.core.experience import Budget
 
 BUDGET_CHOICES = Budget.COUNTERS
-
-
-@dataclass
-class Options:
-    out: Path
-    budget_metric: str | None = None
-    budget: float | None = None
-    level: float = 0.95
-    poi_metric: str = "win_rate"
-    x_metric: str = "prompts"
-    bench: Path | None = None
-    reps: int = 2000
-    seed: int = 0
-    plots: bool = True
-    test: str = "sign-flip"  # the pairwise verdicts' test (evals.compare.TESTS)
-    verdict_family: list[str] | None = None  # row labels whose pairs the verdicts test; None = every row
-
-
-@dataclass
-class Section:
-    """One comparison group: its tables, figures and notes."""
-    heading: str
-    tables: list = field(default_factory=list)
-    figures: list = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
 
 def task_suites() -> list:
@@ -206,7 +180,7 @@ def _slug(s: str) -> str:
 def build(paths: list[Path], opts: Options) -> tuple[list[Section], list, list[str]]:
     """All sections of the report, the skipped runs/files and general notes. Raises UserError when nothing is
     usable; never raises on a bad run (it is listed as skipped)."""
-    from evals import plots
+    from evals import plots, tables
     from evals.runs import comparison_groups, group_difference, load_runs, row_labels
     runs, skipped = load_runs(paths)
     notes = [n for r in runs for n in r.notes]
@@ -232,7 +206,9 @@ def build(paths: list[Path], opts: Options) -> tuple[list[Section], list, list[s
         labels = row_labels(members)
         obs = _observations(members, opts, skipped, sec.notes)
         suite = group_suite(members)  # its Table 1: TL;DR's win rate and RM score, a math task's pass@k, ...
-        table, obs = suite.main_table(members, labels, obs, key, opts, suffix, budget_note, sec.notes)
+        own = suite.main_table(members, labels, obs, key, opts, suffix, budget_note, sec.notes)
+        table, obs = own or (tables.metric_table(suite, members, labels, obs, str(key.get("task")), opts.level,
+                                                 opts.reps, opts.seed, suite.name + suffix, budget_note), obs)
         sec.tables.append(table)
         sec.tables += _suite_tables(members, labels, opts, suffix, sec.notes, quiet=not suite.model_suite_tables)
         matched_tables, matched = _matched_kl_tables(members, labels, obs, opts, suffix, sec.notes, matched_note)
@@ -309,7 +285,7 @@ def report(paths: list[Path] | None, out: Path | None = None, budget_metric: str
         raise UserError(f"--level must be between 0 and 1 (e.g. 0.95), not {level}")
     if reps < 10:
         raise UserError("--reps must be at least 10")
-    from harness.store import is_run_dir
+    from harness.core.store import is_run_dir
     default_out = inputs[0] / "report" if len(inputs) == 1 and not is_run_dir(inputs[0]) else Path("report")
     family = [f.strip() for f in verdict_family or [] if f.strip()]
     if verdict_family is not None and len(set(family)) < 2:

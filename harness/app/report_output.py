@@ -8,11 +8,33 @@ import html
 import io
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from harness.app.report import Options, Section
+
+@dataclass
+class Options:
+    out: Path
+    budget_metric: str | None = None
+    budget: float | None = None
+    level: float = 0.95
+    poi_metric: str = "win_rate"
+    x_metric: str = "prompts"
+    bench: Path | None = None
+    reps: int = 2000
+    seed: int = 0
+    plots: bool = True
+    test: str = "sign-flip"  # the pairwise verdicts' test (evals.compare.TESTS)
+    verdict_family: list[str] | None = None  # row labels whose pairs the verdicts test; None = every row
+
+
+@dataclass
+class Section:
+    """One comparison group: its tables, figures and notes."""
+    heading: str
+    tables: list = field(default_factory=list)
+    figures: list = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def _nan_to_none(x):

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from harness.config import RunConfig
-from harness.scoring import ScoreRule, reward_scores
+from harness.app.config import RunConfig
+from harness.core.scoring import ScoreRule, reward_scores
 
 # reward model -> (the scale its source used, where that comes from)
 KNOWN_SCALES: dict[str, tuple[float, str]] = {
@@ -100,8 +100,8 @@ def check_scores(chosen: Tensor, rejected: Tensor, scale: float, kl_coef: float,
 def measure(reward_model, tokenizer, examples: list, cfg: RunConfig, n: int = HANDFUL) -> ScaleCheck | None:
     """Score the chosen and rejected responses of the first `n` preference pairs with the run's reward model at the
     run's scale (raw scores: no missing-EOS replacement), then `check_scores`. None without pairs."""
-    from harness.experience import encode_queries
-    from harness.tokens import encode_responses
+    from harness.core.experience import encode_queries
+    from harness.core.tokens import encode_responses
 
     pairs = [ex for ex in examples if ex.chosen and ex.rejected][:n]
     if not pairs:
@@ -132,14 +132,14 @@ def known_scale(cfg: RunConfig) -> tuple[str, str | None]:
 
 def _generated_or_local(task_name: str, source: str) -> bool:
     """A local directory, or a source the task generates offline (its registered `offline_sources`; before tasks
-    declared them, the synthetic sources of harness.config). `auto` is not: it may read the hub."""
+    declared them, the synthetic sources of harness.app.config). `auto` is not: it may read the hub."""
     if Path(source).is_dir():
         return True
     from harness import tasks
 
     offline = getattr(tasks.get(task_name), "offline_sources", None)
     if offline is None:
-        from harness import config
+        from harness.app import config
 
         offline = tuple(getattr(config, "SYNTHETIC_SOURCES", ()))
     return source in offline and source != "auto"
@@ -152,7 +152,7 @@ def _local_inputs(cfg: RunConfig):
     if not _generated_or_local(cfg.task.name, source):
         return None, None, f"task.source {source} is not on this machine (a local directory or a stand-in is)"
     if cfg.model.policy == "builtin:tiny":
-        from harness.store import cache_root
+        from harness.core.store import cache_root
         from harness.tasks.tiny import recipe_key
 
         built = cache_root(cfg.model.cache_dir) / f"tiny-{recipe_key(cfg.model.tiny)}"
@@ -183,7 +183,7 @@ def add_to_plan(cfg: RunConfig, plan) -> None:
         return
     try:
         from harness import tasks
-        from harness.models import load_reward_model, load_tokenizer
+        from harness.core.models import load_reward_model, load_tokenizer
 
         _, data = tasks.load(cfg.task.name, cfg.task.source, cfg.task.dataset, cfg.task.preference_dataset)
         tokenizer = load_tokenizer(tok_path)

@@ -16,21 +16,22 @@ from rich.table import Table
 from algorithms.base import Algorithm, make
 from evals import suites
 from evals.tldr import KL_DEFINITION
-from harness.config import TABLE_SECTIONS, RunConfig, changed_settings
-from harness.contract import PREFERENCE_PAIRS
-from harness.errors import UserError
-from harness.experience import Budget
+from harness.app.config import TABLE_SECTIONS, RunConfig, changed_settings
+from harness.core.contract import PREFERENCE_PAIRS
+from harness.core.errors import UserError
+from harness.core.experience import Budget
 from harness.app.catalogue import preflight_run
-from harness.models import Models, load_models, peak_memory_mb
+from harness.core.models import Models, load_models, peak_memory_mb
 from harness.tasks.checked_pairs import cached_pairs
 from harness.tasks import resolve_paths
-from harness.store import RunDir, code_version, config_hash, read_json, writable_cache_root, write_json, write_jsonl
-from harness import checkpoint, tasks
-from harness.distributed import Runtime
-from harness.examples import TaskData
-from harness.store import cache_root, code_fingerprint
-from harness.trackers import open_trackers
-from harness.train import Trainer, TrainingDiverged, score_rule, training_examples
+from harness.core.store import RunDir, code_version, config_hash, read_json, writable_cache_root, write_json, write_jsonl
+from harness.core import checkpoint
+from harness import tasks
+from harness.core.distributed import Runtime
+from harness.core.examples import TaskData
+from harness.core.store import cache_root, code_fingerprint
+from harness.app.trackers import open_trackers
+from harness.core.train import Trainer, TrainingDiverged, score_rule, training_examples
 
 def suite_of(cfg: RunConfig) -> suites.TaskSuite:
     """The evaluation suite of the run's task (Task.suite)."""
@@ -40,7 +41,7 @@ def suite_of(cfg: RunConfig) -> suites.TaskSuite:
 def held_out(cfg: RunConfig, data: TaskData) -> list:
     """The evaluation prompts: a seeded random subset of `eval.prompts` rows of the held-out split (the paper: 600
     random test prompts), the same for every optimizer and seed; `eval.selection=first` takes the first rows."""
-    from harness.examples import eval_examples
+    from harness.core.examples import eval_examples
 
     return eval_examples(data, cfg.eval.prompts, split=cfg.eval.split, selection=cfg.eval.selection,
                          seed=cfg.eval.selection_seed)
@@ -95,8 +96,8 @@ def evaluate(cfg: RunConfig, models: Models, data: TaskData, judge, policy=None,
 
 
 # the modules whose code computes an SFT baseline's numbers, part of its cache key (harness/store.code_fingerprint)
-BASELINE_CODE = ("evals.tldr", "evals.math", "evals.pass_at_k", "evals.gold_judge", "harness.scoring",
-                 "harness.rollout", "harness.tasks.verifier", "harness.examples:eval_examples")
+BASELINE_CODE = ("evals.tldr", "evals.math", "evals.pass_at_k", "evals.gold_judge", "harness.core.scoring",
+                 "harness.core.rollout", "harness.tasks.verifier", "harness.core.examples:eval_examples")
 
 
 def sft_baseline(cfg: RunConfig, models: Models, data: TaskData, judge, console: Console,

@@ -15,7 +15,7 @@ Where the cost stops being overhead: per contender, the slope of log seconds aga
 near 0 the cost is a fixed overhead, near 1 it is proportional to the work - the local slope between neighbouring
 points, a fit of seconds = fixed + per-unit x size whose crossover (fixed = per-unit x size) names the size where the
 proportional part takes over, and the share of the measured time that the model FLOPs would take at the matmul peak
-measured in the process (harness/efficiency.py: 2N (forward) or 6N (forward + backward) FLOPs per token).
+measured in the process (harness/app/efficiency.py: 2N (forward) or 6N (forward + backward) FLOPs per token).
 """
 from __future__ import annotations
 
@@ -31,11 +31,11 @@ import torch
 
 from algorithms.base import make
 from harness.app.bench import (PHASES, TRL_PAIRS, _combine, _version, bench_ours, bench_trl, quiet_libraries)
-from harness.config import RunConfig
-from harness.efficiency import PeakRss, machine_peaks, matmul_parameters
-from harness.errors import UserError
-from harness.models import load_tokenizer
-from harness.store import read_json, write_json
+from harness.app.config import RunConfig
+from harness.app.efficiency import PeakRss, machine_peaks, matmul_parameters
+from harness.core.errors import UserError
+from harness.core.models import load_tokenizer
+from harness.core.store import read_json, write_json
 
 PRESET_SIZE = "tiny"  # the preset's own trained models
 NAMED_SIZES = {"5m": (256, 6), "20m": (512, 6)}  # (hidden size, layers): ~5M and ~20M parameters with the tiny vocab

@@ -8,8 +8,8 @@ vwxyzjn/summarize_from_feedback_details); docs/starting_point.md lists every set
 - RM: the SFT model + a scalar head (init N(0, 1/(H+1))) read at the last real token (EOS), loss
   -log sigmoid(r_chosen - r_rejected) on the preference train split (the authors' first 92,832 rows), same optimizer
   settings; afterwards the bias is the mean raw score of the SFT-train references, so references average 0.
-Saved as a Hugging Face sequence classifier with `config.reward_bias`, the convention harness.scoring.reward_scores
-subtracts (harness/reward_heads.py), in safetensors, beside the tokenizer (with its added [PAD]).
+Saved as a Hugging Face sequence classifier with `config.reward_bias`, the convention harness.core.scoring.reward_scores
+subtracts (harness/core/reward_heads.py), in safetensors, beside the tokenizer (with its added [PAD]).
 """
 from __future__ import annotations
 
@@ -23,12 +23,12 @@ from typing import Literal
 import torch
 from pydantic import Field, ValidationError
 
-from harness.config import Strict
-from harness.errors import UserError, invalid
-from harness.models import fit_vocab
-from harness.store import read_json, write_json
-from harness.examples import TaskData
-from harness.tokens import encode_responses, left_pad
+from harness.core.settings import Strict
+from harness.core.errors import UserError, invalid
+from harness.core.models import fit_vocab
+from harness.core.store import read_json, write_json
+from harness.core.examples import TaskData
+from harness.core.tokens import encode_responses, left_pad
 
 BASE_MODELS = {"tldr-pythia-1.4b": "EleutherAI/pythia-1.4b-deduped",
                "tldr-pythia-2.8b": "EleutherAI/pythia-2.8b-deduped",
@@ -67,7 +67,7 @@ class StartSettings(Strict):
 def settings_for(preset: str, overrides: dict | None = None) -> tuple[StartSettings, str]:
     """(settings, task source) for a TL;DR preset: its prompt length, seed and data source, the base model of its
     size, then the user's overrides."""
-    from harness.config import resolve
+    from harness.app.config import resolve
 
     cfg = resolve(preset)
     from harness import tasks
@@ -90,7 +90,7 @@ def settings_for(preset: str, overrides: dict | None = None) -> tuple[StartSetti
 
 def check_base_model(name: str) -> None:
     """One line when the base model can be had neither locally nor from the hub (never downloads)."""
-    from harness.models import refuse_pickled
+    from harness.core.models import refuse_pickled
     from harness.app.plan import availability
 
     ok, _ = availability(name)
@@ -104,7 +104,7 @@ def load_data(source: str, dataset: str | None = None, preference_dataset: str |
               preset: str | None = None) -> TaskData:
     """The TL;DR splits, refusing (rather than falling back to the stand-in) when the hub data cannot be had: present
     in the local cache (`harness prepare`) or served by the hub, else one line naming the data set."""
-    from harness.assets import prepare_command, require
+    from harness.core.assets import prepare_command, require
     from harness.tasks.tldr import hub_assets, load_task, resolve_source
 
     if source in ("auto", "hub"):
@@ -185,7 +185,7 @@ def _batches(examples, field: str, tokenizer, s: StartSettings, max_tokens: int,
 @torch.no_grad()
 def response_loss(model, examples, tokenizer, s: StartSettings) -> float:
     """Mean token cross-entropy of the references given the prompts (the harness's SFT measure)."""
-    from harness.scoring import sequence_logprobs
+    from harness.core.scoring import sequence_logprobs
 
     model.eval()
     total, count, device = 0.0, 0, next(model.parameters()).device
@@ -198,8 +198,8 @@ def response_loss(model, examples, tokenizer, s: StartSettings) -> float:
 
 @torch.no_grad()
 def raw_scores(rm, examples, field: str, tokenizer, s: StartSettings, max_tokens: int) -> tuple[torch.Tensor, ...]:
-    """(raw score, has EOS) per example through harness.scoring.reward_scores with the bias at 0."""
-    from harness.scoring import has_eos, reward_scores
+    """(raw score, has EOS) per example through harness.core.scoring.reward_scores with the bias at 0."""
+    from harness.core.scoring import has_eos, reward_scores
 
     rm.eval()
     saved, rm.config.reward_bias = getattr(rm.config, "reward_bias", 0.0), 0.0
@@ -338,7 +338,7 @@ def use_line(out: Path) -> str:
 
 def build(s: StartSettings, data: TaskData, out: Path, log=print) -> dict:
     """Train DIR/sft, then DIR/reward; DIR/build_info.json is written last. A finished SFT stage is reused."""
-    from harness.models import load_tokenizer
+    from harness.core.models import load_tokenizer
 
     _quiet_hf()
     log = log if main_process() else (lambda *a: None)

@@ -17,8 +17,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from harness.errors import UserError, invalid, read_yaml
-from harness.store import config_hash
+from harness.core.errors import UserError, invalid, read_yaml
+from harness.core.store import config_hash
 
 
 class SweepSpec(BaseModel):

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from harness.config import parse_overrides, resolve
+from harness.app.config import parse_overrides, resolve
 
 
 def register(app: typer.Typer) -> None:
@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
 
         from algorithms.base import make
         from harness.app.bench import CHECKPOINTING, run_bench, table
-        from harness.errors import UserError
+        from harness.core.errors import UserError
 
         torch.set_num_threads(threads)
         overrides = parse_overrides(set_)

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from harness.config import parse_overrides, resolve
+from harness.app.config import parse_overrides, resolve
 
 
 def register(app: typer.Typer) -> None:

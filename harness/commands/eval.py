@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from harness.errors import UserError
+from harness.core.errors import UserError
 
 
 def check_suite_options(chosen: list, given: dict) -> None:
@@ -90,7 +90,7 @@ def register(app: typer.Typer) -> None:
 
         from evals.suites import TaskSuite
         from harness.app import evaluate
-        from harness.store import cache_root
+        from harness.core.store import cache_root
 
         console = Console(stderr=True)
         chosen = evaluate.parse_suites(suite)

@@ -11,7 +11,7 @@ def register(app: typer.Typer) -> None:
         from algorithms.base import REGISTRY, names
         from evals import suites
         from harness import tasks
-        from harness.config import preset_names, resolve
+        from harness.app.config import preset_names, resolve
 
         print("algorithms:")
         for name in names():

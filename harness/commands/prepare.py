@@ -1,5 +1,5 @@
 """`harness prepare`: fetch every asset a preset, a suite or a run config needs (on a machine with the hub), so that
-the run or evaluation itself works offline (HF_HUB_OFFLINE=1). The catalogue and the checks are harness/assets.py."""
+the run or evaluation itself works offline (HF_HUB_OFFLINE=1). The catalogue and the checks are harness/core/assets.py."""
 from __future__ import annotations
 
 import datetime as dt
@@ -8,16 +8,16 @@ from typing import Optional
 
 import typer
 
-from harness.errors import UserError, invalid
+from harness.core.errors import UserError, invalid
 
 
 def resolve_assets(config: str | None, preset: str | None, suites: list[str], models: list[str], sets: list[str],
                    tasks: list[str] | None = None, include_path: str | None = None) -> list:
     """The assets of everything named on the command line, in order, without duplicates."""
     from evals import suites as registry
-    from harness import assets
+    from harness.core import assets
     from harness.app import catalogue
-    from harness.config import parse_overrides, resolve
+    from harness.app.config import parse_overrides, resolve
 
     chosen = [registry.get(s) for s in suites]  # an unknown name: the registry's one line
     if config and preset:
@@ -47,8 +47,8 @@ def load_run_config(path: str):
     from pydantic import ValidationError
 
     from harness.app.evaluate import RUN_CONFIG_EXTRAS
-    from harness.config import RunConfig
-    from harness.store import read_json
+    from harness.app.config import RunConfig
+    from harness.core.store import read_json
 
     p = Path(path)
     if not p.exists():
@@ -121,8 +121,9 @@ def register(app: typer.Typer) -> None:
         caches, so that the run works offline; prints what is where and writes a manifest."""
         from rich.console import Console
 
-        from harness import assets
-        from harness.store import write_json
+        from harness.app.fetch import fetch
+        from harness.core import assets
+        from harness.core.store import write_json
 
         task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
         wanted = resolve_assets(config, preset, suite, model, set_, task_list, include_path)
@@ -137,7 +138,7 @@ def register(app: typer.Typer) -> None:
             if path is None and not dry_run and a.kind != "local":
                 console.print(f"fetching {a.role}: {a.label}")
                 try:
-                    path, status = assets.fetch(a, caches), "fetched"
+                    path, status = fetch(a, caches), "fetched"
                 except UserError:
                     raise
                 except Exception as e:  # keep fetching the rest; the summary says what failed

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from harness.experience import Budget
+from harness.core.experience import Budget
 
 BUDGET_CHOICES = Budget.COUNTERS
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from importlib.metadata import entry_points
 from dataclasses import dataclass
 from typing import Callable
 
-from harness.errors import UserError
-from harness.examples import TaskData
+from harness.core.errors import UserError
+from harness.core.plugins import load_entry_points
+from harness.core.examples import TaskData
 
 REGISTRY: dict[str, "Task"] = {}
 BUILTIN_MODELS: dict[str, "Builtin"] = {}  # "builtin:NAME" -> its build, registered by the task that owns it
@@ -30,7 +30,7 @@ class Task:
     preset: str = "tiny"  # the preset `harness run --task NAME` uses when no --preset is given
     checker: bool = False  # scored by its own checker (TaskData.reward): no reward model is loaded
     suite: str = "tldr"  # the evaluation suite of its runs (evals.suites): RM score, KL and win rate, or pass@k
-    hub_data: Callable[..., list] = _nothing  # (task settings) -> the hub data sets (harness.assets.Asset) the
+    hub_data: Callable[..., list] = _nothing  # (task settings) -> the hub data sets (harness.core.assets.Asset) the
     # settings read; [] when nothing is fetched (a generated or local source)
     offline_sources: tuple[str, ...] = ()  # sources generated offline (a stand-in: the run says so)
     offline_fallback: bool = False  # source `auto` falls back to the offline stand-in when the hub is unreachable
@@ -60,9 +60,9 @@ def register_builtin(name: str, builtin: Builtin) -> None:
 
 def resolve_paths(settings, log=print, needs_reward_model: bool = True) -> dict[str, str | None]:
     """Where policy, reward model and tokenizer come from: a task's builtin model (built and cached on first use)
-    for `builtin:NAME`, else the names in the settings (harness.models.named_paths). needs_reward_model False: a
+    for `builtin:NAME`, else the names in the settings (harness.core.models.named_paths). needs_reward_model False: a
     task that scores responses itself; the reward model is then None unless the settings name one."""
-    from harness.models import named_paths
+    from harness.core.models import named_paths
 
     if not settings.policy.startswith("builtin:"):
         return named_paths(settings, needs_reward_model)
@@ -99,11 +99,7 @@ def discover() -> None:
     """Import the package's task modules and every entry point of the group `harness.tasks`."""
     for info in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{info.name}")
-    _LOADED.add("")  # looked once, even with no entry point
-    for entry in entry_points(group="harness.tasks"):
-        if entry.value not in _LOADED:
-            _LOADED.add(entry.value)
-            entry.load()
+    load_entry_points("harness.tasks", _LOADED)
 
 
 def find(name: str) -> Task | None:

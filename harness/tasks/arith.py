@@ -28,9 +28,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field, replace
 
-from harness.errors import UserError
-from harness.examples import Example, TaskData
-from harness.tasks import Builtin, Task, register, register_builtin
+from harness.core.errors import UserError
+from harness.core.examples import Example, TaskData
+from harness.tasks import Task, register
 from harness.tasks.verifier import Checker, ProblemExample
 
 VERSION = 1  # bump when generated data change
@@ -296,13 +296,5 @@ def _load(source: str, dataset: str | None = None, preference_dataset: str | Non
     return SOURCE, replace(standard().task)  # a copy: a run may set its pref_train (checked_pairs)
 
 
-def _build_arith_tiny(recipe, cache_dir=None, log=print):
-    from harness.tasks.arith_tiny import ensure_arith_tiny  # it builds on this module's problems
-
-    return ensure_arith_tiny(recipe, cache_dir, log=log)
-
-
-register_builtin("builtin:arith", Builtin(_build_arith_tiny, has_reward_model=False,
-                                          note="its tasks, arith and gsm8k, are scored by a checker"))
 register(Task("arith", "GSM8K-style arithmetic word problems generated offline, scored by an exact-match checker",
               _load, preset="arith", checker=True, suite="math", offline_sources=("synthetic", "auto", SOURCE)))

@@ -15,10 +15,10 @@ from dataclasses import replace
 
 import torch
 
-from harness.config import TinyRecipe
-from harness.scoring import cross_entropy_on_response
-from harness.store import code_fingerprint, config_hash, write_json
-from harness.tasks import arith, tiny
+from harness.core.settings import TinyRecipe
+from harness.core.scoring import cross_entropy_on_response
+from harness.core.store import code_fingerprint, config_hash, write_json
+from harness.tasks import Builtin, arith, register_builtin, tiny
 from harness.tasks.tiny import (TinyPaths, encode_rows, ensure_built, new_policy, quiet_transformers,
                                 sequence_lengths, train_steps, train_tokenizer)
 
@@ -26,7 +26,7 @@ BUILD_VERSION = 1
 UNUSED = ("rm_steps", "rm_batch", "rm_lr")  # recipe fields of the TL;DR build's reward model
 
 
-# the code that makes a build (harness.store.code_fingerprint): a change to it is another build
+# the code that makes a build (harness.core.store.code_fingerprint): a change to it is another build
 BUILD_CODE = ("harness.tasks.arith_tiny", "harness.tasks.arith", *tiny.BUILD_CODE)
 
 
@@ -70,3 +70,7 @@ def build(recipe: TinyRecipe, out: TinyPaths, log=print) -> None:
     policy.save_pretrained(out.policy, safe_serialization=True)
     tokenizer.save_pretrained(out.policy)
     write_json(out.info, info)
+
+
+register_builtin("builtin:arith", Builtin(ensure_arith_tiny, has_reward_model=False,
+                                          note="its tasks, arith and gsm8k, are scored by a checker"))

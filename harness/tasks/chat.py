@@ -1,7 +1,7 @@
 """Chat prompts for the paper's chat experiments (UltraFeedback with Llama-3-8B-Instruct, Nectar with OpenChat-3.5).
 
 Only prompts are needed for online training; preference pairs are read when present (offline DPO). Prompts are
-rendered with the policy tokenizer's chat template at encoding time (harness.examples.Example.encode_prompt).
+rendered with the policy tokenizer's chat template at encoding time (harness.core.examples.Example.encode_prompt).
 Sources: a hub data set name (`task.dataset`), or a local directory with `prompts_train.jsonl`,
 `prompts_eval.jsonl` (rows `{"prompt": str}` or `{"messages": [...]}`, optional `chosen`/`rejected` strings).
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.errors import UserError
-from harness.examples import Example, TaskData
+from harness.core.errors import UserError
+from harness.core.examples import Example, TaskData
 from harness.tasks import Task, register
 
 HUB_SPLITS = {  # data set -> (train split, eval split)
@@ -93,7 +93,7 @@ def load_chat(source: str, dataset: str | None, eval_prompts: int = 1000) -> Tas
 
 
 def _hub_data(settings) -> list:
-    from harness.assets import Asset
+    from harness.core.assets import Asset
 
     if settings.source != "hub" or not settings.dataset:
         return []

@@ -14,13 +14,13 @@ from dataclasses import replace
 
 import torch
 
-from harness.errors import UserError
-from harness.examples import Example, TaskData
-from harness.experience import encode_queries, task_scores
-from harness.rollout import sample, truncate_after_eos
-from harness.scoring import ScoreRule
-from harness.store import cache_root, code_fingerprint, config_hash, read_json, write_json, write_jsonl
-from harness.tokens import decode_responses
+from harness.core.errors import UserError
+from harness.core.examples import Example, TaskData
+from harness.core.experience import encode_queries, task_scores
+from harness.core.rollout import sample, truncate_after_eos
+from harness.core.scoring import ScoreRule
+from harness.core.store import cache_root, code_fingerprint, config_hash, read_json, write_json, write_jsonl
+from harness.core.tokens import decode_responses
 
 PAIR_SEED = 0  # fixed: every seed and optimizer trains on the same pairs (as on TL;DR's fixed preference data)
 VERSION = 1  # bump when the way pairs are made changes
@@ -36,7 +36,7 @@ def pairs_key(origin: dict, source: str, n_prompts: int, max_prompt_tokens: int,
                         # the EOS test only when not the default (the keys of earlier pairs stay valid), and the
                         # code that makes the pairs: a changed sampler, scorer or checker never reads old pairs
                         **({"eos_test": rule.missing_eos_test} if rule.missing_eos_test != "eos" else {}),
-                        "code": code_fingerprint(make_pairs, "harness.rollout", "harness.scoring", *checker)})
+                        "code": code_fingerprint(make_pairs, "harness.core.rollout", "harness.core.scoring", *checker)})
 
 
 @torch.no_grad()

@@ -25,8 +25,8 @@ import json
 import re
 from pathlib import Path
 
-from harness.errors import UserError
-from harness.examples import TaskData
+from harness.core.errors import UserError
+from harness.core.examples import TaskData
 from harness.tasks import Task, register
 from harness.tasks.arith import ArithData, Problem, task_from_problems
 
@@ -176,7 +176,7 @@ def load_gsm8k(source: str, n_eval: int | None = None, load=None) -> ArithData:
 
 def hub_assets():
     """The hub data the gsm8k task reads with task.source=hub (for `harness prepare` and the preflight)."""
-    from harness.assets import Asset
+    from harness.core.assets import Asset
 
     return [Asset("gsm8k problems", "dataset", HUB_DATASET[0], config=HUB_DATASET[1], splits=("train", "test"))]
 

@@ -170,7 +170,7 @@ BT_TEMPERATURE = 0.15  # the simulated labellers' Bradley-Terry temperature
 
 
 class StandInGold:
-    """The stand-in's gold reward as the backbone sees a task's gold (harness.examples.Gold): of an Example's facts."""
+    """The stand-in's gold reward as the backbone sees a task's gold (harness.core.examples.Gold): of an Example's facts."""
 
     def __call__(self, text: str, example, terminated: bool = True) -> float:
         return gold_reward(text, Facts(**example.facts), terminated=terminated)

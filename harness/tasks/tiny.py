@@ -20,14 +20,14 @@ from pathlib import Path
 import torch
 from rich.progress import Progress
 
-from harness.config import TinyRecipe
-from harness.scoring import cross_entropy_on_response, pairwise_reward_loss, reward_scores
-from harness.errors import UserError
-from harness.store import cache_root, code_fingerprint, config_hash, write_json
-from harness.tasks import synthetic
+from harness.core.settings import TinyRecipe
+from harness.core.scoring import cross_entropy_on_response, pairwise_reward_loss, reward_scores
+from harness.core.errors import UserError
+from harness.core.store import cache_root, code_fingerprint, config_hash, write_json
+from harness.tasks import Builtin, register_builtin, synthetic
 from harness.tasks.tldr import load_task, synthetic_source
-from harness.examples import TaskData
-from harness.tokens import encode_responses, left_pad
+from harness.core.examples import TaskData
+from harness.core.tokens import encode_responses, left_pad
 
 BUILD_VERSION = 2  # 2: batches without all-padding columns, each RM pair's prompt run once (same numbers, rounded)
 EOS, PAD = "<|endoftext|>", "<|padding|>"
@@ -42,10 +42,10 @@ class TinyPaths:
     info = property(lambda self: self.root / "build_info.json")
 
 
-# the code that makes a build (harness.store.code_fingerprint): a change to it is another build
-BUILD_CODE = ("harness.tasks.tiny", "harness.tasks.synthetic", "harness.tasks.tldr_prompt", "harness.tokens",
-              "harness.scoring:cross_entropy_on_response", "harness.scoring:pairwise_reward_loss",
-              "harness.scoring:reward_scores")
+# the code that makes a build (harness.core.store.code_fingerprint): a change to it is another build
+BUILD_CODE = ("harness.tasks.tiny", "harness.tasks.synthetic", "harness.tasks.tldr_prompt", "harness.core.tokens",
+              "harness.core.scoring:cross_entropy_on_response", "harness.core.scoring:pairwise_reward_loss",
+              "harness.core.scoring:reward_scores")
 
 
 def recipe_key(recipe: TinyRecipe) -> str:
@@ -305,3 +305,6 @@ def _reward_model_report(rm, data: TaskData, tokenizer, recipe: TinyRecipe) -> d
 
 def build_info(paths: TinyPaths) -> dict:
     return json.loads(paths.info.read_text())
+
+
+register_builtin("builtin:tiny", Builtin(ensure_tiny))  # the TL;DR stand-in's SFT policy and reward model

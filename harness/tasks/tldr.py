@@ -16,11 +16,11 @@ import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from harness.assets import Asset, hub_reachable
-from harness.errors import UserError
-from harness.examples import Example, TaskData
+from harness.core.assets import Asset, hub_reachable
+from harness.core.errors import UserError
+from harness.core.examples import Example, TaskData
 from harness.tasks.tldr_prompt import TldrExample
-from harness.tasks import Builtin, Task, register, register_builtin
+from harness.tasks import Task, register
 from harness.tasks import synthetic
 
 HUB_SFT = "vwxyzjn/summarize_from_feedback_tldr_3_filtered_oai_preprocessing_1706381144"
@@ -251,7 +251,7 @@ def load_task(source: str, dataset: str | None = None, preference_dataset: str |
 def export_synthetic(path: Path, profile: str = "standard") -> None:
     """Write the stand-in (of `profile`: standard or hard) in the local-directory schema (handy as a template for
     your own data)."""
-    from harness.store import write_jsonl
+    from harness.core.store import write_jsonl
 
     path.mkdir(parents=True, exist_ok=True)
     for split, rows in _synthetic_rows(profile).items():
@@ -280,13 +280,6 @@ def _hub_data(settings) -> list[Asset]:
     return hub_assets(settings.dataset, settings.preference_dataset)
 
 
-def _build_tiny(recipe, cache_dir=None, log=print):
-    from harness.tasks.tiny import ensure_tiny  # it builds on this module's data
-
-    return ensure_tiny(recipe, cache_dir, log=log)
-
-
-register_builtin("builtin:tiny", Builtin(_build_tiny))
 register(Task("tldr", "TL;DR summarisation: the authors' hub data sets, a local directory, or the synthetic stand-in",
               _load, hub_data=_hub_data, offline_sources=tuple(SYNTHETIC_SOURCES), offline_fallback=True,
               check=check_tiny_posts, start_recipe=True))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.errors import UserError
-from harness.examples import Example
+from harness.core.errors import UserError
+from harness.core.examples import Example
 
 PROMPT_TEMPLATE = "SUBREDDIT: r/{subreddit}\n\nTITLE: {title}\n\nPOST: {post}\n\nTL;DR:"
 TRUNCATION_RULES = ("newline", "words")

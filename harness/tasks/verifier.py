@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from harness.examples import Example
+from harness.core.examples import Example
 
 _NUMBER = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
 NUMBER_RE = re.compile(rf"(?<![\w).])(?P<sign>-)?\$?(?P<sign2>-)?(?P<num>{_NUMBER})")
@@ -87,7 +87,7 @@ class ProblemExample(Example):
 
 @dataclass(frozen=True)
 class Checker:
-    """The exact-match checker as a task's reward (harness.examples.TaskReward): 1.0 when the response's final
+    """The exact-match checker as a task's reward (harness.core.examples.TaskReward): 1.0 when the response's final
     number equals `example.answer`, else 0.0. The backbone replaces the score of a response without EOS by the
     run's missing-EOS score, as it does a reward model's."""
 

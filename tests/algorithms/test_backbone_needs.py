@@ -3,13 +3,13 @@ tensor, post-EOS tokens counted, per-token rewards, and pi_t's log-probs from a 
 import torch
 
 from algorithms.base import make
-from harness.config import resolve
-from harness.experience import Budget, collect_online, gold_rewards, policy_output
-from harness.models import load_models
+from harness.app.config import resolve
+from harness.core.experience import Budget, collect_online, gold_rewards, policy_output
+from harness.core.models import load_models
 from harness.tasks import resolve_paths
 from harness.tasks.synthetic import bradley_terry_prob
-from harness.tokens import encode_responses
-from harness.train import Trainer
+from harness.core.tokens import encode_responses
+from harness.core.train import Trainer
 
 P = 6
 

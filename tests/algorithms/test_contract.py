@@ -10,22 +10,21 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 
 import algorithms
 from algorithms.base import REGISTRY, make, names
-from harness import experience, rollout
-from harness.config import resolve
-from harness.experience import Budget
-from harness.models import load_models
+from harness.core import experience, rollout
+from harness.app.config import resolve
+from harness.core.experience import Budget
+from harness.core.models import load_models
 from harness.tasks import resolve_paths
-from harness.train import Trainer
+from harness.core.train import Trainer
 
 ALGO_DIR = Path(algorithms.__file__).parent
-HARNESS_DIR = ALGO_DIR.parent / "harness"
-ALLOWED_IMPORTS = {"__future__", "dataclasses", "typing", "math", "torch", "torch.nn.functional", "harness.batch",
-                   "harness.contract", "harness.objective",  # the objective matrix's pure math (no model)
-                   "harness.errors"}  # and other optimizer files (algorithms.*), e.g. to reuse a loss
+HARNESS_DIR = ALGO_DIR.parent / "harness" / "core"
+ALLOWED_IMPORTS = {"__future__", "dataclasses", "typing", "math", "torch", "torch.nn.functional", "harness.core.batch",
+                   "harness.core.contract", "harness.core.objective",  # the objective matrix's pure math (no model)
+                   "harness.core.errors"}  # and other optimizer files (algorithms.*), e.g. to reuse a loss
 # model, tokenizer and generation handles, and the calls that compute log-probs or sample
 FORBIDDEN_NAMES = {"models", "policy", "reference", "reward_model", "critic", "tokenizer", "generate", "forward",
                    "logits", "log_softmax", "softmax", "multinomial", "eos_id", "pad_id", "eos_token_id",
@@ -94,7 +93,7 @@ class Recorder:
         mods += [(models.critic.base_model, "critic")] if models.critic is not None else []
         for module, role in mods:
             module.register_forward_pre_hook(lambda *a, role=role: self._hit(f"forward:{role}"))
-        # generation goes through the rollout engine (harness.rollout.HFEngine here), which calls rollout.sample
+        # generation goes through the rollout engine (harness.core.rollout.HFEngine here), which calls rollout.sample
         for owner, fn in ((experience, "sequence_logprobs"), (experience, "reward_scores"),
                           (experience, "token_values"), (rollout, "sample")):
             original = getattr(owner, fn)

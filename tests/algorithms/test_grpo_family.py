@@ -6,7 +6,7 @@ coef_1 = exp(logp - old_per_token_logps), the k3 KL against ref_per_token_logps,
 is called itself, on a real trainer, with its policy forward `_get_per_token_logps_and_entropies` replaced by the
 same random per-token log-probs our loss receives. Loss values and gradients are compared. Advantages: TRL's
 `_generate_and_score_completions` on fixed completions and fixed rewards (as tests/algorithms/test_trl_parity.py
-does for RLOO) against `harness.objective.group_advantages`, for scale_rewards group / batch / none.
+does for RLOO) against `harness.core.objective.group_advantages`, for scale_rewards group / batch / none.
 """
 import copy
 import math
@@ -18,9 +18,9 @@ from algorithms.base import make
 from algorithms.cispo import cispo_token_loss
 from algorithms.dapo import overlong_penalty
 from algorithms.gspo import sequence_ratio
-from harness.batch import Advantages, Batch, PolicyOutput
-from harness.objective import group_advantages, kl_per_token, reward_to_go, token_share
-from harness.train import objective_loss
+from harness.core.batch import Advantages, Batch, PolicyOutput
+from harness.core.objective import group_advantages, kl_per_token, reward_to_go, token_share
+from harness.core.train import objective_loss
 
 FAMILY = ["grpo", "dr_grpo", "dapo", "gspo", "cispo", "reinforce_pp"]
 
@@ -270,9 +270,9 @@ def test_token_share_normaliser_is_trl_dapo_num_items_in_batch():
 def test_dynamic_sampling_drops_equal_score_groups_refills_and_counts_them():
     from types import SimpleNamespace
 
-    from harness.distributed import Runtime
-    from harness.experience import Budget
-    from harness.train import Trainer
+    from harness.core.distributed import Runtime
+    from harness.core.experience import Budget
+    from harness.core.train import Trainer
 
     def scored(scores, width):  # a batch of len(scores) prompts, K = 2, responses `width` long
         n = len(scores)
@@ -290,13 +290,13 @@ def test_dynamic_sampling_drops_equal_score_groups_refills_and_counts_them():
     assert Trainer.collect(fake, [None]).num_prompts == 1  # GRPO keeps every group
 
 
-# --- invariance of the whole update under micro-batching (harness/train.py) -----------------------------------------
+# --- invariance of the whole update under micro-batching (harness/core/train.py) -----------------------------------------
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`")  # SGD at lr 0 swapped in below
 @pytest.mark.parametrize("name", ["grpo", "dr_grpo", "dapo", "cispo", "reinforce_pp"])
 def test_update_gradient_is_the_same_whatever_the_micro_batch(name, tiny_test_models):
-    from harness.experience import Budget
-    from harness.train import Trainer
+    from harness.core.experience import Budget
+    from harness.core.train import Trainer
 
     cfg, models, data = tiny_test_models
     cfg = cfg.model_copy(deep=True)
@@ -326,9 +326,9 @@ def test_kl_estimators_against_the_exact_kl_of_a_tiny_model(tiny_test_models):
     vocabulary, and each estimator's exact expectation there. Summed over a response: k1 and k3 are unbiased
     (their expectation IS the exact KL), k2 is not; the Monte Carlo means of all three are within 4 standard errors
     of their expectations."""
-    from harness.experience import encode_queries
-    from harness.rollout import sample, truncate_after_eos
-    from harness.scoring import sequence_logprobs
+    from harness.core.experience import encode_queries
+    from harness.core.rollout import sample, truncate_after_eos
+    from harness.core.scoring import sequence_logprobs
 
     cfg, models, data = tiny_test_models
     policy = copy.deepcopy(models.policy).eval()

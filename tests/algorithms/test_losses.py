@@ -11,10 +11,10 @@ from algorithms.ppo import ppo_losses
 from algorithms.rebel import rebel_loss
 from algorithms.rebel_preference import preference_targets
 from algorithms.rloo import clipped_sequence_loss, leave_one_out_advantages
-from harness.batch import Batch, PolicyOutput
-from harness.errors import UserError
-from harness.objective import gae
-from harness.scoring import token_rewards
+from harness.core.batch import Batch, PolicyOutput
+from harness.core.errors import UserError
+from harness.core.objective import gae
+from harness.core.scoring import token_rewards
 
 
 def _batch(P=1, K=2, L=3, **fields) -> Batch:

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from algorithms.base import make, names
-from harness.config import resolve
-from harness.experience import Budget, collect_pairs, encode_queries
-from harness.models import load_models
+from harness.app.config import resolve
+from harness.core.experience import Budget, collect_pairs, encode_queries
+from harness.core.models import load_models
 from harness.tasks import resolve_paths
-from harness.rollout import sample, truncate_after_eos
-from harness.scoring import reward_scores
-from harness.train import Trainer
+from harness.core.rollout import sample, truncate_after_eos
+from harness.core.scoring import reward_scores
+from harness.core.train import Trainer
 
 ITERATIONS, PROMPTS, LR = 8, 16, 1e-4
 OFFLINE_ITERATIONS = 30  # DPO's iterations are cheap (no sampling) and its signal per pair is weak

@@ -2,7 +2,7 @@
 
 - DPO: TRL's DPOTrainer computes its sigmoid loss (loss_type "sigmoid", the default) from a real batch of its own
   collator, with its own log-prob code (the fused LM head) and a frozen reference copy. We take the same token ids
-  (prompt, chosen + EOS, rejected + EOS), compute summed log-probs with our backbone (harness.scoring) at
+  (prompt, chosen + EOS, rejected + EOS), compute summed log-probs with our backbone (harness.core.scoring) at
   temperature 1 and our `dpo_loss`, and compare the loss: the same number up to float rounding.
 - RLOO: TRL's RLOOTrainer computes the leave-one-out advantages inside `_generate_and_score_completions`. We feed it
   fixed completions and fixed rewards (generation and reward functions replaced; beta 0 so that no KL enters) and
@@ -15,9 +15,9 @@ import torch
 
 from algorithms.dpo import dpo_loss
 from algorithms.rloo import leave_one_out_advantages
-from harness.scoring import sequence_logprobs
+from harness.core.scoring import sequence_logprobs
 from harness.tasks import resolve_paths
-from harness.tokens import left_pad
+from harness.core.tokens import left_pad
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,12 @@
 """Every registered optimizer's gradient on fixed rollouts, from one process holding the whole batch and from each
 rank of a launch holding its shard, each with and without micro-batches (tests/test_invariance.py compares them).
 
-The update is harness/train.py's arithmetic for one minibatch (`Trainer.update`): the batch's `sum_over_ranks` and
+The update is harness/core/train.py's arithmetic for one minibatch (`Trainer.update`): the batch's `sum_over_ranks` and
 `token_share`, the optimizer's `prepare`, then per micro-batch `objective_loss(...) * prompts / shard prompts`
 backward, and the gradients averaged over ranks (`Runtime.average_gradients`). The model is a tiny random one:
 per-token log-probs logsigmoid(phi . w) and values phi . v of fixed features phi, so every prompt's gradient lands
 on the same few weights, as in a real model. Each rank pads its shard to its own longest response, as
-harness/experience.py does: the first half of the prompts has shorter responses than the second.
+harness/core/experience.py does: the first half of the prompts has shorter responses than the second.
 Usage, under accelerate launch (each rank writes OUT_DIR/invariance-RANK.json):
     python -m tests.distributed.invariance OUT_DIR
 """
@@ -22,12 +22,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from algorithms.base import make, names
-from harness.batch import RESPONSE_AXIS_FIELDS, Batch, PolicyOutput
-from harness.contract import ONLINE_WITH_REFERENCE, Algorithm
-from harness.distributed import Runtime
-from harness.objective import local, max_over_ranks, sum_norm_length, token_share
-from harness.scoring import token_rewards
-from harness.train import objective_loss
+from harness.core.batch import RESPONSE_AXIS_FIELDS, Batch, PolicyOutput
+from harness.core.contract import ONLINE_WITH_REFERENCE, Algorithm
+from harness.core.distributed import Runtime
+from harness.core.objective import local, max_over_ranks, sum_norm_length, token_share
+from harness.core.scoring import token_rewards
+from harness.core.train import objective_loss
 
 PROMPTS, WIDTH, FEATURES, BETA = 8, 7, 6, 0.05
 MICRO = (None, 1, 3)  # prompts per micro-batch: None, the whole shard at once; 3, uneven parts (3 + 1)
@@ -89,7 +89,7 @@ def rollouts(algo: Algorithm) -> Rollouts:
 
 
 def padded_to_own_width(batch: Batch) -> Batch:
-    """The columns up to the last counted token of any of its responses (harness/experience.py `_used_width`)."""
+    """The columns up to the last counted token of any of its responses (harness/core/experience.py `_used_width`)."""
     width = int(batch.counted_mask.flatten(0, -2).any(0).nonzero().max()) + 1
     return dataclasses.replace(batch, **{f: getattr(batch, f)[..., :width] for f in RESPONSE_AXIS_FIELDS
                                          if getattr(batch, f) is not None})
@@ -104,7 +104,7 @@ def forward(data: Rollouts, batch: Batch, policy: Tensor, critic: Tensor, needs_
 
 def gradient(variant: tuple[str, dict], data: Rollouts, batch: Batch, sum_over_ranks, micro: int | None,
              runtime: Runtime | None = None) -> Tensor:
-    """The policy's and critic's gradient of one update on `batch`, as harness/train.py computes it."""
+    """The policy's and critic's gradient of one update on `batch`, as harness/core/train.py computes it."""
     algo = make(*variant)
     policy, critic = data.policy.clone().requires_grad_(), data.critic.clone().requires_grad_()
     batch = dataclasses.replace(batch)

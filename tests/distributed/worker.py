@@ -1,4 +1,4 @@
-"""Work done in one process's share of a run (harness.distributed.Runtime), on the tiny-test preset.
+"""Work done in one process's share of a run (harness.core.distributed.Runtime), on the tiny-test preset.
 
 Run plainly it is one process; tests/test_distributed.py also runs it under `accelerate launch` with the shipped
 DDP and FSDP configs (2 CPU processes, gloo) and compares what each rank wrote.
@@ -17,14 +17,14 @@ from pathlib import Path
 import torch
 
 from algorithms.base import make
-from harness import checkpoint
-from harness.config import resolve
-from harness.distributed import Runtime
-from harness.experience import Budget
-from harness.models import load_models
+from harness.core import checkpoint
+from harness.app.config import resolve
+from harness.core.distributed import Runtime
+from harness.core.experience import Budget
+from harness.core.models import load_models
 from harness.tasks import resolve_paths
 from harness.tasks.tldr import load_task
-from harness.train import Trainer
+from harness.core.train import Trainer
 
 
 def trainer_for(algo: str, cache: str, runtime: Runtime, data, **train) -> Trainer:

@@ -14,8 +14,8 @@ import pytest
 
 from evals.alpaca_eval import generate_outputs, load_reference_outputs, run_alpaca_eval
 from evals.judge import Endpoint
-from harness.errors import UserError
-from harness.store import read_json, read_jsonl
+from harness.core.errors import UserError
+from harness.core.store import read_json, read_jsonl
 from tests.openai_stub import OpenAIStub, user_text
 
 REFERENCE = Path(__file__).parent.parent / "fixtures" / "evals" / "alpaca_reference.json"

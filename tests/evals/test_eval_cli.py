@@ -13,7 +13,7 @@ import pytest
 from evals.runs import load_run, load_suites
 from evals.tables import CHAT_METRICS, OPEN_LLM_METRICS
 from harness.cli import main
-from harness.store import read_json, read_jsonl
+from harness.core.store import read_json, read_jsonl
 from tests.evals.test_alpaca_eval import REFERENCE as ALPACA_REFERENCE
 from tests.evals.test_alpaca_eval import hub_cache  # noqa: F401  (fixture: df_gamed.csv in an offline hub cache)
 from tests.evals.test_mt_bench import QUESTIONS, REFERENCES
@@ -36,7 +36,7 @@ def clean_env(monkeypatch, tmp_path):
 @pytest.fixture(scope="module")
 def finished_run(tiny_test_models, harness_cache, tmp_path_factory) -> Path:
     """A completed tiny-test run (1 iteration at a high learning rate, so the policy moved away from SFT)."""
-    from harness.config import resolve
+    from harness.app.config import resolve
     from harness.app.runner import run
 
     out = tmp_path_factory.mktemp("runs")

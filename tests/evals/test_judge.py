@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from evals.judge import TLDR_TEMPLATE, CompletionClient, Endpoint, OpenAIJudge, parse_preference
-from harness.errors import UserError
+from harness.core.errors import UserError
 from tests.openai_stub import OpenAIStub, user_text
 
 KEY = "sk-test-do-not-leak-0123456789"

@@ -10,8 +10,8 @@ import pytest
 
 from evals.runs import load_run, load_suites
 from harness.cli import main
-from harness.config import resolve
-from harness.store import read_json, read_jsonl, write_json
+from harness.app.config import resolve
+from harness.core.store import read_json, read_jsonl, write_json
 from tests.evals.tiny_lm import one_torch_thread
 from tests.test_arith_run import MATH_KEYS, TEST_RECIPE
 

@@ -9,8 +9,8 @@ import pytest
 from evals.chat_generate import chat_generator
 from evals.judge import CompletionClient, Endpoint
 from evals.mt_bench import load_questions, parse_rating, run_mt_bench
-from harness.errors import UserError
-from harness.store import read_json, read_jsonl
+from harness.core.errors import UserError
+from harness.core.store import read_json, read_jsonl
 from tests.evals.tiny_lm import one_torch_thread, save_tiny_chat_model
 from tests.openai_stub import OpenAIStub, user_text
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from evals.answer_cache import CachedAnswers
-from harness.store import read_json, read_jsonl
+from harness.core.store import read_json, read_jsonl
 from tests.evals.test_alpaca_eval import REFERENCE as ALPACA_REFERENCE
 from tests.evals.test_alpaca_eval import hub_cache  # noqa: F401  (df_gamed.csv in a hub cache, hub offline)
 from tests.evals.test_eval_cli import JUDGE_ENV, harness, judge_for_chat

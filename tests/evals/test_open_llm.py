@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from evals.open_llm import LEADERBOARD, run_open_llm, write_shadow_tasks
-from harness.errors import UserError
-from harness.store import read_json, read_jsonl
+from harness.core.errors import UserError
+from harness.core.store import read_json, read_jsonl
 from tests.evals.tiny_lm import one_torch_thread, save_tiny_chat_model
 
 DATA = Path(__file__).parent.parent / "fixtures" / "evals" / "open_llm"

@@ -43,7 +43,9 @@ def test_gold_judge_counts_wins_ties_and_unfinished_responses_by_hand():
     # each example's own facts judge its pair; a reference is always scored as finished
     assert gold.calls[0::2] == [(c[0], i, c[2]) for i, c in enumerate(CASES)]
     assert gold.calls[1::2] == [(c[1], i, True) for i, c in enumerate(CASES)]
+    # a programmatic judge costs nothing: the LLM judge's accounting keys are all there, at 0 (the report sums them)
     assert (out["position_consistency"], out["parse_failures"], out["calls"], out["cache_hits"]) == (1.0, 0, 0, 0)
+    assert (out["prompt_tokens"], out["completion_tokens"]) == (0, 0)
 
 
 def test_gold_judge_without_termination_flags_treats_every_response_as_finished():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from harness.examples import Example, TaskData
+from harness.core.examples import Example, TaskData
 from harness.tasks import Task, register
 
 # words the tiny TL;DR policy says now and then, so that rewards are not all zero

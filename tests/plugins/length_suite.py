@@ -5,7 +5,7 @@ import torch
 
 from evals.suites import TaskSuite, fmt, register
 from evals.tldr import sampled_chunks
-from harness.tokens import decode_responses
+from harness.core.tokens import decode_responses
 
 
 class LengthSuite(TaskSuite):

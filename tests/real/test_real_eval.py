@@ -11,7 +11,7 @@ import pytest
 from evals.chat_generate import ChatGenerator
 from evals.open_llm import write_shadow_tasks
 from harness.cli import main
-from harness.store import read_json, read_jsonl
+from harness.core.store import read_json, read_jsonl
 from tests.evals.test_alpaca_eval import REFERENCE as ALPACA_REFERENCE
 from tests.evals.test_alpaca_eval import hub_cache  # noqa: F401  (fixture: df_gamed.csv in an offline hub cache)
 from tests.evals.test_mt_bench import QUESTIONS, REFERENCES

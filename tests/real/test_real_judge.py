@@ -12,7 +12,7 @@ import pytest
 from evals.alpaca_eval import run_alpaca_eval
 from evals.judge import CompletionClient, Endpoint, OpenAIJudge
 from evals.mt_bench import Question, grade
-from harness.errors import UserError
+from harness.core.errors import UserError
 from tests.evals.test_alpaca_eval import REFERENCE
 from tests.evals.test_alpaca_eval import hub_cache  # noqa: F401  (fixture: df_gamed.csv, offline)
 

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from harness.config import resolve
-from harness.store import read_json, read_jsonl
+from harness.app.config import resolve
+from harness.core.store import read_json, read_jsonl
 
 PROMPTS = ["Name one fruit that is yellow.", "What is two plus two?", "Say hello to a friend.",
            "Which animal barks?"]
@@ -40,7 +40,7 @@ def chat_config(smollm2_dir, chat_data, tmp_path, **model):
 
 
 def test_chat_preset_loads_the_real_model_with_its_own_tokens(smollm2_dir, chat_data, tmp_path):
-    from harness.models import load_models
+    from harness.core.models import load_models
     from harness.tasks import resolve_paths
     from harness.tasks import load
 
@@ -69,7 +69,7 @@ def test_chat_preset_loads_the_real_model_with_its_own_tokens(smollm2_dir, chat_
 
 
 def test_lora_on_the_real_model_keeps_a_frozen_reference(smollm2_dir, chat_data, tmp_path):
-    from harness.models import load_models
+    from harness.core.models import load_models
     from harness.tasks import resolve_paths
 
     cfg = chat_config(smollm2_dir, chat_data, tmp_path, trainable_layers=None,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.store import append_jsonl, write_json
+from harness.core.store import append_jsonl, write_json
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ import pytest
 
 import harness.app.report as report
 from evals import tables
-from harness.store import read_json
+from harness.core.store import read_json
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"
 SETS = [("tiny", "table1.csv"), ("arith", "math_arith.csv")]  # (preset = folder, its main table)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import harness.app.report as report
-from harness.store import read_json
+from harness.core.store import read_json
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"
 REPORTS = ["tiny/report", "arith/report", "arith/report_family", "arith/report_equal_responses"]

@@ -5,8 +5,8 @@ import pytest
 
 from evals import stats
 from harness.app.report import Options, build, report
-from harness.errors import UserError
-from harness.store import read_json, write_json
+from harness.core.errors import UserError
+from harness.core.store import read_json, write_json
 
 from .conftest import write_run
 

@@ -8,7 +8,7 @@ import typer
 from typer.testing import CliRunner
 
 from harness.commands import report
-from harness.errors import UserError
+from harness.core.errors import UserError
 
 from .conftest import chat_json, default_metrics, open_llm_json, read, write_run
 

@@ -69,7 +69,7 @@ def test_discovery_does_not_descend_into_runs_and_ignores_model_dirs(results):
 def test_duplicates_keep_the_latest(results):
     write_run(results, "first", seed=0)
     write_run(results, "rerun", seed=0)  # same row and seed
-    import harness.store as store
+    import harness.core.store as store
     s = store.read_json(results / "runs" / "rerun" / "summary.json")
     s["finished_at"] = "2026-11-23T00:00:00"
     store.write_json(results / "runs" / "rerun" / "summary.json", s)
@@ -116,7 +116,7 @@ def test_a_changed_training_setting_is_a_row_of_its_own_and_a_changed_model_a_gr
 
 
 def test_changed_settings_are_what_differs_from_the_preset():
-    from harness.config import changed_settings, parse_overrides, resolve
+    from harness.app.config import changed_settings, parse_overrides, resolve
 
     cfg = resolve("tiny", parse_overrides(["train.lr=1e-5", "model.cache_dir=/x", "eval.prompts=8", "algo.eta=2"]))
     assert changed_settings(cfg) == {"train.lr": 1e-5}  # cache dir changes no number; eval and algo have own homes

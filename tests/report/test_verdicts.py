@@ -7,8 +7,8 @@ from scipy import stats
 
 import harness.app.report as report
 from evals.verdicts import verdict_table
-from harness.errors import UserError
-from harness.experience import Budget
+from harness.core.errors import UserError
+from harness.core.experience import Budget
 
 from .conftest import default_metrics, read, write_run
 from .test_report_cli import invoke

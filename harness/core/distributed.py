@@ -9,7 +9,7 @@ GPUs, gloo on CPUs):
     the backbone's shared-prefix forwards call a model twice per backward, which DDP's reducer does not allow),
     so every rank holds the same weights and optimizer state;
   - statistics and budget counters are reduced, evaluation is sharded and gathered, and rank 0 alone writes.
-With an FSDP accelerate config the trainable models are sharded instead (harness/fsdp.py) and FSDP averages the
+With an FSDP accelerate config the trainable models are sharded instead (harness/core/fsdp.py) and FSDP averages the
 gradients. With one process every collective is the identity, and nothing changes.
 """
 from __future__ import annotations
@@ -22,8 +22,8 @@ from functools import cached_property
 import torch
 from torch import nn
 
-from harness import fsdp
-from harness.errors import UserError
+from harness.core import fsdp
+from harness.core.errors import UserError
 
 BUCKET_ELEMENTS = 2**24  # gradients are all-reduced in flat buckets of this many elements (64 MB in fp32)
 

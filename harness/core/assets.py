@@ -1,9 +1,10 @@
-"""What a run or an evaluation needs from the Hugging Face hub, whether it is here, and how to fetch it.
+"""What a run or an evaluation needs from the Hugging Face hub and whether it is here (fetching it:
+harness/app/fetch.py).
 
 An asset is a model repo (policy, reward model, tokenizer, a build-start base model), one file of a repo (AlpacaEval's
 reference outputs and the df_gamed.csv its length-controlled win rate fits on), a data set config with the splits
 read from it (TL;DR, UltraFeedback, MT-Bench's questions, every lm-eval task), or a local path the harness cannot
-fetch. `harness prepare` fetches them with the libraries' own calls (snapshot_download, hf_hub_download,
+fetch. `harness prepare` fetches them (harness/app/fetch.py) with the libraries' own calls (snapshot_download, hf_hub_download,
 datasets.load_dataset) into the standard caches (or HF_HOME-style DIR/hub and DIR/datasets); every command that needs
 one calls `require` before any model loads, which looks it up with the libraries' offline lookups and, when it is
 missing and the hub cannot be had, stops with one line naming it and the prepare command that fetches it.
@@ -16,10 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from harness.errors import UserError
+from harness.core.errors import UserError
 
-# the harness loads safetensors only (harness/models.py refuse_pickled): never fetch the pickled duplicates
-SKIP_WEIGHTS = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.ot", "*.gguf"]
+# the harness loads safetensors only (harness/core/models.py refuse_pickled): never fetch the pickled duplicates
 LOCAL_LOADERS = ("json", "csv", "parquet", "text", "arrow")  # lm-eval dataset_path values that read local files
 
 
@@ -146,27 +146,6 @@ def locate(asset: Asset, caches: Caches = Caches()) -> str | None:
             return None
     have = set(builder.info.splits or {})
     return builder.cache_dir if set(asset.splits) <= have and have else None
-
-
-def fetch(asset: Asset, caches: Caches = Caches()) -> str:
-    """Download one asset with its library's own call; returns where it is."""
-    if asset.kind == "local":
-        raise UserError(f"{asset.role} {asset.name} is a local path the harness cannot fetch: {asset.hint}")
-    if asset.kind == "model":
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(asset.name, cache_dir=caches.hub, ignore_patterns=SKIP_WEIGHTS)
-    if asset.kind == "file":
-        from huggingface_hub import hf_hub_download
-
-        return hf_hub_download(asset.name, asset.filename, repo_type=asset.repo_type, cache_dir=caches.hub)
-    import datasets
-
-    loaded = datasets.load_dataset(asset.name, asset.config, cache_dir=caches.datasets)
-    lacking = [s for s in asset.splits if s not in loaded]
-    if lacking:
-        raise UserError(f"{asset.label}: the hub data set has no split {lacking[0]!r} (it has: {', '.join(loaded)})")
-    return locate(asset, caches) or str(caches.datasets or datasets.config.HF_DATASETS_CACHE)
 
 
 def size_bytes(path: str | None) -> int | None:

@@ -7,7 +7,7 @@ Layout of one run directory (the format `harness report` reads; see docs/run_for
   summary.json     written last, only when the run completed: algorithm, task, data source, preset, seed,
                    eval metrics, the SFT baseline's, budget, status
   attempts.jsonl   one line per start of the run (fresh or resumed) and per failure
-  checkpoints/     resume checkpoints while the run is going (harness/checkpoint.py), the final policy at the end
+  checkpoints/     resume checkpoints while the run is going (harness/core/checkpoint.py), the final policy at the end
   evals/<suite>.json  results of `harness eval` suites
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ def writable_cache_root(cache_dir: str | None = None) -> Path:
         probe = tempfile.NamedTemporaryFile(dir=root, prefix=".write-probe-")
         probe.close()
     except OSError as e:
-        from harness.errors import UserError
+        from harness.core.errors import UserError
 
         raise UserError(f"the cache directory {root} cannot be created or written ({e.strerror or e}); set "
                         f"HARNESS_CACHE or model.cache_dir to a writable directory") from None

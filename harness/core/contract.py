@@ -1,4 +1,4 @@
-"""The optimizer contract: what the training loop (harness/train.py) runs, and all it knows of an optimizer.
+"""The optimizer contract: what the training loop (harness/core/train.py) runs, and all it knows of an optimizer.
 
 An optimizer declares what it needs from the backbone and computes only what is unique to it:
   - `samples_per_prompt`, `epochs`, `minibatches`: how the backbone samples and iterates;
@@ -11,7 +11,7 @@ An optimizer declares what it needs from the backbone and computes only what is 
     (the sampled tokens after EOS too, as in the REBEL authors' PPO); `batch.counted_mask` says which;
   - `logprob_temperature`: None means the sampling temperature (online), 1.0 for offline losses such as DPO;
   - `prepare(batch)`: once per iteration, before the epochs (advantages, baselines, labels), returns a typed
-    `harness.batch.Prepared` (per-prompt tensors travel with the batch through shuffling as `batch.extras`; the
+    `harness.core.batch.Prepared` (per-prompt tensors travel with the batch through shuffling as `batch.extras`; the
     loss reads them with `batch.prepared(ItsType)`), or None;
   - `loss(batch, new)`: the optimizer's math on a minibatch; returns (scalar loss, detached float stats);
   - state kept across iterations (a moving baseline) lives in plain attributes set in `__post_init__`: checkpoints
@@ -19,7 +19,7 @@ An optimizer declares what it needs from the backbone and computes only what is 
 The objective matrix (settings every online optimizer has, applied by the backbone, docs/objective.md):
   - `kl_placement`: "reward" (r = score - beta * KL, the REBEL/PPO/RLOO protocol) or "loss" (beta * KL of pi_theta
     added to the optimizer's loss, aggregated by its `loss_aggregation`: the GRPO protocol); `kl_estimator` k1/k2/k3
-    (harness/objective.py); `kl_coef` beta (None: train.kl_coef); `kl_ratio_correction` (loss placement: the KL
+    (harness/core/objective.py); `kl_coef` beta (None: train.kl_coef); `kl_ratio_correction` (loss placement: the KL
     term times the token ratio pi_theta / pi_t); `kl_placements` lists what an optimizer accepts (offline DPO: none);
   - `dynamic_sampling`: groups whose K scores are all equal are dropped and replaced by newly sampled prompts
     (DAPO), every sampled response counted in the budget.
@@ -34,7 +34,7 @@ from typing import ClassVar, Literal
 
 from torch import Tensor
 
-from harness.batch import Batch, PolicyOutput, Prepared
+from harness.core.batch import Batch, PolicyOutput, Prepared
 
 DataKind = Literal["online", "online_with_reference", "preference_pairs"]
 ONLINE, ONLINE_WITH_REFERENCE, PREFERENCE_PAIRS = "online", "online_with_reference", "preference_pairs"
@@ -55,7 +55,7 @@ class Algorithm:
     kl_placement: str = "reward"
     """where the KL to the reference goes: "reward" (r = score - beta * KL) or "loss" (+ beta * KL in the loss)"""
     kl_estimator: str = "k1"
-    """k1 (log-ratio), k2 (half its square) or k3 ((r - 1) - log r), per token (harness/objective.py)"""
+    """k1 (log-ratio), k2 (half its square) or k3 ((r - 1) - log r), per token (harness/core/objective.py)"""
     kl_coef: float | None = None
     """beta (None: train.kl_coef)"""
     kl_ratio_correction: bool = False
@@ -64,7 +64,7 @@ class Algorithm:
     name: ClassVar[str] = ""
     kl_placements: ClassVar[tuple[str, ...]] = ("reward", "loss")
     loss_aggregation: ClassVar[str] = "seq_mean_token_sum"
-    """how a per-token KL term in the loss is reduced (harness/objective.py); token-level optimizers make it a setting"""
+    """how a per-token KL term in the loss is reduced (harness/core/objective.py); token-level optimizers make it a setting"""
     length_normaliser: ClassVar[float | None] = None
     dynamic_sampling: ClassVar[bool] = False
     data: ClassVar[DataKind] = ONLINE

@@ -21,7 +21,7 @@ from collections import defaultdict
 
 import torch
 
-from harness.precision import cpu_matmul_gflops
+from harness.core.precision import cpu_matmul_gflops
 
 PEAK_SIZE = 512  # square matmul of the peak probe: big enough to reach fp32 peak, small enough for emulated bf16
 COPY_MB = 256  # tensor copied by the bandwidth probe: far larger than any CPU cache
@@ -96,7 +96,7 @@ class PhaseCounter:
 @contextlib.contextmanager
 def our_phases(counter: PhaseCounter):
     """Tells `counter` which of the backbone's timed phases (experience.Timer: generation, scoring, update) runs."""
-    from harness import experience
+    from harness.core import experience
 
     enter, exit_ = experience.Timer.__enter__, experience.Timer.__exit__
 

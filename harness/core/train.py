@@ -1,7 +1,7 @@
 """The training loop: rollout -> score -> the optimizer's loss over epochs x minibatches -> step -> log.
 
 It never names an optimizer: what differs between them is declared on the Algorithm (algorithms/base.py).
-With several data-parallel processes (harness/distributed.py) each rank runs this loop on its shard of every
+With several data-parallel processes (harness/core/distributed.py) each rank runs this loop on its shard of every
 iteration's prompts; gradients are averaged over ranks before each step and the logged line is reduced over ranks.
 """
 from __future__ import annotations
@@ -12,18 +12,18 @@ from functools import partial
 
 import torch
 
-from harness.batch import Batch, PolicyOutput
-from harness.config import RunConfig
-from harness.contract import ONLINE_WITH_REFERENCE, PREFERENCE_PAIRS, Algorithm
-from harness.distributed import Runtime, derived_seed
-from harness.errors import UserError
-from harness.experience import (Budget, Timer, adopt_policy_forward, collect_online, collect_pairs, gold_rewards,
+from harness.core.batch import Batch, PolicyOutput
+from harness.core.contract import ONLINE_WITH_REFERENCE, PREFERENCE_PAIRS, Algorithm
+from harness.core.distributed import Runtime, derived_seed
+from harness.core.errors import UserError
+from harness.core.experience import (Budget, Timer, adopt_policy_forward, collect_online, collect_pairs, gold_rewards,
                                 policy_output)
-from harness.models import Models
-from harness.objective import kl_loss, token_share
-from harness.rollout import logprob_drift, make_engine
-from harness.examples import Example, Gold, TaskData, TaskReward
-from harness.scoring import ScoreRule, has_eos
+from harness.core.models import Models
+from harness.core.objective import kl_loss, token_share
+from harness.core.rollout import logprob_drift, make_engine
+from harness.core.examples import Example, Gold, TaskData, TaskReward
+from harness.core.scoring import ScoreRule, has_eos
+from harness.core.settings import RunSettings
 
 
 class TrainingDiverged(UserError):
@@ -58,7 +58,7 @@ def data_order(n: int, seed: int, epoch: int = 0) -> list[int]:
 
 @dataclass
 class Trainer:
-    cfg: RunConfig
+    cfg: RunSettings
     algo: Algorithm
     models: Models
     train_examples: list[Example]
@@ -84,7 +84,7 @@ class Trainer:
         self.data_pass, self.cursor = 0, 0
         self.order = data_order(len(self.train_examples), self.cfg.seed)
         self.temperature = self.algo.logprob_temperature or self.cfg.generation.temperature
-        # The objective matrix (harness/contract.py): beta goes into the reward or into the loss, never both.
+        # The objective matrix (harness/core/contract.py): beta goes into the reward or into the loss, never both.
         beta = self.algo.resolved_kl_coef(t.kl_coef)
         self.reward_kl_coef = beta if self.algo.kl_placement == "reward" else 0.0
         self.loss_kl_coef = beta if self.algo.kl_placement == "loss" and self.algo.kl_placements else 0.0
@@ -272,9 +272,10 @@ def objective_loss(algo: Algorithm, batch: Batch, new: PolicyOutput,
     return loss, stats
 
 
-def score_rule(cfg: RunConfig, evaluation: bool = False) -> ScoreRule:
-    """The run's reward-model score rule; evaluation keeps the missing-EOS replacement only when asked to."""
-    missing = cfg.train.missing_eos_score if not evaluation or cfg.eval.missing_eos_penalty else None
+def score_rule(cfg: RunSettings, missing_eos: bool = True) -> ScoreRule:
+    """The run's reward-model score rule; missing_eos False: no missing-EOS replacement (an evaluation that reports
+    raw scores, as the authors' does)."""
+    missing = cfg.train.missing_eos_score if missing_eos else None
     return ScoreRule(scale=cfg.train.reward_scale, missing_eos_score=missing,
                      missing_eos_test=cfg.train.missing_eos_test, max_new_tokens=cfg.generation.max_new_tokens)
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from harness.distributed import Runtime
-from harness.errors import UserError
-from harness.store import read_json, write_json
+from harness.core.distributed import Runtime
+from harness.core.errors import UserError
+from harness.core.store import read_json, write_json
 
 
 def save_weights(model: nn.Module, path: Path, runtime: Runtime | None = None) -> None:

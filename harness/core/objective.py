@@ -29,9 +29,9 @@ Aggregation of a per-token loss l[s, t] with mask m[s, t] over sequences s (all 
     "seq_mean_token_sum_norm"  mean_s (sum_t m l / L)     L a constant, the max response length Lr by default
                                                           (TRL "dr_grpo" with L = max_completion_length)
 
-Ranks. With several data-parallel processes each rank holds a shard of the batch, harness/train.py weighs each
+Ranks. With several data-parallel processes each rank holds a shard of the batch, harness/core/train.py weighs each
 micro-batch's loss by its share of the minibatch's PROMPTS, and the gradients are averaged over ranks
-(harness/distributed.py). So every mean over prompts (the sequence-mean modes) is invariant to micro-batching and
+(harness/core/distributed.py). So every mean over prompts (the sequence-mean modes) is invariant to micro-batching and
 ranks as it stands, and every other statistic a loss depends on must be the whole batch's:
   - batch statistics (a whitening's mean and std, the batch std, REINFORCE's mean reward) sum their parts over the
     ranks with `sum_over_ranks` (`Batch.sum_over_ranks`: an all-reduce over torch.distributed's group in a run,
@@ -64,7 +64,7 @@ def local(parts: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
 
 def max_over_ranks(x: Tensor, sum_over_ranks: SumOverRanks = local) -> Tensor:
     """The maximum of a scalar over the ranks `sum_over_ranks` sums over: x itself for `local`, else an all-reduce
-    over torch.distributed's default group (the group harness/distributed.py's sums use)."""
+    over torch.distributed's default group (the group harness/core/distributed.py's sums use)."""
     if sum_over_ranks is local or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return x
     out = x.detach().float().reshape(1).clone()
@@ -134,7 +134,7 @@ def count_share(mask: Tensor, sum_over_ranks: SumOverRanks = local) -> Tensor:
     return torch.full((mask.shape[0],), (counted / prompts).item(), dtype=torch.float32, device=mask.device)
 
 
-token_share = count_share  # of the counted tokens: `Batch.token_share`, set by harness/train.py
+token_share = count_share  # of the counted tokens: `Batch.token_share`, set by harness/core/train.py
 
 
 # --- advantages and returns ------------------------------------------------------------------------------------------

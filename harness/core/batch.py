@@ -10,7 +10,7 @@ from typing import Callable, TypeVar
 import torch
 from torch import Tensor
 
-from harness.objective import local
+from harness.core.objective import local
 
 
 RESPONSE_AXIS_FIELDS = ("response", "mask", "logp_old", "logp_ref", "token_reward", "values_old", "logp_mask",
@@ -19,7 +19,7 @@ RESPONSE_AXIS_FIELDS = ("response", "mask", "logp_old", "logp_ref", "token_rewar
 
 @dataclass
 class Prepared:
-    """What an optimizer's `prepare` computes once per iteration for its `loss` (harness/contract.py): a subclass
+    """What an optimizer's `prepare` computes once per iteration for its `loss` (harness/core/contract.py): a subclass
     declares typed fields. Tensor fields are per prompt ([P, ...]) and travel with the batch through shuffling and
     micro-batches (`select`); other fields (a float) hold for the whole batch."""
 
@@ -31,7 +31,7 @@ class Prepared:
 @dataclass
 class Advantages(Prepared):
     advantages: Tensor  # [P, K] one per response, or [P, K, Lr] one per token
-    length: float | None = None  # L of a "seq_mean_token_sum_norm" loss (harness/objective.py `sum_norm_length`)
+    length: float | None = None  # L of a "seq_mean_token_sum_norm" loss (harness/core/objective.py `sum_norm_length`)
 
 
 PreparedT = TypeVar("PreparedT", bound=Prepared)
@@ -62,7 +62,7 @@ class Batch:
     sample_logp: Tensor | None = None  # [P, S, Lr] the rollout engine's log-probs of the S sampled responses'
     # tokens, compared with logp_old (the trainer's forward) to measure the engine's drift; not used by losses
     token_share: Tensor | None = None  # [P] the counted tokens of the whole batch (every rank) over its prompts: a
-    # token-mean denominator that stays exact under micro-batching and data parallelism (harness/objective.py)
+    # token-mean denominator that stays exact under micro-batching and data parallelism (harness/core/objective.py)
     sum_over_ranks: Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]] = local  # sums batch statistics over ranks
     max_new_tokens: int | None = None  # the generation cap the responses were sampled under
     extras: Prepared | None = None  # what the optimizer's `prepare` computed for its loss (read with `prepared`)

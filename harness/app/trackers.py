@@ -17,7 +17,7 @@ import os
 import re
 from pathlib import Path
 
-from harness.errors import UserError
+from harness.core.errors import UserError
 
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "aim": "aim", "comet_ml": "comet_ml",
             "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab", "trackio": "trackio"}

@@ -10,7 +10,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from harness.errors import UserError
+from harness.core.errors import UserError
 
 
 class TaskReward(Protocol):

@@ -24,7 +24,7 @@ def sample(model, query: Tensor, max_new_tokens: int, temperature: float, pad_id
     """
     from transformers import StaticCache
 
-    from harness.scoring import cache_keyword, returned_cache
+    from harness.core.scoring import cache_keyword, returned_cache
 
     cache_key = cache_keyword(model)
 
@@ -90,7 +90,7 @@ def make_engine(engine: str, policy_source: str, dtype: str, seed: int, max_mode
         engine = "vllm" if torch.cuda.is_available() and importlib.util.find_spec("vllm") else "hf"
     if engine == "hf":
         return HFEngine()
-    from harness.vllm_engine import VLLMEngine
+    from harness.core.vllm_engine import VLLMEngine
 
     return VLLMEngine(policy_source, dtype=dtype, seed=seed, max_model_len=max_model_len,
                       gpu_memory_utilization=gpu_memory_utilization)

@@ -1,19 +1,11 @@
-"""Typed run configuration. Presets are YAML data (harness/presets/), may `include` each other, reject unknown keys,
-and are overridden from the command line with dotted keys (`--set train.lr=1e-4`, `--set algo.eta=0.5`)."""
+"""The backbone's run settings: the model, the task's prompts, generation and training sections of a run's
+configuration (typed, unknown keys rejected), and `RunSettings`, what the backbone reads of a whole run config. The
+application's config (harness/app/config.py) adds evaluation, logging and presets around them."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, Protocol
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_serializer, model_validator
-
-from harness.errors import UserError, invalid
-
-PRESET_DIR = Path(__file__).parent / "presets"
-
-
-DEFAULT_JUDGE_MODEL = "gpt-4o"  # a GPT-4-class judge; the paper used GPT-4
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 
 def _drop_defaults(data, defaults: dict):
@@ -82,7 +74,7 @@ class ModelSettings(Strict):
                              "train too (the REBEL authors' chat scripts)")
     frozen_dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="storage dtype of the frozen models (reference, reward model, LoRA base weights); trained "
-        "weights are always float32 (harness/precision.py); falls back to float32 where it would run emulated")
+        "weights are always float32 (harness/core/precision.py); falls back to float32 where it would run emulated")
     compute_dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "float32", description="dtype of the forward passes (autocast); auto: bfloat16 where the device runs it "
         "natively (CUDA with bf16, or a CPU whose start-up matmul probe shows bf16 at least as fast as fp32)")
@@ -162,140 +154,11 @@ class TrainSettings(Strict):
         return _drop_defaults(handler(self), {"missing_eos_test": "eos"})
 
 
-class EvalSettings(Strict):
-    prompts: int = Field(600, gt=0)
-    split: Literal["test", "validation"] = Field("test", description="held-out split the prompts are drawn from "
-                                                 "(paper: test)")
-    selection: Literal["random", "first"] = Field("random", description="a seeded random subset of the split "
-                                                  "(paper: 600 random test prompts) or its first N rows")
-    selection_seed: int = Field(0, description="seed of the random subset: the same prompts for every run and seed")
-    temperature: float = Field(0.01, gt=0)
-    every: int = Field(0, ge=0, description="held-out evaluation every N iterations (0: at the end only)")
-    at: list[PositiveInt] = Field([], description="also evaluate after these iterations: dense where the KL moves "
-                                  "fastest (early), so matched-KL tables interpolate between measured points")
-    missing_eos_penalty: bool = Field(False, description="replace the RM score of an evaluated response without "
-                                      "EOS by train.missing_eos_score (the authors' evaluation reports raw scores)")
-    judge: Literal["auto", "gold", "openai", "none"] = "auto"
-    judge_model: str = DEFAULT_JUDGE_MODEL
-    judge_order: Literal["both", "random"] = Field("both", description="both: judge A/B and B/A, disagreement is a "
-                                                   "tie (stricter); random: one seeded random order per pair (N+ code)")
-    judge_template: str | None = Field(None, description="a prompt template file with {post}, {a}, {b} "
-                                       "(default: evals/templates/tldr_judge.txt)")
+class RunSettings(Protocol):
+    """What the backbone reads of a run's configuration (harness.app.config.RunConfig is one)."""
 
-    def due(self, iteration: int, last: int) -> bool:
-        """A held-out evaluation after `iteration` (the final one, after `last`, is the run's own)."""
-        periodic = bool(self.every) and iteration % self.every == 0
-        return (periodic or iteration in self.at) and iteration != last
-
-
-class LogSettings(Strict):
-    trackers: list[str] | str | None = Field(
-        "none", description="experiment trackers that also get every metrics line (accelerate.tracking names: "
-        "tensorboard, wandb (offline), mlflow, ...; a list or comma string; auto: tensorboard when installed; "
-        "none); metrics.jsonl stays the source of truth (harness/trackers.py)")
-
-
-class RunConfig(Strict):
-    algo: str = "rebel"
-    algo_args: dict[str, Any] = {}
-    preset: str = "tiny"
-    description: str = ""
+    seed: int
+    model: ModelSettings
     task: TaskSettings
-    model: ModelSettings = ModelSettings()
-    generation: GenerationSettings = GenerationSettings()
-    train: TrainSettings = TrainSettings()
-    eval: EvalSettings = EvalSettings()
-    log: LogSettings = LogSettings()
-    seed: int = 0
-    output_dir: str = "results/runs"
-    run_id: str | None = None
-
-
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-
-
-def _load_preset_dict(name: str, seen: tuple[str, ...] = ()) -> dict:
-    path = PRESET_DIR / f"{name}.yaml" if not name.endswith((".yaml", ".yml")) else Path(name)
-    if not path.exists():
-        raise UserError(f"unknown preset {name!r}; valid presets: {', '.join(preset_names())} (or a .yaml path)")
-    if name in seen:
-        raise UserError(f"preset include cycle: {' -> '.join(seen + (name,))}")
-    data = yaml.safe_load(path.read_text()) or {}
-    base = {}
-    for parent in data.pop("include", []) or []:
-        base = deep_merge(base, _load_preset_dict(parent, seen + (name,)))
-    return deep_merge(base, data)
-
-
-def deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def parse_overrides(pairs: list[str]) -> dict:
-    """["train.lr=1e-4", "algo.eta=0.5"] -> nested dict; values parsed as YAML scalars; `algo.` goes to algo_args."""
-    out: dict = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise UserError(f"--set expects KEY=VALUE, got {pair!r} (e.g. --set train.lr=1e-4)")
-        key, raw = pair.split("=", 1)
-        path = key.strip().split(".")
-        if path[0] == "algo" and len(path) > 1:
-            path = ["algo_args"] + path[1:]
-        node = out
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = yaml.safe_load(raw)
-    return out
-
-
-def resolve(preset: str = "tiny", overrides: dict | None = None) -> RunConfig:
-    """The preset, then its `per_algo` section for the chosen optimizer (a schedule that differs by optimizer, such
-    as offline DPO's batch 64 for one pass over the pairs), then the command line's overrides."""
-    data = _load_preset_dict(preset)
-    per_algo = data.pop("per_algo", None) or {}
-    algo = (overrides or {}).get("algo", data.get("algo", RunConfig.model_fields["algo"].default))
-    data = deep_merge(deep_merge(data, per_algo.get(algo, {})), overrides or {})
-    data["preset"] = preset
-    try:
-        cfg = RunConfig.model_validate(data)
-    except ValidationError as e:
-        raise invalid(e, "invalid config value") from None
-    from harness import tasks
-
-    task = tasks.find(cfg.task.name)
-    if task is not None and task.check is not None:
-        task.check(cfg)
-    return cfg  # task and algorithm names are checked against their registries where they are used
-
-
-ROW_SECTIONS = ("train", "generation")  # a run that changes one of these is a row of its own in the report
-TABLE_SECTIONS = ("model", "task")  # another model or data set: a table of its own (its own SFT row)
-NOT_A_SETTING = ("model.cache_dir",)  # where files live changes no number
-
-
-def _dotted(data: dict, prefix: str = "") -> dict:
-    out: dict = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_dotted(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def changed_settings(cfg: RunConfig) -> dict:
-    """The run's settings of ROW_SECTIONS and TABLE_SECTIONS that differ from its preset's own (with the preset's
-    per-optimizer section), as dotted keys: what `--set` or a sweep grid changed, so that `harness report` never
-    pools a run at lr 1e-5 with the preset's lr as seeds of one row. {} when the preset is not a named one."""
-    try:
-        base = _dotted(resolve(cfg.preset, {"algo": cfg.algo}).model_dump())
-    except UserError:
-        return {}
-    mine = _dotted(cfg.model_dump())
-    return {k: v for k, v in mine.items() if k.split(".")[0] in ROW_SECTIONS + TABLE_SECTIONS
-            and k not in NOT_A_SETTING and base.get(k) != v}
-
+    generation: GenerationSettings
+    train: TrainSettings

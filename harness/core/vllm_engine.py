@@ -1,5 +1,5 @@
 """Rollouts through vLLM, colocated with the trainer (one engine per process, on its GPU), behind the interface of
-`harness.rollout.HFEngine`: the same prompts in, the same [B * group, max_new_tokens] raw samples out, cut at EOS
+`harness.core.rollout.HFEngine`: the same prompts in, the same [B * group, max_new_tokens] raw samples out, cut at EOS
 by the backbone afterwards.
 
 To sample what the backbone's sampler samples: temperature as configured, no top-k / top-p, EOS sampled like any
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from harness.errors import UserError
+from harness.core.errors import UserError
 
 
 class VLLMEngine:

@@ -7,7 +7,7 @@
   fp32 (native AVX512-BF16/AMX); float32 otherwise. An AVX2-only CPU emulates bf16 about 100x slower than fp32.
 - `model.frozen_dtype` is the storage dtype of the frozen models (reference copy, reward model, a LoRA model's base
   weights); a dtype the hardware cannot run natively falls back to float32 rather than to emulation.
-- `model.logprob_dtype` is the arithmetic of the training log-probs after the logits (harness.scoring.
+- `model.logprob_dtype` is the arithmetic of the training log-probs after the logits (harness.core.scoring.
   sequence_logprobs): float32 (the default: logits upcast, log-softmax and sums in fp32), or bfloat16, the REBEL
   authors' arithmetic (every step and the summed sequence log-probs rounded to bf16). It is a fidelity option, not a
   speed one, so it never falls back: asked for, it is what runs.

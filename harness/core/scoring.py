@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from harness.objective import kl_per_token
+from harness.core.objective import kl_per_token
 
 MISSING_EOS_SCORE = -1.0
 

@@ -8,14 +8,14 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from harness.batch import Batch, PolicyOutput
-from harness.models import Models
-from harness.objective import kl_per_token
-from harness.rollout import HFEngine, truncate_after_eos
-from harness.examples import Example, Gold, TaskReward
-from harness.scoring import (ScoreRule, has_eos, kl_penalised_reward, reward_scores, sequence_kl, sequence_logprobs,
+from harness.core.batch import Batch, PolicyOutput
+from harness.core.models import Models
+from harness.core.objective import kl_per_token
+from harness.core.rollout import HFEngine, truncate_after_eos
+from harness.core.examples import Example, Gold, TaskReward
+from harness.core.scoring import (ScoreRule, has_eos, kl_penalised_reward, reward_scores, sequence_kl, sequence_logprobs,
                              token_rewards, token_values)
-from harness.tokens import decode_responses, encode_responses, left_pad
+from harness.core.tokens import decode_responses, encode_responses, left_pad
 
 
 @dataclass
@@ -155,7 +155,7 @@ def collect_online(models: Models, examples: list[Example], samples_per_prompt: 
     preferences: fill `batch.preference` from the preference model.
     with_policy=False: pi_t's log-probs, the critic's values and the rewards that need them are left for
     `adopt_policy_forward` (single-pass updates).
-    engine: the rollout engine (harness.rollout.HFEngine, the backbone's sampler, by default).
+    engine: the rollout engine (harness.core.rollout.HFEngine, the backbone's sampler, by default).
     rule: how reward-model outputs become scores (scale, missing-EOS replacement).
     """
     P, S = len(examples), samples_per_prompt

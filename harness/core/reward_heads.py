@@ -1,6 +1,6 @@
 """Reward-model checkpoint conventions, loaded into one interface: `model(**inputs).logits` is [B, 1], the score
-read at the last real token, and `model.config.reward_bias` is subtracted by harness.scoring.reward_scores (and from
-a critic's values by harness.scoring.token_values, as the authors' ScalarModel does).
+read at the last real token, and `model.config.reward_bias` is subtracted by harness.core.scoring.reward_scores (and from
+a critic's values by harness.core.scoring.token_values, as the authors' ScalarModel does).
 
 - Hugging Face sequence classifiers (`*ForSequenceClassification`, e.g. FsfairX-LLaMA3-RM, the tiny preset's RM).
 - The TL;DR "ScalarModel" checkpoints (vwxyzjn/..__reward__tldr): config.json with `base_config` and `bias`,
@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from harness.errors import UserError
+from harness.core.errors import UserError
 
 
 class ScalarRewardModel(nn.Module):
@@ -30,7 +30,7 @@ class ScalarRewardModel(nn.Module):
         self.config = SimpleNamespace(reward_bias=bias, eos_token_id=eos_token_id, pad_token_id=None)
 
     @property
-    def base_model(self) -> nn.Module:  # what harness.scoring.token_values runs (a critic from this RM)
+    def base_model(self) -> nn.Module:  # what harness.core.scoring.token_values runs (a critic from this RM)
         return self.lm_backbone
 
     @property

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from harness.config import LoraSettings, ModelSettings
-from harness.errors import UserError
-from harness.precision import Precision, resolve_precision
+from harness.core.settings import LoraSettings, ModelSettings
+from harness.core.errors import UserError
+from harness.core.precision import Precision, resolve_precision
 
 
 @dataclass
@@ -26,7 +26,7 @@ class Models:
     tokenizer: object
     critic: nn.Module | None = None
     origin: dict = field(default_factory=dict)  # what was loaded from where, for the run's record
-    precision: Precision = field(default_factory=Precision)  # compute / frozen dtypes (harness/precision.py)
+    precision: Precision = field(default_factory=Precision)  # compute / frozen dtypes (harness/core/precision.py)
 
     def autocast(self):
         """The context of every forward pass: bf16 autocast when the run computes in bf16, else nothing."""
@@ -134,10 +134,10 @@ def _frozen(model: nn.Module) -> nn.Module:
 
 
 def load_reward_model(name: str, tokenizer, dtype=torch.float32, frozen: bool = True) -> nn.Module:
-    """A reward model in any supported head convention (harness/reward_heads.py), with the tokenizer's ids."""
+    """A reward model in any supported head convention (harness/core/reward_heads.py), with the tokenizer's ids."""
     from transformers import AutoModelForSequenceClassification
 
-    from harness.reward_heads import is_scalar_model, load_scalar_model
+    from harness.core.reward_heads import is_scalar_model, load_scalar_model
 
     if is_scalar_model(name):
         rm = load_scalar_model(name, dtype)
@@ -206,7 +206,7 @@ def add_critic_lora(critic: nn.Module, lora: LoraSettings) -> nn.Module:
 
 
 def fp32_master(model: nn.Module) -> nn.Module:
-    """Every trainable weight in float32: a bf16 weight rounds a 3e-6 AdamW step away (harness/precision.py)."""
+    """Every trainable weight in float32: a bf16 weight rounds a 3e-6 AdamW step away (harness/core/precision.py)."""
     for p in model.parameters():
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
