@@ -117,14 +117,23 @@ def _two_sided(statistic):
     return lambda *samples, axis: np.abs(statistic(*samples, axis=axis))
 
 
+TIE_RTOL, TIE_ATOL = 1e-12, 1e-15  # a permuted statistic this close to the observed one is a tie (counts as extreme)
+
+
 def _permutation_p(data: tuple, statistic, permutation_type: str, exact: bool, reps: int, seed: int):
-    """scipy.stats.permutation_test's p-value: every permutation enumerated when `exact` (p = k / N), else `reps`
-    random ones from `seed` (p = (1 + k) / (1 + reps), still valid). Batches bound the memory of a vectorised
-    call to ~32 MB of null statistics' inputs."""
+    """The permutation p-value over scipy.stats.permutation_test's null distribution: every permutation enumerated
+    when `exact` (p = k / N), else `reps` random ones from `seed` (p = (1 + k) / (1 + reps), still valid). k counts
+    the permuted statistics at least the observed one within TIE_RTOL: scipy's own tie tolerance (100 float
+    epsilons) misses ties that rounding separates, e.g. sign flips of pass@1 differences in points (0.625 becomes
+    0.5 on the committed arith runs). Batches bound the memory of a vectorised call to ~32 MB."""
     size = max(1, sum(np.asarray(x).size for x in data))
-    return sps.permutation_test(data, _two_sided(statistic), permutation_type=permutation_type, vectorized=True,
-                                n_resamples=np.inf if exact else reps, batch=max(1, 4_000_000 // size),
-                                alternative="greater", axis=-1, rng=np.random.default_rng(seed)).pvalue
+    res = sps.permutation_test(data, _two_sided(statistic), permutation_type=permutation_type, vectorized=True,
+                               n_resamples=np.inf if exact else reps, batch=max(1, 4_000_000 // size),
+                               alternative="greater", axis=-1, rng=np.random.default_rng(seed))
+    null = np.moveaxis(np.asarray(res.null_distribution, dtype=float), 0, -1)  # (..., draws)
+    observed = np.asarray(res.statistic, dtype=float)[..., None]
+    k = np.sum(null >= observed * (1 - TIE_RTOL) - TIE_ATOL, axis=-1)
+    return k / null.shape[-1] if exact else (1 + k) / (1 + null.shape[-1])
 
 
 def sign_flip_p(diffs, reps: int = 2000, seed: int = 0):

@@ -249,3 +249,19 @@ def test_paired_t_p_spread_guard_is_per_row():
         assert compare.paired_t_p(row) == pytest.approx(sps.ttest_1samp(row, 0.0).pvalue, rel=1e-12)
     mixed = compare.paired_t_p(np.array([[2.0, 2.0, 2.0], [0.1, 0.2, 0.3]]))
     assert mixed[0] == 0.0 and mixed[1] == pytest.approx(sps.ttest_1samp([0.1, 0.2, 0.3], 0.0).pvalue)
+
+
+def test_sign_flip_counts_ties_that_rounding_separates():
+    """Differences of pass@1 in points from the committed arith runs (grpo vs gspo): in exact arithmetic 20 of the 32
+    sign patterns tie or beat the observed |mean|, p = 0.625; float rounding puts some ties 1e-16 apart, which
+    scipy's own tolerance alone misses (it gave 0.5). The exact count by rationals is the reference."""
+    from fractions import Fraction
+    from itertools import product
+
+    a = ["20.65", "19.8", "20.325", "20.75", "20.825"]
+    b = ["20.45", "19.85", "20.425", "20.6", "20.825"]
+    exact = [Fraction(x) - Fraction(y) for x, y in zip(a, b)]
+    observed = abs(sum(exact))
+    k = sum(abs(sum(s * d for s, d in zip(signs, exact))) >= observed for signs in product((1, -1), repeat=5))
+    diffs = np.array([float(x) for x in a]) - np.array([float(y) for y in b])
+    assert k / 32 == 0.625 and compare.sign_flip_p(diffs) == 0.625
