@@ -4,8 +4,8 @@ and the share of answers with no extractable number, on held-out problems.
 Per problem, `samples` responses are drawn at `temperature` (the run's sampling temperature: the policy is judged
 on the distribution it was trained to sample from), each scored by the task's reward (its checker: 1.0 right, 0.0
 wrong, harness.core.examples.TaskReward; its optional `details` say whether an answer was found). A response counts as
-correct only when it ENDED (EOS within max_new_tokens) and its checker accepts it: a cut-off response has not committed to an answer, as in training, where it gets the
-missing-EOS score. pass@k for k in `ks` is Chen et al.'s unbiased estimator over those samples (evals.pass_at_k),
+correct only when it ENDED (EOS within max_new_tokens) and its checker accepts it: a cut-off response has not
+committed to an answer, as in training, where it gets the missing-EOS score. pass@k for k in `ks` is Chen et al.'s unbiased estimator over those samples (evals.pass_at_k),
 so pass@1 is the mean correctness at `temperature`. Greedy pass@1 is one argmax-decoded response per problem.
 KL is the masked sequence sum of log pi - log pi_ref over the sampled responses at `kl_temperature` (the training
 sampling temperature), the TL;DR suite's definition (evals.tldr.KL_DEFINITION).

@@ -185,7 +185,8 @@ class OpenLlmSuite(ModelSuite):
             raise UserError(f"--include-path: no such directory {include_path}")
         model = assets.model_asset("evaluated model", target.model) if target.run_dir is None else []
         command = assets.prepare_command(suites=["open-llm"], models=[a.name for a in model if a.kind == "model"]) + \
-            (f" --tasks {','.join(tasks)}" if tasks else "") + (f" --include-path {include_path}" if include_path else "")
+            (f" --tasks {','.join(tasks)}" if tasks else "") + \
+            (f" --include-path {include_path}" if include_path else "")
         assets.require(model + self.assets(options), command, log=log)
 
     def run(self, target: Target, options: dict, log=print) -> dict:

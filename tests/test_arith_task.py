@@ -235,7 +235,8 @@ def test_checked_pairs_key_follows_the_code_and_the_eos_test(monkeypatch):
     args = ({"policy": "p", "tokenizer": "t"}, "synthetic", 10, 64, 16, 0.7)
     base = checked_pairs.pairs_key(*args, ScoreRule(), checker=(Checker,))
     assert checked_pairs.pairs_key(*args, ScoreRule(), checker=(Checker,)) == base  # deterministic
-    assert checked_pairs.pairs_key(*args, ScoreRule(missing_eos_test="pad", max_new_tokens=16), checker=(Checker,)) != base
+    pad_rule = ScoreRule(missing_eos_test="pad", max_new_tokens=16)
+    assert checked_pairs.pairs_key(*args, pad_rule, checker=(Checker,)) != base
 
     class OtherChecker(Checker):
         def __call__(self, text, example):

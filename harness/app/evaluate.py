@@ -238,8 +238,9 @@ def _check_run_suite(target: Target, cfg, suite: suites.TaskSuite) -> None:
 
 def _model_config(suite: suites.TaskSuite, task: str | None, source: str | None, preset: str | None):
     """A model's evaluation settings: the preset's (default: the task's own) with `task` (default: the preset's
-    task when the suite evaluates it, else the suite's default task). Without `source`, the preset's data source when the preset is for `task`, else the
-    task's `auto` (gsm8k: the hub; the arith preset's `synthetic` would not name gsm8k rows)."""
+    task when the suite evaluates it, else the suite's default task). Without `source`, the preset's data source
+    when the preset is for `task`, else the task's `auto` (gsm8k: the hub; the arith preset's `synthetic` would not
+    name gsm8k rows)."""
     from harness import tasks
     from harness.app.config import resolve
 

@@ -24,7 +24,8 @@ from harness.app.catalogue import preflight_run
 from harness.core.models import Models, load_models, peak_memory_mb
 from harness.tasks.checked_pairs import cached_pairs
 from harness.tasks import resolve_paths
-from harness.core.store import RunDir, code_version, config_hash, read_json, writable_cache_root, write_json, write_jsonl
+from harness.core.store import (RunDir, code_version, config_hash, read_json, writable_cache_root, write_json,
+                                write_jsonl)
 from harness.core import checkpoint
 from harness import tasks
 from harness.core.distributed import Runtime

@@ -105,7 +105,8 @@ def register(app: typer.Typer) -> None:
     def prepare_command(
         config: Optional[str] = typer.Argument(None, help="a run directory or its config.json"),
         preset: Optional[str] = typer.Option(None, "--preset", "-p", help="a preset (see `harness list`)"),
-        suite: list[str] = typer.Option([], "--suite", "-s", help="a suite's assets: tldr | chat | open-llm | math or a plugin's (`harness list`; repeatable)"),
+        suite: list[str] = typer.Option([], "--suite", "-s", help="a suite's assets: tldr | chat | open-llm | math or a "
+                                                      "plugin's (`harness list`; repeatable)"),
         model: list[str] = typer.Option([], "--model", help="another hub model to fetch (e.g. one to evaluate)"),
         set_: list[str] = typer.Option([], "--set", help="preset overrides, as for `harness run`"),
         tasks: Optional[str] = typer.Option(None, "--tasks", help="open-llm: comma-separated subset of the six"),

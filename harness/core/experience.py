@@ -83,7 +83,7 @@ def _score_flat(models: Models, query: Tensor, response: Tensor, mask: Tensor, t
     for p in _chunks(len(query), max(1, chunk // K)):
         q, s = query[p], slice(p.start * K, p.stop * K)
         t, lm = tokens[s], logp_mask[s]
-        dtype = models.precision.logprob  # model.logprob_dtype: fp32, or the paper code's bf16 arithmetic (docs/fidelity.md)
+        dtype = models.precision.logprob  # model.logprob_dtype: fp32, or the paper code's bf16 (docs/fidelity.md)
         if with_policy:
             parts["logp_old"].append(sequence_logprobs(models.policy, q, t, lm, pad, temperature, group=K,
                                                        dtype=dtype).tokens)

@@ -60,8 +60,8 @@ def build(recipe: TinyRecipe, out: TinyPaths, log=print) -> None:
     # a solution longer than max_response_tokens loses its EOS (and its "#### N"): the policy would learn to ramble
     info["references_cut"] = int((ref_mask.sum(1) == ref_mask.shape[1]).sum())
     info["prompts_cut"] = int(((query != pad).sum(1) >= recipe.max_prompt_tokens).sum())
-    train_steps(policy, cross_entropy_on_response, (query, ref, ref_mask), sequence_lengths(query, pad, ref_mask), recipe.sft_steps,
-           recipe.sft_batch, recipe.sft_lr, rng, "SFT (arith)", pad, recipe)
+    train_steps(policy, cross_entropy_on_response, (query, ref, ref_mask), sequence_lengths(query, pad, ref_mask),
+                recipe.sft_steps, recipe.sft_batch, recipe.sft_lr, rng, "SFT (arith)", pad, recipe)
     eq, eref, emask = encode_rows(data.sft_eval[:512], tokenizer, recipe, ("reference",))
     with torch.no_grad():
         info["sft_eval_loss"] = cross_entropy_on_response(policy, eq, eref, emask, pad).item()

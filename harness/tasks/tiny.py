@@ -251,7 +251,7 @@ def build(recipe: TinyRecipe, out: TinyPaths, log=print) -> None:
     sft = encode_rows(data.sft_train, tokenizer, recipe, ("reference",))
     lap("encode_sft")
     train_steps(policy, cross_entropy_on_response, sft, sequence_lengths(sft[0], pad, sft[2]), recipe.sft_steps,
-           recipe.sft_batch, recipe.sft_lr, rng, "SFT", pad, recipe)
+                recipe.sft_batch, recipe.sft_lr, rng, "SFT", pad, recipe)
     lap("sft_train")
     eq, eref, emask = encode_rows(data.sft_eval[:512], tokenizer, recipe, ("reference",))
     with torch.no_grad():
@@ -268,8 +268,8 @@ def build(recipe: TinyRecipe, out: TinyPaths, log=print) -> None:
     torch.nn.init.zeros_(rm.score.weight)
     pref = encode_rows(data.pref_train, tokenizer, recipe, ("chosen", "rejected"))
     lap("encode_pairs")
-    train_steps(rm, pairwise_reward_loss, pref, sequence_lengths(pref[0], pad, pref[2], pref[4]), recipe.rm_steps, recipe.rm_batch,
-           recipe.rm_lr, rng, "reward model", pad, recipe)
+    train_steps(rm, pairwise_reward_loss, pref, sequence_lengths(pref[0], pad, pref[2], pref[4]), recipe.rm_steps,
+                recipe.rm_batch, recipe.rm_lr, rng, "reward model", pad, recipe)
     lap("rm_train")
     info.update(_reward_model_report(rm, data, tokenizer, recipe))
     rm.config.reward_bias = info["reward_bias"]
