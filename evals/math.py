@@ -16,7 +16,7 @@ import torch
 
 from evals.pass_at_k import DEFAULT_KS, summary
 from evals.tldr import KL_DEFINITION, sampled_chunks
-from evals.suites import TaskSuite, fmt, num, pct, register
+from evals.suites import TaskSuite, num, pct, register
 from harness.core.distributed import Runtime
 from harness.core.examples import Example, TaskReward
 from harness.core.rollout import truncate_after_eos
@@ -168,7 +168,7 @@ class MathSuite(TaskSuite):
 
     def table_row(self, m):
         keys = ("pass@1", "pass@4", "pass@8", "greedy_pass@1", "kl", "no_answer_frac", "response_length")
-        return [fmt(m.get(k)) if k in ("kl", "response_length") else fmt(m.get(k), pct=True) for k in keys]
+        return [num(m.get(k)) if k in ("kl", "response_length") else pct(m.get(k)) for k in keys]
 
 
 register(MathSuite())

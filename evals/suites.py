@@ -156,9 +156,6 @@ def num(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
-def fmt(x, pct: bool = False) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%" if pct else f"{x:.3f}"
-
 
 def register(suite: Suite) -> Suite:
     if suite.name in REGISTRY:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from evals.suites import TaskSuite, fmt, num, pct, register
+from evals.suites import TaskSuite, num, pct, register
 from harness.core.distributed import Runtime
 from harness.core.experience import encode_queries
 from harness.core.rollout import sample, truncate_after_eos
@@ -158,8 +158,8 @@ class TldrSuite(TaskSuite):
                 f"{num(result['rm_score'])}, KL {num(result['kl'])}, {result['n']} prompts")
 
     def table_row(self, m):
-        return [fmt(m["win_rate"], pct=True), fmt(m["rm_score"]), fmt(m["kl"]), fmt(m["kl_exact"]),
-                fmt(m["gold_reward"]), f"{m['response_length']:.1f}"]
+        return [pct(m["win_rate"]), num(m["rm_score"]), num(m["kl"]), num(m["kl_exact"]),
+                num(m["gold_reward"]), f"{m['response_length']:.1f}"]
 
 
 register(TldrSuite())

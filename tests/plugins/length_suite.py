@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from evals.suites import TaskSuite, fmt, register
+from evals.suites import TaskSuite, num, register
 from evals.tldr import sampled_chunks
 from harness.core.tokens import decode_responses
 
@@ -39,7 +39,7 @@ class LengthSuite(TaskSuite):
         return f"length: reward {result['reward']:.3f}, {result['response_length']:.1f} tokens, {result['n']} prompts"
 
     def table_row(self, m):
-        return [fmt(m["reward"]), f"{m['response_length']:.1f}"]
+        return [num(m["reward"]), f"{m['response_length']:.1f}"]
 
 
 register(LengthSuite())
