@@ -85,6 +85,10 @@ def test_a_missing_library_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "math_verify", None)  # `import math_verify` then raises ImportError
     with pytest.raises(UserError, match=r'pip install "math-verify\[antlr4_13_2\]"'):
         math_answers._math_verify()
+    from harness.app.config import resolve
+
+    with pytest.raises(UserError, match="needs the math-verify library"):  # before any model loads
+        resolve("arith", {"task": {"name": "math", "source": "fixture"}})
 
 
 def test_last_boxed_answer_with_nested_braces():

@@ -37,6 +37,11 @@ def _math_verify():
     return math_verify
 
 
+def require_math_verify() -> None:
+    """Refuse a math run before any model loads when math-verify is missing (the task's settings check)."""
+    _math_verify()
+
+
 @dataclass(frozen=True)
 class MathVerdict:
     """One checked response: `correct` 1.0 / 0.0, `no_answer` when nothing could be extracted, `extracted` the

@@ -31,7 +31,7 @@ from harness.core.examples import Example, TaskData
 from harness.tasks import Task, register
 from harness.tasks.arith import format_prompt
 from harness.tasks.gsm8k import read_rows
-from harness.tasks.math_answers import MathVerifier
+from harness.tasks.math_answers import MathVerifier, require_math_verify
 
 DEFAULT_DATASET = "HuggingFaceH4/MATH-500"
 KNOWN_SPLITS = {"HuggingFaceH4/MATH-500": ("test",), "agentica-org/DeepScaleR-Preview-Dataset": ("train",)}
@@ -226,4 +226,4 @@ def _load(source: str, dataset: str | None = None, preference_dataset: str | Non
 register(Task("math", "MATH-style competition problems (HuggingFaceH4/MATH-500 or another hub id, local rows, or a "
               "hand-written fixture), scored by math-verify", _load, preset="arith", checker=True, suite="math",
               hub_data=lambda settings: hub_assets(settings.dataset) if settings.source in ("hub", "auto") else [],
-              offline_sources=(FIXTURE,)))
+              offline_sources=(FIXTURE,), check=lambda cfg: require_math_verify()))
