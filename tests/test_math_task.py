@@ -44,6 +44,8 @@ def test_no_answer_and_what_was_extracted():
     for text in ("I do not know.", "", "   "):
         assert verify_answer(text, "8") == math_answers.MathVerdict(correct=0.0, no_answer=True, extracted=None)
     assert verify_answer(r"so $\boxed{7}$", "8").extracted == "7"
+    with pytest.raises(UserError, match="cannot read the gold answer"):  # a gold that parses to nothing
+        verify_answer("7", r"\boxed{}")
 
 
 def test_the_timeout_is_used_in_the_main_thread_only():

@@ -69,7 +69,8 @@ def _timeout(timeout_s: int | None) -> int | None:
 def _parse_gold(gold: str, timeout_s: int | None):
     parsed = _math_verify().parse(gold_latex(gold), parsing_timeout=timeout_s)
     if not parsed:  # only an empty or timed-out gold; the loaders refuse empty answers
-        raise ValueError(f"math-verify cannot parse the gold answer {gold!r}")
+        raise UserError(f"math-verify cannot read the gold answer {gold!r}; fix that row's answer (plain LaTeX, "
+                        f"as in MATH's answer column)")
     return parsed
 
 
