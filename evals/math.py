@@ -18,7 +18,7 @@ from evals.pass_at_k import DEFAULT_KS, summary
 from evals.tldr import KL_DEFINITION, sampled_chunks
 from evals.suites import TaskSuite, num, pct, register
 from harness.core.distributed import Runtime
-from harness.core.examples import Example, TaskReward
+from harness.core.examples import Example, TaskReward, score_texts
 from harness.core.rollout import truncate_after_eos
 from harness.core.scoring import has_eos, sequence_logprobs
 from harness.core.tokens import decode_responses
@@ -54,15 +54,18 @@ def score_problems(policy, reference, tokenizer, examples: list[Example], reward
         lengths, kl = mask.sum(-1).tolist(), kl.tolist()
         g_response, g_mask = truncate_after_eos(greedy(policy, query, max_new_tokens, pad, eos), eos, pad)
         g_texts, g_ended = decode_responses(g_response, g_mask, tokenizer), has_eos(g_response, g_mask, eos).tolist()
+        # one batched call for the samples and one for the greedy responses (a reward may call a server)
+        scores = score_texts(reward, texts, [ex for ex in batch for _ in range(samples)])
+        g_scores = score_texts(reward, g_texts, batch)
         for i, ex in enumerate(batch):
             rows = []
             for j in range(i * samples, (i + 1) * samples):
                 d = _details(reward, texts[j], ex)
-                rows.append({"response": texts[j], "correct": reward(texts[j], ex) if ended[j] else 0.0,
+                rows.append({"response": texts[j], "correct": scores[j] if ended[j] else 0.0,
                              "no_answer": d["no_answer"], "extracted": d["extracted"], "eos": ended[j],
                              "length": lengths[j], "kl": kl[j]})
             g = _details(reward, g_texts[i], ex)
-            records.append({"samples": rows, "greedy": {"response": g_texts[i], "correct": reward(g_texts[i], ex)
+            records.append({"samples": rows, "greedy": {"response": g_texts[i], "correct": g_scores[i]
                                                         if g_ended[i] else 0.0, "extracted": g["extracted"],
                                                         "eos": g_ended[i]}})
     return records
@@ -154,7 +157,8 @@ class MathSuite(TaskSuite):
         return evaluate_math(policy, reference, models.tokenizer, examples, data.reward,
                              max_prompt_tokens=cfg.task.max_prompt_tokens,
                              max_new_tokens=cfg.generation.max_new_tokens, temperature=cfg.eval.temperature,
-                             kl_temperature=cfg.generation.temperature, runtime=runtime)
+                             kl_temperature=cfg.generation.temperature, runtime=runtime,
+                             samples=cfg.eval.samples or DEFAULT_SAMPLES)
 
     def describe(self, result):
         return (f"math ({result.get('task')}): pass@1 {pct(result['pass@1'])}, pass@4 {pct(result.get('pass@4'))}, "

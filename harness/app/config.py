@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, PositiveInt, ValidationError
+from pydantic import Field, PositiveInt, ValidationError, model_serializer, model_validator
 
 from evals.judge import DEFAULT_JUDGE_MODEL
 from evals.runs import ROW_SECTIONS, TABLE_SECTIONS
 from harness.core.errors import UserError, invalid
-from harness.core.settings import GenerationSettings, ModelSettings, Strict, TaskSettings, TrainSettings
+from harness.core.settings import _drop_defaults, GenerationSettings, ModelSettings, Strict, TaskSettings, TrainSettings
 
 PRESET_DIR = Path(__file__).parent.parent / "presets"
 
@@ -38,6 +38,13 @@ class EvalSettings(Strict):
                                                    "tie (stricter); random: one seeded random order per pair (N+ code)")
     judge_template: str | None = Field(None, description="a prompt template file with {post}, {a}, {b} "
                                        "(default: evals/templates/tldr_judge.txt)")
+    samples: int | None = Field(None, gt=0, description="responses sampled per held-out prompt by the suites that "
+                                "sample several (pass@k): None, the suite's own (math 8, reward 4)")
+
+    @model_serializer(mode="wrap")
+    def _without_default_samples(self, handler):
+        """`samples` is left out of a dump while it is None (run ids and config hashes unchanged)."""
+        return _drop_defaults(handler(self), {"samples": None})
 
     def due(self, iteration: int, last: int) -> bool:
         """A held-out evaluation after `iteration` (the final one, after `last`, is the run's own)."""
@@ -66,6 +73,17 @@ class RunConfig(Strict):
     seed: int = 0
     output_dir: str = "results/runs"
     run_id: str | None = None
+
+    @model_validator(mode="after")
+    def _register_task_file(self):
+        """A config of a task read from a file (a run directory's, a sweep's) registers that task again, so that
+        `harness eval` and `report` in another process find it by name; a file that has moved is left for the
+        commands that need the task to report."""
+        if self.task.file and Path(self.task.file).is_file():
+            from harness import tasks
+
+            tasks.register_file(self.task.file)
+        return self
 
 
 def preset_names() -> list[str]:
@@ -112,17 +130,26 @@ def parse_overrides(pairs: list[str]) -> dict:
 def resolve(preset: str = "tiny", overrides: dict | None = None) -> RunConfig:
     """The preset, then its `per_algo` section for the chosen optimizer (a schedule that differs by optimizer, such
     as offline DPO's batch 64 for one pass over the pairs), then the command line's overrides."""
+    from harness import tasks
+
     data = _load_preset_dict(preset)
     per_algo = data.pop("per_algo", None) or {}
     algo = (overrides or {}).get("algo", data.get("algo", RunConfig.model_fields["algo"].default))
-    data = deep_merge(deep_merge(data, per_algo.get(algo, {})), overrides or {})
+    data = deep_merge(data, per_algo.get(algo, {}))
+    overrides = dict(overrides or {})
+    named = (overrides.get("task") or {}).get("name") or (data.get("task") or {}).get("name")
+    if tasks.is_task_file(named):  # a task file: its settings, then the command line's; its name, not its path
+        task = tasks.get(named)
+        own = ("name", "source", "dataset", "preference_dataset")  # the preset's task's data, not the file's
+        data["task"] = {k: v for k, v in (data.get("task") or {}).items() if k not in own}
+        data = deep_merge(data, task.defaults)
+        overrides["task"] = {**(overrides.get("task") or {}), "name": task.name, "file": task.file}
+    data = deep_merge(data, overrides)
     data["preset"] = preset
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as e:
         raise invalid(e, "invalid config value") from None
-    from harness import tasks
-
     task = tasks.find(cfg.task.name)
     if task is not None and task.check is not None:
         task.check(cfg)
@@ -146,8 +173,9 @@ def changed_settings(cfg: RunConfig) -> dict:
     """The run's settings of ROW_SECTIONS and TABLE_SECTIONS that differ from its preset's own (with the preset's
     per-optimizer section), as dotted keys: what `--set` or a sweep grid changed, so that `harness report` never
     pools a run at lr 1e-5 with the preset's lr as seeds of one row. {} when the preset is not a named one."""
-    try:
-        base = _dotted(resolve(cfg.preset, {"algo": cfg.algo}).model_dump())
+    try:  # a task file's settings are its runs' base, not changes (tasks in code keep the preset's base)
+        task = {"task": {"name": cfg.task.file}} if cfg.task.file else {}
+        base = _dotted(resolve(cfg.preset, {"algo": cfg.algo, **task}).model_dump())
     except UserError:
         return {}
     mine = _dotted(cfg.model_dump())

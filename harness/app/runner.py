@@ -97,7 +97,7 @@ def evaluate(cfg: RunConfig, models: Models, data: TaskData, judge, policy=None,
 
 
 # the modules whose code computes an SFT baseline's numbers, part of its cache key (harness/store.code_fingerprint)
-BASELINE_CODE = ("evals.tldr", "evals.math", "evals.pass_at_k", "evals.gold_judge", "harness.core.scoring",
+BASELINE_CODE = ("evals.tldr", "evals.math", "evals.reward", "evals.pass_at_k", "evals.gold_judge", "harness.core.scoring",
                  "harness.core.rollout", "harness.tasks.verifier", "harness.core.examples:eval_examples")
 
 
@@ -111,7 +111,9 @@ def sft_baseline(cfg: RunConfig, models: Models, data: TaskData, judge, console:
                        "prompts": config_hash([ex.record() | {"prompt": ex.prompt} for ex in held_out(cfg, data)]),
                        # the code that computes the numbers: a changed evaluation never reads an old baseline
                        "code": code_fingerprint(evaluate, held_out, type(judge), type(data.gold), type(data.reward),
-                                                *BASELINE_CODE)})
+                                                *BASELINE_CODE),
+                       # a task file's data and reward code (harness/tasks/task_file.py), when it has them
+                       **({"data": data.fingerprint} if data.fingerprint else {})})
     path = cache_root(cfg.model.cache_dir) / "sft_baselines" / f"{key}.json"
     cached = runtime.broadcast(read_json(path) if runtime.is_main and path.exists() else None)
     if cached is not None:
@@ -210,7 +212,7 @@ def run(cfg: RunConfig, console: Console | None = None, runtime: Runtime | None 
         console.print(f"[bold]trackers[/]   {', '.join(trackers.names)} (metrics.jsonl stays the record)")
     sft = sft_baseline(cfg, models, data, judge, console, runtime)
     pairs = None
-    if algo.data == PREFERENCE_PAIRS and data.reward is not None and cfg.train.iterations:
+    if algo.data == PREFERENCE_PAIRS and data.reward is not None and not data.pref_train and cfg.train.iterations:
         pairs = checked_pairs(cfg, models, data, console, runtime)
     budget = Budget()
     trainer = Trainer(cfg, algo, models, training_examples(algo, data), budget, runtime, gold=data.gold,
@@ -247,8 +249,8 @@ def run(cfg: RunConfig, console: Console | None = None, runtime: Runtime | None 
         if runtime.is_main:
             write_json(run_dir.failed, {"iteration": iteration, "error": f"{type(e).__name__}: {e}",
                                                       "checkpoint": last, "traceback": traceback.format_exc()})
-        if isinstance(e, TrainingDiverged):
-            raise TrainingDiverged(f"{e}; {kept}") from None
+        if isinstance(e, (TrainingDiverged, UserError)):  # e.g. a reward function that raised mid-run
+            raise type(e)(f"{e}; {kept}") from None
         if isinstance(e, KeyboardInterrupt):
             console.print(f"interrupted at iteration {iteration}; {kept}")
         raise
@@ -275,6 +277,7 @@ def run(cfg: RunConfig, console: Console | None = None, runtime: Runtime | None 
                "finished_at": dt.datetime.now().isoformat(timespec="seconds"), "eval": final, "sft": sft,
                "budget": {**counters, "peak_memory_mb": round(peak_memory_mb(), 1)},
                "settings": settings,
+               "reward": data.reward.name if data.reward is not None else f"reward model {models.origin['reward_model']}",
                "comparison_key": {"task": cfg.task.name, "data_source": source, "preset": cfg.preset,
                                   "judge": final["win_rate_judge"], "eval_temperature": cfg.eval.temperature,
                                   "kl_definition": KL_DEFINITION}}

@@ -22,6 +22,15 @@ class TaskReward(Protocol):
     def __call__(self, text: str, example: "Example") -> float: ...
 
 
+def score_texts(reward: TaskReward, texts: list[str], examples: list["Example"]) -> list[float]:
+    """The task reward of each response (examples[i] is the prompt of texts[i]): one batched call when the reward
+    scores batches (`reward.scores`, e.g. reward functions that call a server), else one call per response."""
+    batched = getattr(reward, "scores", None)
+    if batched is not None:
+        return [float(x) for x in batched(texts, examples)]
+    return [float(reward(t, ex)) for t, ex in zip(texts, examples)]
+
+
 class Gold(Protocol):
     """A task's programmatic gold reward (the synthetic stand-in's): what an ideal labeller would score."""
 
@@ -86,6 +95,7 @@ class TaskData:
     reward: TaskReward | None = None  # a verifiable task's checker: scores responses instead of a reward model
     sft_test: list[Example] = field(default_factory=list)  # the paper's win rates are on the test split
     test_note: str | None = None  # set when there is no test split: says evaluation uses validation instead
+    fingerprint: str | None = None  # the content of a task file's data and reward code, part of cache keys
 
     def __post_init__(self):
         if not self.sft_test and self.test_note is None:

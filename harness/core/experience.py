@@ -12,7 +12,7 @@ from harness.core.batch import Batch, PolicyOutput
 from harness.core.models import Models
 from harness.core.objective import kl_per_token
 from harness.core.rollout import HFEngine, truncate_after_eos
-from harness.core.examples import Example, Gold, TaskReward
+from harness.core.examples import Example, Gold, TaskReward, score_texts
 from harness.core.scoring import (ScoreRule, has_eos, kl_penalised_reward, reward_scores, sequence_kl, sequence_logprobs,
                              token_rewards, token_values)
 from harness.core.tokens import decode_responses, encode_responses, left_pad
@@ -114,7 +114,8 @@ def task_scores(reward: TaskReward, response: Tensor, mask: Tensor, examples: li
     score; [P*K]."""
     K = len(response) // len(examples)
     texts = decode_responses(response, mask, tokenizer)
-    score = torch.tensor([float(reward(t, examples[i // K])) for i, t in enumerate(texts)], device=response.device)
+    score = torch.tensor(score_texts(reward, texts, [examples[i // K] for i in range(len(texts))]),
+                         device=response.device)
     return rule.apply(score * rule.scale, response, mask, eos_id)
 
 

@@ -111,6 +111,12 @@ class TaskSettings(Strict):
     preference_dataset: str | None = Field(None, description="hub data set of preference pairs (tldr); None: the "
                                            "task's default")
     max_prompt_tokens: int = Field(512, gt=8)
+    file: str | None = Field(None, description="the task file the task was read from (set from --task FILE.yaml)")
+
+    @model_serializer(mode="wrap")
+    def _without_file(self, handler):
+        """`file` is left out of a dump while it is None (run ids and config hashes of tasks in code unchanged)."""
+        return _drop_defaults(handler(self), {"file": None})
 
 
 class GenerationSettings(Strict):

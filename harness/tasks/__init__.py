@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from harness.core.errors import UserError
@@ -36,11 +37,12 @@ class Task:
     offline_fallback: bool = False  # source `auto` falls back to the offline stand-in when the hub is unreachable
     check: Callable[..., None] | None = None  # (RunConfig) -> None: refuses settings the task cannot run with
     start_recipe: bool = False  # `harness build-start` can train its SFT policy and reward model from a base model
+    defaults: dict = field(default_factory=dict)  # run settings the task sets, between its preset's and the
+    # command line's (a task file's models, evaluation and lengths)
+    file: str | None = None  # the task file it was read from (absolute), None for a task in code
 
     def present(self, source: str) -> bool:
         """Whether a source needs no fetch: generated offline, a local directory, or the hub with nothing listed."""
-        from pathlib import Path
-
         return source in self.offline_sources or Path(source).exists() or source == "hub"
 
 
@@ -102,16 +104,54 @@ def discover() -> None:
     load_entry_points("harness.tasks", _LOADED)
 
 
+def is_task_file(name: str | None) -> bool:
+    return bool(name) and name.endswith((".yaml", ".yml"))
+
+
+def register_file(path: str | Path) -> Task:
+    """The task of a task file (harness/tasks/task_file.py), registered under the name the file gives; read again
+    when the file changed. A package may call this from its `harness.tasks` entry point to ship task files."""
+    from harness.tasks.task_file import FileTask
+
+    resolved = str(Path(path).resolve())
+    if not Path(resolved).is_file():
+        raise UserError(f"task file {path} does not exist")
+    names()
+    stamp = (resolved, Path(resolved).stat().st_mtime_ns)
+    for task in REGISTRY.values():
+        if task.file == resolved and _FILE_STAMPS.get(task.name) == stamp:
+            return task
+    spec = FileTask(Path(resolved))
+    name = spec.spec.name
+    other = REGISTRY.get(name)
+    if other is not None and other.file != resolved:
+        where = f"the task file {other.file}" if other.file else "a built-in or installed task"
+        raise UserError(f"task file {path} names task {name!r}, which {where} already uses; give it another name")
+    task = Task(name, spec.spec.description or f"task file {resolved}", spec.load, preset=spec.spec.preset,
+                checker=spec.reward_model is None, suite=spec.suite, hub_data=spec.hub_data,
+                defaults=spec.defaults(), file=resolved)
+    REGISTRY[name] = task
+    _FILE_STAMPS[name] = stamp
+    return task
+
+
+_FILE_STAMPS: dict[str, tuple] = {}  # task name -> (file, mtime) it was read at
+
+
 def find(name: str) -> Task | None:
-    """The task registered as `name`, or None."""
+    """The task registered as `name` (or read from the task file `name`), or None."""
+    if is_task_file(name):
+        return register_file(name)
     names()
     return REGISTRY.get(name)
 
 
 def get(name: str) -> Task:
+    if is_task_file(name):
+        return register_file(name)
     valid = names()
     if name not in REGISTRY:
-        raise UserError(f"unknown task {name!r}; valid tasks: {', '.join(valid)}")
+        raise UserError(f"unknown task {name!r}; valid tasks: {', '.join(valid)}, or a task file (.yaml)")
     return REGISTRY[name]
 
 

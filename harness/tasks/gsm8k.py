@@ -21,7 +21,6 @@ Registered as task `gsm8k`: task.source `hub` (or `auto`), a directory or a file
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -29,10 +28,11 @@ from harness.core.errors import UserError
 from harness.core.examples import TaskData
 from harness.tasks import Task, register
 from harness.tasks.arith import ArithData, Problem, task_from_problems
+from harness.tasks.rows import read_rows  # noqa: F401 (also imported from here)
+from harness.tasks.verifier import parse_gold  # noqa: F401 (also imported from here)
 
 HUB_DATASET = ("openai/gsm8k", "main")
 CALCULATOR_RE = re.compile(r"<<[^<>]*>>")
-GOLD_RE = re.compile(r"####\s*(-?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)\s*$")
 SPLIT_FILES = {split: (f"{split}.jsonl", f"{split}.parquet", f"main/{split}-*.parquet", f"{split}-*.parquet",
                        f"data/{split}-*.parquet") for split in ("train", "test")}
 DEFAULT_EVAL = 200
@@ -41,19 +41,6 @@ DEFAULT_EVAL = 200
 def strip_calculator(text: str) -> str:
     """The solution without GSM8K's calculator annotations ("48/2 = <<48/2=24>>24" -> "48/2 = 24")."""
     return CALCULATOR_RE.sub("", text)
-
-
-def parse_gold(answer: str) -> int:
-    """The gold integer of a GSM8K solution: the number on its final "#### " line."""
-    last = answer.rstrip().rsplit("\n", 1)[-1].strip()
-    m = GOLD_RE.search(last)
-    if not m:
-        raise ValueError(f"the solution does not end in a '#### <number>' line (last line: {last[:60]!r})")
-    text = m.group(1).replace(",", "").replace("$", "")
-    value = float(text)
-    if value != int(value):
-        raise ValueError(f"the gold answer {m.group(1)!r} is not an integer")
-    return int(value)
 
 
 def problem_from_row(row, where: str, id: str = "") -> Problem:
@@ -75,38 +62,6 @@ def problem_from_row(row, where: str, id: str = "") -> Problem:
 def hub_problems(rows, split: str, shown: str = "openai/gsm8k") -> list[Problem]:
     """Problems of one hub split (any iterable of row dicts, e.g. a datasets.Dataset)."""
     return [problem_from_row(r, f"{shown}[{split}] row {i}", id=f"gsm8k-{split}-{i}") for i, r in enumerate(rows)]
-
-
-def read_rows(path: Path) -> list[dict]:
-    """The rows of one local file: JSON lines (.jsonl), a JSON list (.json) or parquet (.parquet)."""
-    path = Path(path)
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            return pq.read_table(path).to_pylist()
-        except Exception as e:  # pyarrow raises several types for a file that is not parquet
-            raise UserError(f"{path} is not a readable parquet file ({e})") from None
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-    if path.suffix == ".json":
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path} is not valid JSON ({e.msg})") from None
-        if not isinstance(rows, list):
-            raise UserError(f"{path} must hold a JSON list of rows")
-        return rows
-    rows = []
-    for n, line in enumerate(text.split("\n"), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{n} is not valid JSON ({e.msg}); fix or delete that line") from None
-    return rows
 
 
 def read_problems(path: Path, split: str = "train") -> list[Problem]:

@@ -24,6 +24,22 @@ NUMBER_RE = re.compile(rf"(?<![\w).])(?P<sign>-)?\$?(?P<sign2>-)?(?P<num>{_NUMBE
 MARKER_RE = re.compile(rf"####\s*(?P<sign>-)?\$?(?P<sign2>-)?(?P<num>{_NUMBER})")
 
 
+GOLD_RE = re.compile(r"####\s*(-?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)\s*$")
+
+
+def parse_gold(answer: str) -> int:
+    """The gold integer of a GSM8K solution: the number on its final "#### " line."""
+    last = answer.rstrip().rsplit("\n", 1)[-1].strip()
+    m = GOLD_RE.search(last)
+    if not m:
+        raise ValueError(f"the solution does not end in a '#### <number>' line (last line: {last[:60]!r})")
+    text = m.group(1).replace(",", "").replace("$", "")
+    value = float(text)
+    if value != int(value):
+        raise ValueError(f"the gold answer {m.group(1)!r} is not an integer")
+    return int(value)
+
+
 def _value(sign: str | None, digits: str) -> int | float:
     x = Fraction(digits.replace(",", ""))
     if sign:
