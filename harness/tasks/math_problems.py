@@ -30,7 +30,7 @@ from harness.core.errors import UserError
 from harness.core.examples import Example, TaskData
 from harness.tasks import Task, register
 from harness.tasks.arith import format_prompt
-from harness.tasks.gsm8k import read_rows
+from harness.tasks.rows import read_rows
 from harness.tasks.math_answers import MathVerifier, require_math_verify
 
 DEFAULT_DATASET = "HuggingFaceH4/MATH-500"
