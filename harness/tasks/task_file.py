@@ -89,6 +89,8 @@ class EvaluationSpec(Strict):
     split: Literal["test", "validation"] | None = None
     size: int | None = Field(None, gt=0, description="held-out prompts (eval.prompts)")
     samples: int | None = Field(None, gt=0, description="samples per prompt, for pass@k (eval.samples)")
+    judge: Literal["auto", "openai", "none"] = Field("auto", description="the win-rate judge of a reward-model "
+                                                     "task (eval.judge; a task file has no gold reward)")
 
 
 class ModelsSpec(Strict):
@@ -184,6 +186,8 @@ class FileTask:
         task = {"max_prompt_tokens": s.max_prompt_tokens} if s.max_prompt_tokens else {}
         ev = {k: v for k, v in (("split", s.evaluation.split), ("prompts", s.evaluation.size),
                                 ("samples", s.evaluation.samples)) if v is not None}
+        if self.reward_model:
+            ev["judge"] = s.evaluation.judge  # never the preset's gold judge: a task file has no gold reward
         gen = {"max_new_tokens": s.max_new_tokens} if s.max_new_tokens else {}
         return {k: v for k, v in (("model", model), ("task", task), ("eval", ev), ("generation", gen)) if v}
 
