@@ -124,6 +124,13 @@ def _write(path, rows, kind):
         path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     elif kind == "json":
         path.write_text(json.dumps(rows), encoding="utf-8")
+    elif kind == "csv":
+        import csv
+
+        with path.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
     else:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -132,7 +139,7 @@ def _write(path, rows, kind):
     return path
 
 
-@pytest.mark.parametrize("kind", ["jsonl", "json", "parquet"])
+@pytest.mark.parametrize("kind", ["jsonl", "json", "parquet", "csv"])
 def test_local_files_of_each_format(tmp_path, kind):
     data = load_math(str(_write(tmp_path / f"rows.{kind}", FIXTURE_ROWS[:10], kind)))
     assert [ex.answer for ex in data.sft_train + data.sft_eval] == [r["answer"] for r in FIXTURE_ROWS[:10]]
@@ -220,9 +227,9 @@ def test_bad_sources(tmp_path):
         load_math(str(tmp_path))
     with pytest.raises(UserError, match="got 'nowhere'"):
         load_math("nowhere")
-    (tmp_path / "rows.csv").write_text("problem,answer\n", encoding="utf-8")
-    with pytest.raises(UserError, match=r"\.jsonl, \.json or \.parquet"):
-        load_math(str(tmp_path / "rows.csv"))
+    (tmp_path / "rows.txt").write_text("problem,answer\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"\.jsonl, \.json, \.parquet or \.csv"):
+        load_math(str(tmp_path / "rows.txt"))
 
 
 def test_the_task_is_registered_and_listed(capsys):

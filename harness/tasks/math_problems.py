@@ -10,9 +10,10 @@ Sources (task.source):
   id, else "train" and "test"; `NAME:split[,split]` names them. With a "test" split and another, the other is the
   training set and "test" the test set; with one split, its rows are the training set (no test split). The last
   `n_eval` training rows are always held out (the evaluation split when there is no test split).
-- a directory: train and test files (train.jsonl / .json / .parquet, shards train-*.parquet or data/train-*.parquet,
-  likewise test), either alone (then it is the one split), or a single data file (DeepScaleR's deepscaler.json);
-- a .jsonl / .json / .parquet file: one split;
+- a directory: train and test files (train.jsonl / .json / .parquet / .csv, shards train-*.parquet or
+  data/train-*.parquet, likewise test), either alone (then it is the one split), or a single data file
+  (DeepScaleR's deepscaler.json);
+- a .jsonl / .json / .parquet / .csv file: one split;
 - `fixture`: hand-written rows in these layouts, tests/fixtures/math/ of a source checkout (a smoke test of the
   wiring, not a benchmark; `auto` never falls back to it).
 
@@ -39,8 +40,8 @@ INSTRUCTION = "Solve it step by step and put the final answer in \\boxed{}."
 DEFAULT_EVAL = 200
 FIXTURE = "fixture"
 FIXTURE_DIR = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "math"
-DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
-SPLIT_FILES = {s: (f"{s}.jsonl", f"{s}.json", f"{s}.parquet", f"{s}-*.parquet", f"data/{s}-*.parquet")
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+SPLIT_FILES = {s: (f"{s}.jsonl", f"{s}.json", f"{s}.parquet", f"{s}.csv", f"{s}-*.parquet", f"data/{s}-*.parquet")
                for s in ("train", "test")}
 BOXES = ("\\boxed", "\\fbox")
 
@@ -140,7 +141,7 @@ def local_splits(directory: Path) -> dict[str, list[MathExample]]:
         data = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in DATA_SUFFIXES)
         if len(data) != 1:
             raise UserError(f"{directory} has no math train/test files (expected {', '.join(SPLIT_FILES['train'])} "
-                            f"and likewise test, or a single .jsonl/.json/.parquet file); found "
+                            f"and likewise test, or a single .jsonl/.json/.parquet/.csv file); found "
                             f"{', '.join(p.name for p in data) or 'no data file'}")
         found["train"] = data
     if "train" not in found:  # only a test file (MATH-500's layout): it is the one split
@@ -190,11 +191,11 @@ def load_math(source: str, dataset: str | None = None, n_eval: int | None = None
         splits = local_splits(Path(source))
     elif Path(source).is_file():
         if Path(source).suffix not in DATA_SUFFIXES:
-            raise UserError(f"{source}: a math file is .jsonl, .json or .parquet")
+            raise UserError(f"{source}: a math file is .jsonl, .json, .parquet or .csv")
         splits = {"train": read_file(Path(source))}
     else:
         raise UserError(f"the math task reads task.source hub (or auto), fixture, a directory or a "
-                        f".jsonl/.json/.parquet file; got {source!r}")
+                        f".jsonl/.json/.parquet/.csv file; got {source!r}")
     train = splits["train"]
     if n_eval is None:
         n_eval = min(DEFAULT_EVAL, max(1, len(train) // 10))
