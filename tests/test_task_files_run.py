@@ -68,7 +68,7 @@ def test_prompts_and_a_reward_function_train_grpo_and_rebel_and_report(posts, ti
     summaries = [json.loads(p.read_text()) for p in sorted(out.glob("*/summary.json"))]
     assert len(summaries) == 4 and {s["task"] for s in summaries} == {"copy-the-post"}
     assert {s["suite"] for s in summaries} == {"reward"}
-    assert all(s["reward"] == "reward rewards.py:copies_the_post" for s in summaries)
+    assert all(s["reward"] == "rewards.py:copies_the_post" for s in summaries)
     first = sorted(out.glob("grpo-*s0*"))[0]
     samples, _ = read_jsonl(first / "samples.jsonl")
     sampled = [s for s in samples if s["sample"] != "greedy"]

@@ -127,7 +127,7 @@ def test_weighted_terms_none_and_columns_as_trl_passes_them():
     reward = FunctionReward([term(length, 0.5, "length"), term(only_even, 2.0, "even")])
     assert reward.scores(["ab", "abcd", "x"], rows("p", "q", "r", n=[2, 3, 4])) == [0.5 * 2 + 2.0, 0.5 * 4, 0.5 + 2.0]
     assert seen["n"] == [2, 3, 4] and seen["prompts"] == ["p", "q", "r"] and seen["completion_ids"] is None
-    assert reward.name == "reward 0.5 x length + 2 x even"
+    assert reward.name == "0.5 x length + 2 x even"
     lone = FunctionReward([term(never)])
     assert lone.scores(["a", "b"], rows("p", "q")) == [0.0, 0.0] and lone.unscored == 2  # TRL's nansum: 0
 

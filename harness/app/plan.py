@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,11 +174,12 @@ def dry_run(cfg: RunConfig) -> Plan:
             plan.problems.append(f"data: not in the local cache and the hub is not reachable "
                                  f"(`python -m harness prepare --preset {cfg.preset}` fetches it)")
     else:
-        plan.add("data", f"{cfg.task.name} from {source}" + (f" ({cfg.task.dataset})" if cfg.task.dataset else ""))
+        plan.add("data", f"{cfg.task.name} from {source}" + (f" ({cfg.task.dataset})" if cfg.task.dataset else "")
+                 + (f" (task file {task.file})" if task.file else ""))
         if not task.present(source):
             plan.problems.append(f"data: {source} does not exist")
     if checker:
-        plan.add("reward", "the task's exact-match checker (no reward model is loaded)")
+        plan.add("reward", f"{task.reward_note} (no reward model is loaded)")
     for role, name in (("policy", cfg.model.policy), ("reward model", cfg.model.reward_model or "builtin")):
         if name == "builtin":
             continue
@@ -217,8 +219,12 @@ def dry_run(cfg: RunConfig) -> Plan:
                      f"trained = fp32 weights + grads + AdamW states, 16 bytes each; the reward model and critic "
                      f"assumed the policy's size)")
     if checker:
-        plan.add("evaluation", f"{cfg.eval.prompts} held-out problems x 8 samples at temperature "
-                 f"{cfg.eval.temperature}: pass@1/4/8, greedy pass@1, KL, length, no-answer share (evals/math.py)")
+        from evals import suites
+
+        suite = suites.get(task.suite)
+        samples = cfg.eval.samples or getattr(sys.modules.get(type(suite).__module__), "DEFAULT_SAMPLES", 1)
+        plan.add("evaluation", f"{cfg.eval.prompts} held-out problems x {samples} samples at temperature "
+                 f"{cfg.eval.temperature}: {suite.summary} ({type(suite).__module__.replace('.', '/')}.py)")
     else:
         plan.add("evaluation", f"{cfg.eval.prompts} held-out prompts at temperature {cfg.eval.temperature}, judge "
                  f"{cfg.eval.judge}" + (f" ({cfg.eval.judge_model})" if cfg.eval.judge == "openai" else ""))

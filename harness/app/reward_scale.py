@@ -171,7 +171,7 @@ def add_to_plan(cfg: RunConfig, plan) -> None:
 
     task = tasks.get(cfg.task.name)
     if task.checker and not cfg.model.reward_model:
-        plan.add("reward scale", f"{cfg.train.reward_scale:g} x the task's checker (1 right, 0 wrong); no reward model")
+        plan.add("reward scale", f"{cfg.train.reward_scale:g} x {task.reward_note}; no reward model")
         return
     why, problem = known_scale(cfg)
     plan.add("reward scale", why)

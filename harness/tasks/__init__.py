@@ -40,6 +40,7 @@ class Task:
     defaults: dict = field(default_factory=dict)  # run settings the task sets, between its preset's and the
     # command line's (a task file's models, evaluation and lengths)
     file: str | None = None  # the task file it was read from (absolute), None for a task in code
+    reward_note: str = "the task's exact-match checker (1 right, 0 wrong)"  # a checker task's reward, for the dry run
 
     def present(self, source: str) -> bool:
         """Whether a source needs no fetch: generated offline, a local directory, or the hub with nothing listed."""
@@ -129,7 +130,8 @@ def register_file(path: str | Path) -> Task:
         raise UserError(f"task file {path} names task {name!r}, which {where} already uses; give it another name")
     task = Task(name, spec.spec.description or f"task file {resolved}", spec.load, preset=spec.spec.preset,
                 checker=spec.reward_model is None, suite=spec.suite, hub_data=spec.hub_data,
-                defaults=spec.defaults(), file=resolved)
+                offline_sources=() if spec.spec.dataset.hub else ("auto",), defaults=spec.defaults(), file=resolved,
+                reward_note=spec._reward.name if spec._reward else "")
     REGISTRY[name] = task
     _FILE_STAMPS[name] = stamp
     return task

@@ -164,7 +164,7 @@ class FunctionReward:
 
     @property
     def name(self) -> str:
-        return "reward " + " + ".join(t.name if t.weight == 1 else f"{t.weight:g} x {t.name}" for t in self.terms)
+        return " + ".join(t.name if t.weight == 1 else f"{t.weight:g} x {t.name}" for t in self.terms)
 
     def __call__(self, text: str, example) -> float:
         return self.scores([text], [example])[0]
