@@ -1,4 +1,4 @@
-"""The math suite of a verifiable task (arith, gsm8k): pass@k, greedy pass@1, KL to the reference, response length,
+"""The math suite of a verifiable task (arith, gsm8k, math): pass@k, greedy pass@1, KL to the reference, response length,
 and the share of answers with no extractable number, on held-out problems.
 
 Per problem, `samples` responses are drawn at `temperature` (the run's sampling temperature: the policy is judged
@@ -118,7 +118,7 @@ def evaluate_math(policy, reference, tokenizer, examples: list[Example], reward:
 
 
 class MathSuite(TaskSuite):
-    """A checker task's runs (arith, gsm8k): pass@k and the rest, graded by the task's checker (no judge)."""
+    """A checker task's runs (arith, gsm8k, math): pass@k and the rest, graded by the task's checker (no judge)."""
 
     name = "math"
     summary = "pass@k (k = 1, 4, 8), greedy pass@1, KL, no-answer share, graded by the task's checker"

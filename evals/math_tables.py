@@ -1,4 +1,4 @@
-"""The math table of `harness report`: runs of a task with a checker (arith, gsm8k), whose evaluation is the math
+"""The math table of `harness report`: runs of a task with a checker (arith, gsm8k, math), whose evaluation is the math
 suite's (evals/math.py: pass@k, greedy pass@1, KL, response length, no-answer share) instead of TL;DR's.
 
 Why a module of its own: the rows, the seeds, the IQM and its bootstrap CI, the marks and the provenance are

@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
                                              "DIR; math on a model: gsm8k rows hub | DIR | FILE (default hub)"),
         preset: Optional[str] = typer.Option(None, "--preset", help="tldr, math on a model: take prompt/generation/"
                                              "eval settings from this preset (math: default the task's own)"),
-        task: Optional[str] = typer.Option(None, "--task", help="math on a model: arith | gsm8k (default arith; a "
+        task: Optional[str] = typer.Option(None, "--task", help="math on a model: arith | gsm8k | math (default arith; a "
                                            "run directory brings its own)"),
         # judge endpoint (tldr with --judge openai, chat)
         judge_model: Optional[str] = typer.Option(None, "--judge-model", help="judge model (else "
@@ -84,7 +84,7 @@ def register(app: typer.Typer) -> None:
                                              "available)"),
     ) -> None:
         """Evaluate a run's saved policy (or any model) on TL;DR, chat (AlpacaEval 2.0 + MT-Bench), the Open LLM
-        Leaderboard tasks or a math task's pass@k (arith, gsm8k); writes <suite>.json (math: <task>.json) and
+        Leaderboard tasks or a math task's pass@k (arith, gsm8k, math); writes <suite>.json (math: <task>.json) and
         per-sample records into the run's evals/."""
         from rich.console import Console
 

@@ -1,4 +1,4 @@
-"""Offline preference pairs for a verifiable task (arith, gsm8k): SFT samples labelled by the task's checker.
+"""Offline preference pairs for a verifiable task (arith, gsm8k, math): SFT samples labelled by the task's checker.
 
 DPO trains on fixed (chosen, rejected) pairs and these tasks have none, so they are made once from the SFT policy:
 two responses per training prompt, sampled at the run's sampling temperature with a fixed seed (the same pairs

@@ -81,7 +81,7 @@ def tldr_run(root: Path) -> Path:
 
 
 @pytest.mark.parametrize("case,message", [
-    ("tldr run", "trained on task 'tldr': --suite math evaluates runs of arith | gsm8k (use --suite tldr)"),
+    ("tldr run", "trained on task 'tldr': --suite math evaluates runs of arith | gsm8k | math (use --suite tldr)"),
     ("tldr flag", "--reward-model only apply to --suite tldr"),
     ("model-suite flag", "--limit only apply to --suite chat or --suite open-llm"),
     ("task on a run", "--task is for a model directory; a run directory brings its own"),
