@@ -278,3 +278,27 @@ def test_resolve_applies_the_task_file_between_preset_and_command_line(tmp_path)
     # a task in code dumps no `file`, and no eval.samples unless set (config hashes of earlier runs unchanged)
     plain = resolve("tiny-test").model_dump()
     assert "file" not in plain["task"] and "samples" not in plain["eval"]
+
+
+def test_the_llm_judge_as_a_reward_function(tmp_path, monkeypatch):
+    """evals.judge_reward through a task file: the judge's verdicts (both orders) against the `reference` column."""
+    from tests.openai_stub import OpenAIStub
+
+    def longer_wins(body):  # prefers the longer of the two texts it is shown
+        text = body["messages"][-1]["content"]
+        a = text.split("Summary A:")[1].split("Summary B:")[0].strip()
+        b = text.split("Summary B:")[1].split("\n\nFirst write")[0].strip()
+        return "Preferred: A" if len(a) > len(b) else "Preferred: B" if len(b) > len(a) else "no idea"
+
+    rows_ = [{"prompt": f"Post {i}", "reference": "a medium reference"} for i in range(4)]
+    path = write_task(tmp_path, "name: judged\ndataset: {path: data.jsonl, eval_size: 1}\nreward:\n"
+                                "  - function: evals.judge_reward:win_against_reference\n", data=rows_)
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    with OpenAIStub(longer_wins) as stub:
+        monkeypatch.setenv("HARNESS_JUDGE_BASE_URL", stub.base_url)
+        _, data = tasks.get(str(path)).load("auto")
+        got = data.reward.scores(["short", "a much much longer completion", "a medium reference"],
+                                 data.sft_train[:3])
+    assert got == [0.0, 1.0, 0.0]  # loss, win, and a tie the stub cannot read in either order: None, scored 0
+    # both orders of each pair; the third pair's two orders are the same text, asked once (the judge's cache)
+    assert data.reward.unscored == 1 and len(stub.requests) == 5
