@@ -302,3 +302,18 @@ def test_the_llm_judge_as_a_reward_function(tmp_path, monkeypatch):
     assert got == [0.0, 1.0, 0.0]  # loss, win, and a tie the stub cannot read in either order: None, scored 0
     # both orders of each pair; the third pair's two orders are the same text, asked once (the judge's cache)
     assert data.reward.unscored == 1 and len(stub.requests) == 5
+
+
+def test_a_hub_task_file_names_its_data_for_prepare_and_list_shows_registered_files(tmp_path, capsys):
+    from harness.cli import main
+    from harness.core.settings import TaskSettings
+
+    path = write_task(tmp_path, "name: byo-hub\ndescription: prompts from the hub\ndataset:\n  hub: me/prompts\n"
+                                "  config: main\n  splits: {train: train, test: test}\nreward: [{format: a}]\n")
+    task = tasks.register_file(path)  # what a package's `harness.tasks` entry point may call for its task files
+    [asset] = task.hub_data(TaskSettings(name="byo-hub"))
+    assert (asset.name, asset.config, asset.splits) == ("me/prompts", "main", ("train", "test"))
+    assert task.hub_data(TaskSettings(name="byo-hub", source=str(tmp_path))) == []  # --source DIR: nothing fetched
+    with pytest.raises(SystemExit):
+        main(["list"])
+    assert "byo-hub" in capsys.readouterr().out
