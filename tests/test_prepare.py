@@ -211,7 +211,7 @@ def test_prepare_reads_a_run_directory(empty_caches, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,message", [
     ([], "say what to prepare: --preset NAME, --suite NAME, --model NAME or a run directory"),
-    (["--suite", "bleu"], "unknown suite 'bleu'; valid suites: tldr, math, chat, open-llm"),
+    (["--suite", "bleu"], "unknown suite 'bleu'; valid suites: tldr, math, reward, chat, open-llm"),
     (["nowhere", "--dry-run"], "no such run directory or config.json: nowhere"),
 ])
 def test_bad_prepare_input_is_one_line(empty_caches, capsys, argv, message):

@@ -177,7 +177,7 @@ def test_open_llm_suite_on_a_run_is_read_by_the_report(finished_run, shadow):  #
 
 
 @pytest.mark.parametrize("case,message", [
-    ("unknown suite", "unknown suite 'bleu'; valid suites: tldr, math, chat, open-llm"),
+    ("unknown suite", "unknown suite 'bleu'; valid suites: tldr, math, reward, chat, open-llm"),
     ("no final checkpoint", "has no checkpoints/final"),
     ("remote judge without key", "no API key for the judge at https://judge.example.com/v1: set HARNESS_JUDGE_API_KEY"),
     ("chat judge without key", "no API key for the judge at https://judge.example.com/v1: set HARNESS_JUDGE_API_KEY"),
