@@ -31,7 +31,8 @@ def register(app: typer.Typer) -> None:
     def eval_command(
         target: str = typer.Argument(..., help="a run directory (evaluates checkpoints/final), a model directory or "
                                                "a hub name"),
-        suite: list[str] = typer.Option(..., "--suite", "-s", help="tldr | chat | open-llm | math (repeatable)"),
+        suite: list[str] = typer.Option(..., "--suite", "-s", help="tldr | math | reward | chat | open-llm "
+                                        "(repeatable; `harness list`)"),
         checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="another directory under the run's "
                                                  "checkpoints/ (results go to evals/checkpoints/NAME/)"),
         out: Optional[str] = typer.Option(None, "--out", "-o", help="output directory (default: RUN/evals, or "
