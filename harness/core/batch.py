@@ -14,7 +14,7 @@ from harness.core.objective import local
 
 
 RESPONSE_AXIS_FIELDS = ("response", "mask", "logp_old", "logp_ref", "token_reward", "values_old", "logp_mask",
-                        "sample_logp")  # [P, K, Lr]: padded on the right when batches are joined
+                        "sample_logp", "correction")  # [P, K, Lr]: padded on the right when batches are joined
 
 
 @dataclass
@@ -61,6 +61,8 @@ class Batch:
     preference: Tensor | None = None  # [P, K, K] P(y_i > y_j) from the preference model (needs_preference)
     sample_logp: Tensor | None = None  # [P, S, Lr] the rollout engine's log-probs of the S sampled responses'
     # tokens, compared with logp_old (the trainer's forward) to measure the engine's drift; not used by losses
+    correction: Tensor | None = None  # [P, K, Lr] rollout-correction weights of the sampled tokens (pi_t / mu,
+    # truncated or masked; harness/core/off_policy.py), None: no correction
     token_share: Tensor | None = None  # [P] the counted tokens of the whole batch (every rank) over its prompts: a
     # token-mean denominator that stays exact under micro-batching and data parallelism (harness/core/objective.py)
     sum_over_ranks: Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]] = local  # sums batch statistics over ranks

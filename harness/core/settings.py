@@ -153,11 +153,21 @@ class TrainSettings(Strict):
                                   "training (0: none, a killed run then starts over)")
     keep_checkpoints: bool = Field(False, description="keep the last resume checkpoint (optimizer state included) "
                                    "after the run completes")
+    staleness: int = Field(0, ge=0, description="rollouts of update t are sampled by the policy of k updates "
+                           "before (an asynchronous sampler k steps ahead; harness/core/off_policy.py); 0: on-policy")
+    rollout_correction: Literal["none", "token_truncate", "sequence_truncate", "token_mask", "sequence_mask"] = Field(
+        "none", description="importance weights pi_t / mu of the sampled tokens in every online optimizer's loss "
+        "(TRL's vllm_importance_sampling_mode; token_truncate is TIS, token_mask MIS / IcePop)")
+    correction_min: float | None = Field(None, ge=0, description="lower bound of the ratio (truncate: clamp, mask: "
+                                         "drop below); None: none")
+    correction_max: float | None = Field(3.0, gt=0, description="upper bound of the ratio (TRL's default 3.0)")
 
     @model_serializer(mode="wrap")
     def _without_default_eos_test(self, handler):
-        """`missing_eos_test` is left out of a dump while it is eos (run ids and config hashes unchanged)."""
-        return _drop_defaults(handler(self), {"missing_eos_test": "eos"})
+        """`missing_eos_test` and the off-policy settings are left out of a dump at their defaults (run ids and
+        config hashes unchanged)."""
+        return _drop_defaults(handler(self), {"missing_eos_test": "eos", "staleness": 0, "rollout_correction": "none",
+                                              "correction_min": None, "correction_max": 3.0})
 
 
 class RunSettings(Protocol):

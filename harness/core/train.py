@@ -12,6 +12,7 @@ from functools import partial
 
 import torch
 
+from harness.core import off_policy
 from harness.core.batch import Batch, PolicyOutput
 from harness.core.contract import ONLINE_WITH_REFERENCE, PREFERENCE_PAIRS, Algorithm
 from harness.core.distributed import Runtime, derived_seed
@@ -92,10 +93,14 @@ class Trainer:
             self.budget.groups_dropped = self.budget.groups_dropped or 0
         self.shared_prefix = self.runtime.fsdp is None  # see experience.policy_output
         g = self.cfg.generation
+        off_policy.check(t, self.algo.data == PREFERENCE_PAIRS, self.runtime.fsdp is not None)
         self.engine = None if self.algo.data == PREFERENCE_PAIRS else make_engine(
             g.engine, self.models.origin.get("policy", ""), self.models.precision.compute_name,
             derived_seed(self.cfg.seed, "engine", rank), self.cfg.task.max_prompt_tokens + g.max_new_tokens,
             g.vllm_gpu_memory_utilization)
+        self.lag = off_policy.PolicyLag(t.staleness, self.models.policy)
+        if t.staleness:  # the sampler runs k updates behind (harness/core/off_policy.py)
+            self.engine = off_policy.LaggedEngine(self.engine, self.lag)
 
     def next_prompts(self) -> list[Example]:
         """This rank's shard of the next P prompts of a seeded permutation of the training split (a new
@@ -120,6 +125,7 @@ class Trainer:
         """This iteration's scored batch; with dynamic sampling, without the groups whose K scores are all equal,
         refilled from newly sampled prompts for at most `algo.dynamic_sampling` more rounds (DAPO). Every sampled
         response stays counted in the budget; the dropped groups are counted too."""
+        self.lag.record()  # once per iteration: dynamic sampling's refills sample from the same lagged policy
         batch = self.collect_once(examples)
         if not self.algo.dynamic_sampling or batch.score is None:
             return batch
@@ -176,6 +182,14 @@ class Trainer:
         if batch.sample_logp is not None:
             S = batch.sample_logp.shape[1]
             drift = logprob_drift(batch.sample_logp, batch.logp_old[:, :S], batch.counted_mask[:, :S])
+            t = self.cfg.train
+            if t.rollout_correction != "none":
+                weight, correction_stats = off_policy.correction_weights(
+                    batch.sample_logp, batch.logp_old[:, :S], batch.counted_mask[:, :S], t.rollout_correction,
+                    t.correction_min, t.correction_max)
+                # the appended reference (REBEL hybrid) was not sampled: weight 1
+                batch.correction = torch.cat([weight, batch.counted_mask[:, S:].to(weight.dtype)], 1)
+                drift.update(correction_stats)
         batch.sum_over_ranks = self.runtime.sum_tensors
         batch.token_share = token_share(batch.counted_mask, batch.sum_over_ranks)
         batch.extras = self.algo.prepare(batch)
@@ -245,7 +259,7 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(),
                 "generator": self.generator.get_state(), "sampler": self.sampler.get_state(),
                 "data_pass": self.data_pass, "cursor": self.cursor, "algorithm": self.algo.state_dict(),
-                "budget": self.budget.counters()}
+                "budget": self.budget.counters(), **({"lag": self.lag.state_dict()} if self.lag.k else {})}
 
     def load_state_dict(self, state: dict) -> None:
         self.runtime.load_optimizer_state(self.trainable_modules(), self.optimizer, state["optimizer"])
@@ -255,14 +269,17 @@ class Trainer:
         self.data_pass, self.cursor = state["data_pass"], state["cursor"]
         self.order = data_order(len(self.train_examples), self.cfg.seed, self.data_pass)
         self.algo.load_state_dict(state["algorithm"])
+        if self.lag.k:
+            self.lag.load_state_dict(state.get("lag", []))
         for k, v in state["budget"].items():
             setattr(self.budget, k, v)
 
 
 def objective_loss(algo: Algorithm, batch: Batch, new: PolicyOutput,
                    loss_kl_coef: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
-    """The optimizer's loss, plus beta * KL of pi_theta (aggregated like its loss) when the KL is in the loss."""
-    loss, stats = algo.loss(batch, new)
+    """The optimizer's loss, plus beta * KL of pi_theta (aggregated like its loss) when the KL is in the loss. A
+    rollout correction reweights the optimizer's loss, not the KL term (as TRL's and verl's)."""
+    loss, stats = algo.loss(batch, new if batch.correction is None else off_policy.corrected(new, batch.correction))
     if loss_kl_coef:
         term, kl_mean = kl_loss(new.logp_tokens, batch.logp_old, batch.logp_ref, batch.counted_mask, loss_kl_coef,
                                 algo.kl_estimator, algo.loss_aggregation, batch.token_share, algo.length_normaliser,
