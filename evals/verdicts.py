@@ -57,9 +57,10 @@ def verdict_table(preset: str, scores: dict[str, dict[Hashable, float]], sources
     pairs = [_orient(a, b, scores, reps, seed, level, test) for a, b in combinations(sorted(scores), 2)]
     adjusted = compare.holm({(a, b): res.p_value for a, b, res in pairs}, alpha)
     m = sum(math.isfinite(p) for p, _ in adjusted.values())
-    # strongest evidence first: adjusted p, then raw p (Holm ties many at 1), then the larger effect
+    # strongest evidence first: adjusted p, then raw p (Holm ties many at 1), then the larger effect (an infinite
+    # d_z, the same difference on every seed, is the largest; an undefined one, no difference at all, counts as 0)
     pairs.sort(key=lambda t: (not math.isfinite(adjusted[t[:2]][0]), adjusted[t[:2]][0], t[2].p_value,
-                              -abs(t[2].effect_size) if math.isfinite(t[2].effect_size) else 0.0, t[0], t[1]))
+                              0.0 if math.isnan(t[2].effect_size) else -abs(t[2].effect_size), t[0], t[1]))
     pct = f"{level:.0%}"
     columns = ["Pair", f"Difference ({unit}) [{pct} CI]", "d", "n", "p", f"p Holm ({m} pairs)", "Verdict",
                f"Seeds for {POWER:.0%} power"]

@@ -1,0 +1,157 @@
+"""Killers of the survivors of issue 34's mutation run (docs/report.md, "Mutation run"): each test checks a value,
+message or edge case a reader of the report relies on, which a surviving mutant of evals/ changed unnoticed."""
+import pytest
+
+from evals.verdicts import verdict_table
+
+D5 = [1.0, 2.0, 3.0, 1.0, 2.0]  # mean 1.8, sd sqrt(0.7): d_z = 2.15; all positive, so the exact sign-flip p = 2/2^5
+D6 = [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]  # mean 2, sd sqrt(0.8): d_z = 2.24; exact sign-flip p = 2/2^6
+
+
+def _table(scores, level=0.95, test="sign-flip", budget_note=""):
+    return verdict_table("tiny", scores, {k: [{"run_id": k.lower()}] for k in scores}, "x", "points", 2, level, 200, 0,
+                         "v", budget_note=budget_note, test=test)
+
+
+def _order(table):
+    return [row[0].text for row in table.rows]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# evals/verdicts.py: verdict_table's layout, caption and row order
+
+CAPTION_HEAD = ("Every pair of optimizer rows of preset tiny on x, as better vs worse: the mean of the per-seed differences "
+                "(runs of one seed share data order and initialisation) with a {pct} percentile-bootstrap CI, d = "
+                "Cohen's d_z (mean / sd of the differences; d with pooled sd when no seeds are shared), n = paired "
+                "seeds, p = {test}, corrected with Holm over the {m} tested pairs at alpha {alpha}. Seeds for 80% "
+                "power: the paired seeds that would detect the observed difference with the observed spread at alpha "
+                "{alpha}/{m} (Holm's strictest step; paired t power{floor}), itself an estimate from n seeds.")
+SIGN_FLIP = "exact two-sided sign-flip permutation test (no distributional assumption)"
+T_TEST = ("two-sided paired t-test (assumes roughly normal per-seed differences; Welch's t when no seeds are "
+          "shared)")
+FLOOR = ", never below the sign-flip test's floor 2/2^n <= alpha"
+
+
+def test_verdict_table_whole_layout_at_a_92_percent_level():
+    """One pair, 5 seeds, level 0.92: the Holm step tests at alpha 0.08 (not a default 0.05), so the exact p = 2/32 =
+    0.0625 is significant; every column name, cell, source, the caption with its budget note, and the notes."""
+    t = _table({"A": {s: 10 + d for s, d in enumerate(D5)}, "B": {s: 10.0 for s in range(5)}}, 0.92,
+               budget_note="Cut at 100 prompts.")
+    assert (t.name, t.title, t.label_columns) == ("v", "Pairwise verdicts (tiny, x)", 1)
+    assert t.columns == ["Pair", "Difference (points) [92% CI]", "d", "n", "p", "p Holm (1 pairs)", "Verdict",
+                         "Seeds for 80% power"]
+    (row,) = t.rows
+    # the CI: percentiles of bootstrap means of 1, 2, 3, 1, 2 (its exact ends depend on the draws, not checked here)
+    assert row[1].text.startswith("+1.80 [")
+    # d_z 2.15; 5 seeds; p 0.0625 printed with 3 decimals; t power at alpha 0.08 needs 3 seeds, but the sign-flip floor
+    # is ceil(log2(2 / 0.08)) = 5
+    assert [c.text for c in row[2:]] == ["2.2", "5", "0.062", "0.062", "significant", "5"]
+    st = row[1].stats
+    assert st["effect_size"] == pytest.approx(1.8 / 0.7 ** 0.5) and st["pairs"] == 1 and st["significant"] is True
+    assert row[0].sources == [] and row[1].sources == row[5].sources == row[7].sources == [{"run_id": "a"},
+                                                                                              {"run_id": "b"}]
+    assert row[5].stats is st and row[7].stats is st
+    assert t.caption == CAPTION_HEAD.format(pct="92%", test=SIGN_FLIP, m=1, alpha="0.08", floor=FLOOR) + \
+        " Cut at 100 prompts."  # 2/32 <= 0.08: no floor sentence; no small-n sentence for the sign-flip test
+    assert t.notes == ["tiny, x: 1 of 1 tested pairs significant after Holm correction.",
+                       f"A vs B: {row[1].text.replace(' [', ' points [')}, significant after Holm correction over 1 "
+                       f"pairs (p_adj=0.062, d=2.2, 5 paired seeds)."]
+
+
+def test_verdict_table_floor_sentence_and_not_significant_cells():
+    """Three pairs of 5 seeds at alpha 0.05: Holm's first step needs p <= 0.05/3 but the exact test's smallest p is
+    2/2^5 = 0.0625, which the caption says in so many words; Holm-adjusted p 3 x 0.0625 = 0.1875 is shown to 3
+    decimals, raw p 0.0625 too; ties in every number are broken by the pair's names, first row then second."""
+    a = {s: 10 + d for s, d in enumerate(D5)}
+    c = {s: 10 + d / 2 for s, d in enumerate(D5)}  # C - B and A - C: half of D5, the same d_z and p
+    t = _table({"A": a, "B": {s: 10.0 for s in range(5)}, "C": c})
+    assert _order(t) == ["A vs B", "A vs C", "C vs B"]
+    assert [[c.text for c in row[3:]] for row in t.rows] == [["5", "0.062", "0.188", "not significant", "7"]] * 3
+    floor = (" With 5 paired seeds the smallest p the exact test can give is 2/2^5 = 0.062, so no pair of this table "
+             "can be significant after correction, whatever its difference: more seeds are the only remedy.")
+    assert t.caption == CAPTION_HEAD.format(pct="95%", test=SIGN_FLIP, m=3, alpha="0.05", floor=FLOOR) + floor
+    assert t.notes[0] == ("tiny, x: 0 of 3 tested pairs significant after Holm correction; of the 3 not significant, "
+                          "3 would need 7 paired seeds for 80% power.")
+    assert all(note.endswith("at alpha 0.05/3).") for note in t.notes[1:])
+
+
+def test_verdict_table_floor_sentence_boundaries():
+    """The floor sentence appears exactly when 2/2^n > alpha/m: not at 2/2^5 = alpha = 0.0625 (p can reach it), not
+    at alpha 0.08 over one pair, and never for the t-test, which has no floor."""
+    scores = {"A": {s: 10 + d for s, d in enumerate(D5)}, "B": {s: 10.0 for s in range(5)}}
+    at = _table(scores, 1 - 0.0625)
+    assert at.rows[0][6].text == "significant" and "smallest p" not in at.caption
+    assert "smallest p" not in _table(scores, 0.92).caption
+    four = _table({"A": {s: 10 + d for s, d in enumerate(D5[:4])}, "B": {s: 10.0 for s in range(4)}}, 0.85)
+    assert "smallest p" not in four.caption  # 2/16 = 0.125 <= 0.15 < 3/16
+    assert "smallest p" in _table({"A": {s: 10 + d for s, d in enumerate(D5[:4])},
+                                   "B": {s: 10.0 for s in range(4)}}).caption  # 0.125 > 0.05
+
+
+def test_verdict_table_t_test_caption_with_two_seeds_and_unpaired_rows():
+    """With the t-test the caption names it, has no floor clause, and warns about a spread guessed from 2 seeds (the
+    warning starts at 2 paired seeds); unpaired rows show n as 'n_a+n_b', no seed count, and no floor or small-n
+    sentence (no paired seeds at all), under either test."""
+    two = _table({"A": {0: 1.0, 1: 2.0, 2: 1.5}, "B": {0: 1.0, 1: 1.2}}, test="t")
+    assert two.rows[0][3].text == "2"
+    assert two.caption == CAPTION_HEAD.format(pct="95%", test=T_TEST, m=1, alpha="0.05", floor="") + (
+        " With 2 paired seeds the t-test's spread is itself a guess from 2 numbers: a large d (a spread that happened "
+        "to be small) can make a small difference significant. Read these verdicts as indicative, or use the default "
+        "sign-flip test.")
+    four = _table({"A": {s: 10 + d for s, d in enumerate(D5[:4])}, "B": {s: 10.0 for s in range(4)}})
+    assert "a guess from" not in four.caption  # the sign-flip test is exact: no such warning
+    unpaired = {"A": {0: 1.0, 1: 2.0, 2: 1.5}, "B": {5: 1.0, 6: 1.2, 7: 1.4}}
+    for test, name in (("sign-flip", SIGN_FLIP), ("t", T_TEST)):
+        t = _table(unpaired, test=test)
+        assert [c.text for c in t.rows[0][3:4]] + [t.rows[0][7].text] == ["3+3", "n/a (no shared seeds)"]
+        assert t.caption == CAPTION_HEAD.format(pct="95%", test=name, m=1, alpha="0.05",
+                                                floor=FLOOR if test == "sign-flip" else "")
+
+
+def test_verdict_table_caption_when_nothing_could_be_tested():
+    """One seed a side: no test, so the caption says what to run instead of naming a test."""
+    t = _table({"A": {0: 1.0}, "B": {0: 0.5}})
+    assert t.caption == ("Every pair of optimizer rows of preset tiny on x, as better vs worse: the difference of "
+                         "their means. No pair could be tested (each sentence below says why): run two or more of the "
+                         "same seeds for every optimizer.")
+    assert t.columns[5] == "p Holm (0 pairs)"
+
+
+def test_verdict_table_order_evidence_then_effect_then_names():
+    """Rows: smaller Holm p first, then smaller raw p, then the larger |d|, then names; significant before not, and
+    untested pairs (no p) last, whatever their names."""
+    z = {s: 20.0 for s in range(5)}
+    t = _table({"A": {s: 20 - d for s, d in enumerate(D5)}, "B": {s: 20 - d for s, d in enumerate([1, 1, 1, 1, 2.0])},
+                "Z": z})
+    # Z - B: d_z 1.2 / sqrt(0.2) = 2.68 and Z - A: 2.15, both p 2/32 (Holm 0.1875); B - A: zeros, 1, 2: p 1/2
+    assert _order(t) == ["Z vs B", "Z vs A", "B vs A"]
+    a = {s: 10.0 for s in range(6)}
+    scores = {"A": a, "B": {s: 10 + d for s, d in enumerate(D6)},
+              "C": {s: 10 + n for s, n in enumerate([0.1, -0.1, 0.2, -0.2, 0.1, -0.1])}, "D": {0: 5.0}}
+    t = _table(scores, 0.9)
+    # B - C (d_z 2.3) and B - A (2.24): p 2/64, Holm 3/32 < 0.1; A - C: mean 0, p 1; D has one seed: not tested
+    assert _order(t) == ["B vs C", "B vs A", "A vs C", "A vs D", "B vs D", "C vs D"]
+    assert [row[6].text for row in t.rows] == ["significant"] * 2 + ["not significant"] + ["not tested"] * 3
+
+
+def test_verdict_table_infinite_and_undefined_effect_sizes_in_ties():
+    """d_z is infinite when every seed differs by the same amount (the largest effect there is) and undefined (NaN)
+    when no seed differs: in a tie of p-values the infinite one comes first, the undefined one ranks as d 0."""
+    scores = {"A": {s: 10.0 for s in range(6)}, "B": {s: 10 + d for s, d in enumerate(D6)},
+              "E": {s: 9.0 for s in range(6)}}
+    # all three p = 2/64; A - E = 1 on every seed: d_z inf; B - E = 1 + D6: d_z 3 / sqrt(0.8) = 3.35; B - A: 2.24
+    assert _order(_table(scores)) == ["A vs E", "B vs E", "B vs A"]
+    same = {"A": {s: 1.0 for s in range(4)}, "B": {s: 1.0 for s in range(4)},
+            "C": {s: 1.0 + (-1) ** s for s in range(4)}}
+    t = _table(same)  # every p is 1: A - B has d NaN, the others d 0, so the names decide
+    assert _order(t) == ["A vs B", "A vs C", "B vs C"]
+    assert t.notes[0] == ("tiny, x: 0 of 3 tested pairs significant after Holm correction; none of the 3 not "
+                          "significant has a seed count for 80% power.")
+
+
+def test_verdict_table_summary_counts_several_pairs_without_a_seed_count():
+    """'2 have none' (plural) when more than one not-significant pair has no seed count beside some that have one."""
+    scores = {"A": {s: 10 + d for s, d in enumerate(D6)}, "B": {s: 10.0 for s in range(6)},
+              "C": {s: 10.0 for s in range(6)}, "D": {s: 10.0 for s in range(6)}}
+    note = _table(scores, 0.99).notes[0]
+    assert note.endswith("and 3 have none (no difference, or more than 1000 seeds).")
