@@ -20,6 +20,7 @@ from algorithms.dapo import overlong_penalty
 from algorithms.gspo import sequence_ratio
 from harness.core.batch import Advantages, Batch, PolicyOutput
 from harness.core.objective import group_advantages, kl_per_token, reward_to_go, token_share
+from harness.core.off_policy import correction_weights
 from harness.core.train import objective_loss
 
 FAMILY = ["grpo", "dr_grpo", "dapo", "gspo", "cispo", "reinforce_pp"]
@@ -202,22 +203,30 @@ CASES = {
     "cispo": ("cispo", {}, "cispo", {"beta": 0.0, "epsilon_high": 5.0}, 1.0),
     "gspo": ("gspo", {}, "grpo", {"beta": 0.0, "epsilon_low": 3e-4, "epsilon_high": 4e-4,
                                    "importance_sampling_level": "sequence"}, 1e-3),
+    "sapo": ("sapo", {}, "sapo", {"beta": 0.0}, 1.0),
+    "sapo_kl": ("sapo", {"kl_coef": 0.04}, "sapo", {"beta": 0.04, "use_bias_correction_kl": False}, 1.0),
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_loss_and_gradient_match_trl_grpo_trainer(trl_grpo, case, monkeypatch):
+def _parity(trainer, monkeypatch, case: str, correction: str | None = None) -> float:
+    """max |loss diff|, |grad diff| of our objective and TRL's `_compute_loss` on the same tensors; with a rollout
+    `correction`, the weights of harness/core/off_policy.py against TRL's importance_sampling_ratio input."""
     ours_name, args, loss_type, attrs, noise = CASES[case]
     attrs = dict(attrs)
-    trainer, _ = trl_grpo
     monkeypatch.setattr(trainer.args, "use_bias_correction_kl", attrs.pop("use_bias_correction_kl", True))
     for k, v in {"loss_type": loss_type, "epsilon_low": 0.2, "epsilon_high": 0.2,
-                 "importance_sampling_level": "token", **attrs}.items():
+                 "importance_sampling_level": "token", "use_vllm": correction is not None,
+                 "vllm_importance_sampling_correction": correction is not None, **attrs}.items():
         monkeypatch.setattr(trainer, k, v)
     logp, old, ref, mask, score = _tensors(noise)
     algo = make(ours_name, {"samples_per_prompt": K, **args})
     batch = _batch(P, K, T, mask=mask, logp_old=old, logp_ref=ref, score=score)
     batch.extras = algo.prepare(batch)
+    extra = {}
+    if correction is not None:  # a sampler whose log-probs are off by up to 0.5 nats per token
+        mu = (old + 0.5 * torch.randn(P, K, T, generator=torch.Generator().manual_seed(1))) * mask
+        batch.correction, _ = correction_weights(mu, old, mask.float(), correction, 0.5, 2.0)
+        extra["importance_sampling_ratio"] = batch.correction.reshape(P * K, T)
     leaf = logp.clone().requires_grad_()
     ours, _ = objective_loss(algo, batch, PolicyOutput(leaf), algo.kl_coef)
     ours_grad, = torch.autograd.grad(ours, leaf)
@@ -229,13 +238,32 @@ def test_loss_and_gradient_match_trl_grpo_trainer(trl_grpo, case, monkeypatch):
     inputs = {"prompt_ids": torch.ones(P * K, 2, dtype=torch.long), "prompt_mask": torch.ones(P * K, 2, dtype=torch.long),
               "completion_ids": torch.ones(P * K, T, dtype=torch.long), "completion_mask": m,
               "advantages": batch.extras.advantages.reshape(-1), "old_per_token_logps": old.reshape(P * K, T),
-              "ref_per_token_logps": ref.reshape(P * K, T), "num_items_in_batch": m.sum()}
+              "ref_per_token_logps": ref.reshape(P * K, T), "num_items_in_batch": m.sum(), **extra}
     theirs = trainer._compute_loss(trainer.model, inputs)
     theirs_grad, = torch.autograd.grad(theirs, theirs_leaf)
-    diff = max(abs(ours.item() - theirs.item()), (ours_grad.reshape(P * K, T) - theirs_grad).abs().max().item())
-    print(f"TRL parity {case}: loss {ours.item():.6f} vs {theirs.item():.6f}, max abs diff (loss, grad) {diff:.2e}")
-    assert ours_grad.abs().max() > 1e-3 and abs(ours.item()) > 1e-4  # a real comparison
-    assert diff < 1e-6
+    assert ours_grad.abs().max() > 1e-3  # a real comparison
+    if correction is None:  # a correction changes TRL's loss value (its weight multiplies the loss), not ours
+        assert abs(ours.item()) > 1e-4
+        diff = abs(ours.item() - theirs.item())
+    else:
+        diff = 0.0
+    diff = max(diff, (ours_grad.reshape(P * K, T) - theirs_grad).abs().max().item())
+    print(f"TRL parity {case} {correction or ''}: loss {ours.item():.6f} vs {theirs.item():.6f}, max abs diff "
+          f"{diff:.2e}")
+    return diff
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_loss_and_gradient_match_trl_grpo_trainer(trl_grpo, case, monkeypatch):
+    assert _parity(trl_grpo[0], monkeypatch, case) < 1e-6
+
+
+@pytest.mark.parametrize("correction", ["token_truncate", "sequence_truncate", "token_mask", "sequence_mask"])
+@pytest.mark.parametrize("case", ["grpo", "cispo", "sapo"])
+def test_rollout_correction_gradients_match_trls_importance_sampling(trl_grpo, case, correction, monkeypatch):
+    """TRL multiplies each token's policy loss (not its KL term) by the weight; the backbone scales the gradient of
+    each token's log-prob by it: the same gradient."""
+    assert _parity(trl_grpo[0], monkeypatch, case, correction) < 1e-6
 
 
 @pytest.mark.parametrize("scale", ["group", "batch", "none"])

@@ -167,6 +167,16 @@ def _no_kl_term_and_no_clipping_at_ratio_one(calls, lines):
     _moved_from_the_reference(lines)
 
 
+@check("sapo")
+def _soft_gate_is_open_at_ratio_one_and_weighs_negative_advantages_less(calls, lines):
+    # ratio 1: every token's gate weight 4 s (1 - s) is 1 (nothing damped), and the loss -(2/N) sum_i A_i / tau_i is
+    # below 0 because the centred advantages' negative half is divided by the larger tau_neg
+    for c in calls:
+        assert c[0]["sapo/damped_frac"] == 0.0 and c[0]["loss"] <= 1e-7
+    assert any(c[0]["loss"] < -1e-4 for c in calls)
+    _moved_from_the_reference(lines)
+
+
 def test_rloo_later_epochs_improve_the_surrogate(tiny_test_models, harness_cache):
     """The clipped multi-epoch variant (--set algo.epochs=2): each batch's first update starts at ratio one (loss 0
     up to rounding), the second epoch's loss on the same batch is below it."""
@@ -179,7 +189,7 @@ def test_rloo_later_epochs_improve_the_surrogate(tiny_test_models, harness_cache
 
 RESPONSES_PER_PROMPT = {"ppo": 1, "reinforce": 1, "rebel": 2, "iterative_dpo": 2, "rloo": 2, "rloo_k4": 4, "dpo": 0,
                         "rebel_hybrid": 1, "rebel_preference": 3, "grpo": 4, "dr_grpo": 4, "dapo": 4, "gspo": 4,
-                        "cispo": 4, "reinforce_pp": 1}
+                        "cispo": 4, "reinforce_pp": 1, "sapo": 4}
 
 
 @pytest.mark.parametrize("name", names())
