@@ -1,7 +1,11 @@
 """Killers of the survivors of issue 34's mutation run (docs/report.md, "Mutation run"): each test checks a value,
 message or edge case a reader of the report relies on, which a surviving mutant of evals/ changed unnoticed."""
+import math
+import warnings
+
 import pytest
 
+from evals import stats
 from evals.verdicts import verdict_table
 
 D5 = [1.0, 2.0, 3.0, 1.0, 2.0]  # mean 1.8, sd sqrt(0.7): d_z = 2.15; all positive, so the exact sign-flip p = 2/2^5
@@ -155,3 +159,75 @@ def test_verdict_table_summary_counts_several_pairs_without_a_seed_count():
               "C": {s: 10.0 for s in range(6)}, "D": {s: 10.0 for s in range(6)}}
     note = _table(scores, 0.99).notes[0]
     assert note.endswith("and 3 have none (no difference, or more than 1000 seeds).")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# evals/stats.py
+
+SEVEN = [0.1, 0.9, 0.35, 0.6, 0.2, 0.75, 0.5]
+
+
+def test_bootstrap_defaults_are_the_reports_2000_resamples_and_seed_0():
+    """Called bare, the interval functions give the numbers `harness report` prints with its defaults (--reps 2000,
+    seed 0), so a reader can reproduce a cell in a notebook without knowing the report's settings."""
+    other = [0.3, 0.1, 0.4, 0.2, 0.15, 0.05, 0.45]
+    assert stats.iqm_ci(SEVEN) == stats.iqm_ci(SEVEN, 0.95, 2000, 0)
+    assert stats.probability_of_improvement(SEVEN, other) == stats.probability_of_improvement(SEVEN, other, 0.95,
+                                                                                               2000, 0)
+    pm = stats.poi_matrix({"A": SEVEN, "B": other})
+    assert pm == stats.poi_matrix({"A": SEVEN, "B": other}, 0.95, 2000, 0)
+
+
+def test_poi_matrix_one_entry_per_ordered_pair_mirrored_with_the_given_seed():
+    """P(row > column) for every ordered pair of distinct rows, nothing on the diagonal; the lower triangle is the
+    mirror of the upper one (P(Y > X) = 1 - P(X > Y), CI [1 - high, 1 - low]); the seed reaches the bootstrap."""
+    scores = {"A": SEVEN, "B": [0.3, 0.1, 0.4, 0.2, 0.15, 0.05, 0.45], "C": [0.5, 0.4, 0.6, 0.55, 0.3, 0.7, 0.2]}
+    pm = stats.poi_matrix(scores, 0.9, 300, 5)
+    assert set(pm) == {(a, b) for a in scores for b in scores if a != b}
+    for a, b in (("A", "B"), ("A", "C"), ("B", "C")):
+        assert pm[(a, b)] == stats.probability_of_improvement(scores[a], scores[b], 0.9, 300, 5)
+        p, lo, hi = pm[(a, b)]
+        assert lo < hi and pm[(b, a)] == (1 - p, 1 - hi, 1 - lo)
+
+
+def test_significant_only_when_the_ci_excludes_one_half():
+    """A CI that touches 0.5 does not exclude it (with few seeds percentile ends land on 0.5 exactly); a missing
+    end means no CI at all."""
+    assert stats.significant(0.5, 0.8) is False and stats.significant(0.2, 0.5) is False
+    assert stats.significant(0.51, 0.8) is True and stats.significant(0.1, 0.49) is True
+    assert stats.significant(math.nan, 0.7) is None and stats.significant(0.3, math.nan) is None
+
+
+def test_rank_marks_one_shown_value_and_missing_values():
+    """Two rows that look the same are both best (no second); a missing value gets no mark, not a placeholder."""
+    assert stats.rank_marks([1.0, 1.004], 2) == ["best", "best"]
+    assert stats.rank_marks([1.0, None, 2.0, math.nan], 1) == ["second", "", "best", ""]
+
+
+def test_iqm_of_no_finite_value_is_nan_without_a_warning():
+    """No runs (or only NaN / None scores): the IQM is NaN and nothing warns, so an empty cell does not flood a
+    report's output with numpy's small-sample warnings."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(stats.iqm([])) and math.isnan(stats.iqm([None, math.nan]))
+
+
+def test_mean_std_of_one_and_two_seeds():
+    """Two seeds have a sample std (|a - b| / sqrt 2); one seed has none (NaN), and saying so raises no warning."""
+    assert stats.mean_std([1.0, 3.0]) == pytest.approx((2.0, math.sqrt(2), 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mean, std, n = stats.mean_std([4.0, None])
+    assert (mean, n) == (4.0, 1) and math.isnan(std)
+
+
+def test_probability_of_improvement_with_one_two_and_no_seeds():
+    """A side with no runs: nothing (NaN); one run a side: the point P but no CI; two runs a side are enough for a
+    bootstrap CI (here every resample of 0.8, 0.9 beats every resample of 0.1, 0.2: [1, 1])."""
+    for x, y in (([1.0, 2.0], []), ([], [1.0, 2.0])):
+        assert all(math.isnan(v) for v in stats.probability_of_improvement(x, y))
+    p, lo, hi = stats.probability_of_improvement([0.9], [0.1, 0.2])
+    assert p == 1.0 and math.isnan(lo) and math.isnan(hi)
+    assert stats.probability_of_improvement([0.8, 0.9], [0.1, 0.2], reps=100) == (1.0, 1.0, 1.0)
+    p, lo, hi = stats.probability_of_improvement([0.1, 0.2], [0.15, 0.9], reps=100)  # 2 x 2 pairs: 1 of 4 wins
+    assert p == 0.25 and lo == 0.0 and hi > 0.25
