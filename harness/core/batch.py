@@ -61,6 +61,7 @@ class Batch:
     preference: Tensor | None = None  # [P, K, K] P(y_i > y_j) from the preference model (needs_preference)
     sample_logp: Tensor | None = None  # [P, S, Lr] the rollout engine's log-probs of the S sampled responses'
     # tokens, compared with logp_old (the trainer's forward) to measure the engine's drift; not used by losses
+    v_star: Tensor | None = None  # [P] the optimal value of each prompt, estimated from pi_ref's samples (A*-PO)
     correction: Tensor | None = None  # [P, K, Lr] rollout-correction weights of the sampled tokens (pi_t / mu,
     # truncated or masked; harness/core/off_policy.py), None: no correction
     token_share: Tensor | None = None  # [P] the counted tokens of the whole batch (every rank) over its prompts: a

@@ -10,6 +10,8 @@ An optimizer declares what it needs from the backbone and computes only what is 
   - `mask_post_eos`: True counts log-probs (and values) up to the first EOS; False counts every generated token
     (the sampled tokens after EOS too, as in the REBEL authors' PPO); `batch.counted_mask` says which;
   - `logprob_temperature`: None means the sampling temperature (online), 1.0 for offline losses such as DPO;
+  - `optimal_value_samples()`: (N, beta) to have the backbone estimate V*(x) = beta log mean exp(r / beta) of
+    each training prompt once, from N responses of pi_ref (`batch.v_star`, A*-PO), or None;
   - `prepare(batch)`: once per iteration, before the epochs (advantages, baselines, labels), returns a typed
     `harness.core.batch.Prepared` (per-prompt tensors travel with the batch through shuffling as `batch.extras`; the
     loss reads them with `batch.prepared(ItsType)`), or None;
@@ -72,6 +74,9 @@ class Algorithm:
     needs_preference: ClassVar[bool] = False
     mask_post_eos: ClassVar[bool] = True
     logprob_temperature: ClassVar[float | None] = None
+
+    def optimal_value_samples(self) -> tuple[int, float] | None:
+        return None
 
     def prepare(self, batch: Batch) -> Prepared | None:
         return None

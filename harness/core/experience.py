@@ -1,6 +1,7 @@
 """Turning prompts into a scored Batch: the same code for every optimizer (fairness is a backbone property)."""
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -11,7 +12,7 @@ from torch import Tensor
 from harness.core.batch import Batch, PolicyOutput
 from harness.core.models import Models
 from harness.core.objective import kl_per_token
-from harness.core.rollout import HFEngine, truncate_after_eos
+from harness.core.rollout import HFEngine, sample, truncate_after_eos
 from harness.core.examples import Example, Gold, TaskReward, score_texts
 from harness.core.scoring import (ScoreRule, has_eos, kl_penalised_reward, reward_scores, sequence_kl, sequence_logprobs,
                              token_rewards, token_values)
@@ -117,6 +118,33 @@ def task_scores(reward: TaskReward, response: Tensor, mask: Tensor, examples: li
     score = torch.tensor(score_texts(reward, texts, [examples[i // K] for i in range(len(texts))]),
                          device=response.device)
     return rule.apply(score * rule.scale, response, mask, eos_id)
+
+
+@torch.no_grad()
+def reference_values(models: Models, examples: list[Example], n: int, beta: float, max_prompt_tokens: int,
+                     max_new_tokens: int, temperature: float, chunk: int, budget: Budget, generator: torch.Generator,
+                     rule: ScoreRule = ScoreRule(), reward: TaskReward | None = None) -> list[float]:
+    """V*(x) = beta * log mean_i exp(r(x, y_i) / beta) of each prompt, over n responses y_i sampled from pi_ref at
+    `temperature` and scored like every rollout (the reward model or the task's reward, under `rule`): A*-PO's
+    offline estimate of the optimal value (Brantley et al. 2025; TRL's A2POTrainer). The n responses count in the
+    budget (responses, rm_queries), not as prompts."""
+    tok, eos, pad = models.tokenizer, models.eos_id, models.pad_id
+    out = []
+    for part in _chunks(len(examples), max(1, chunk // n)):
+        batch = examples[part]
+        query = encode_queries(batch, tok, max_prompt_tokens, models.device)
+        with models.as_reference() as ref:
+            raw = sample(ref, query, max_new_tokens, temperature, pad, generator, n)
+        response, mask = truncate_after_eos(raw, eos, pad)
+        if reward is not None:
+            score = task_scores(reward, response, mask, batch, tok, eos, rule)
+        else:
+            score = reward_scores(models.reward_model, query, response, mask, pad, group=n, rule=rule)
+        r = score.float().reshape(len(batch), n)
+        out += (beta * (torch.logsumexp(r / beta, dim=1) - math.log(n))).tolist()
+        budget.responses += len(batch) * n
+        budget.rm_queries += len(batch) * n
+    return out
 
 
 def preference_probs(models: Models, examples: list[Example], response: Tensor, mask: Tensor,

@@ -18,7 +18,7 @@ from harness.core.contract import ONLINE_WITH_REFERENCE, PREFERENCE_PAIRS, Algor
 from harness.core.distributed import Runtime, derived_seed
 from harness.core.errors import UserError
 from harness.core.experience import (Budget, Timer, adopt_policy_forward, collect_online, collect_pairs, gold_rewards,
-                                policy_output)
+                                policy_output, reference_values)
 from harness.core.models import Models
 from harness.core.objective import kl_loss, token_share
 from harness.core.rollout import logprob_drift, make_engine
@@ -98,6 +98,8 @@ class Trainer:
             g.engine, self.models.origin.get("policy", ""), self.models.precision.compute_name,
             derived_seed(self.cfg.seed, "engine", rank), self.cfg.task.max_prompt_tokens + g.max_new_tokens,
             g.vllm_gpu_memory_utilization)
+        self.values: dict[str, float] = {}  # A*-PO's V* of each prompt seen, estimated once (by its text)
+        self.value_sampler = torch.Generator(self.models.device).manual_seed(derived_seed(self.cfg.seed, "values", rank))
         self.lag = off_policy.PolicyLag(t.staleness, self.models.policy)
         if t.staleness:  # the sampler runs k updates behind (harness/core/off_policy.py)
             self.engine = off_policy.LaggedEngine(self.engine, self.lag)
@@ -156,7 +158,7 @@ class Trainer:
                     return collect_pairs(self.models, examples, self.cfg.task.max_prompt_tokens, g.max_new_tokens,
                                          self.temperature, chunk, self.budget, with_policy=not self.single_pass)
                 self.engine.sync(self.models.policy)
-                return collect_online(self.models, examples, self.algo.samples_per_prompt,
+                batch = collect_online(self.models, examples, self.algo.samples_per_prompt,
                                       self.cfg.task.max_prompt_tokens, g.max_new_tokens, g.temperature, self.reward_kl_coef,
                                       chunk, self.budget, self.sampler,
                                       append_reference=self.algo.data == ONLINE_WITH_REFERENCE,
@@ -165,8 +167,31 @@ class Trainer:
                                       engine=self.engine, rule=score_rule(self.cfg),
                                       logprob_temperature=self.temperature, gold=self.gold, reward=self.reward,
                                       kl_estimator=self.algo.kl_estimator)
+                batch.v_star = self.optimal_values(examples, chunk)
+                return batch
         finally:
             self.models.policy.train()
+
+    def optimal_values(self, examples: list[Example], chunk: int) -> torch.Tensor | None:
+        """[P] V* of these prompts when the optimizer asks for it: estimated once per prompt (its first draw) from
+        pi_ref's samples, cached and checkpointed with the trainer."""
+        asked = self.algo.optimal_value_samples()
+        if asked is None:
+            return None
+        n, beta = asked
+        first = {}  # prompt text -> its first example, for the prompts without an estimate yet
+        for ex in examples:
+            if ex.prompt not in self.values:
+                first.setdefault(ex.prompt, ex)
+        if first:
+            new, todo = list(first), list(first.values())
+            g = self.cfg.generation
+            with Timer(self.budget, "value_estimate"):
+                values = reference_values(self.models, todo, n, beta, self.cfg.task.max_prompt_tokens, g.max_new_tokens,
+                                          g.temperature, chunk, self.budget, self.value_sampler, score_rule(self.cfg),
+                                          self.reward)
+            self.values.update(zip(new, values))
+        return torch.tensor([self.values[ex.prompt] for ex in examples], device=self.models.device)
 
     def update(self, batch: Batch, iteration: int) -> dict[str, float]:
         """The optimizer's `prepare`, then E epochs x M minibatches over the batch's prompts, gradient accumulation
@@ -187,7 +212,7 @@ class Trainer:
                 weight, correction_stats = off_policy.correction_weights(
                     batch.sample_logp, batch.logp_old[:, :S], batch.counted_mask[:, :S], t.rollout_correction,
                     t.correction_min, t.correction_max)
-                # the appended reference (REBEL hybrid) was not sampled: weight 1
+                # the appended reference (data "online_with_reference") was not sampled: weight 1
                 batch.correction = torch.cat([weight, batch.counted_mask[:, S:].to(weight.dtype)], 1)
                 drift.update(correction_stats)
         batch.sum_over_ranks = self.runtime.sum_tensors
@@ -259,7 +284,9 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(),
                 "generator": self.generator.get_state(), "sampler": self.sampler.get_state(),
                 "data_pass": self.data_pass, "cursor": self.cursor, "algorithm": self.algo.state_dict(),
-                "budget": self.budget.counters(), **({"lag": self.lag.state_dict()} if self.lag.k else {})}
+                "budget": self.budget.counters(), **({"lag": self.lag.state_dict()} if self.lag.k else {}),
+                **({"values": dict(self.values), "value_sampler": self.value_sampler.get_state()} if self.values
+                   else {})}
 
     def load_state_dict(self, state: dict) -> None:
         self.runtime.load_optimizer_state(self.trainable_modules(), self.optimizer, state["optimizer"])
@@ -271,6 +298,9 @@ class Trainer:
         self.algo.load_state_dict(state["algorithm"])
         if self.lag.k:
             self.lag.load_state_dict(state.get("lag", []))
+        if "values" in state:
+            self.values = dict(state["values"])
+            self.value_sampler.set_state(state["value_sampler"])
         for k, v in state["budget"].items():
             setattr(self.budget, k, v)
 

@@ -95,7 +95,7 @@ class Recorder:
             module.register_forward_pre_hook(lambda *a, role=role: self._hit(f"forward:{role}"))
         # generation goes through the rollout engine (harness.core.rollout.HFEngine here), which calls rollout.sample
         for owner, fn in ((experience, "sequence_logprobs"), (experience, "reward_scores"),
-                          (experience, "token_values"), (rollout, "sample")):
+                          (experience, "token_values"), (rollout, "sample"), (experience, "sample")):
             original = getattr(owner, fn)
 
             def wrapped(model, *a, _fn=fn, _orig=original, **k):
@@ -148,18 +148,23 @@ def test_one_iteration_calls_the_backbone_the_same_way_for_every_optimizer(name,
     c = rec.calls
     # generation: one sampling call per chunk (one chunk here), prefill + L - 1 decode steps, from the policy only
     assert c["sample:policy"] == int(online)
+    # A*-PO's V*: N responses of pi_ref per new prompt, sampled and scored by the backbone in chunks
+    asked = algo.optimal_value_samples()
+    value_chunks = c["sample:reference"]
+    assert (value_chunks >= 1) if asked else (value_chunks == 0)
     # scoring: pi_ref always; pi_t unless the update's own forward is pi_t (one step on one forward per batch)
     assert c["sequence_logprobs:reference"] == 1
     assert c["sequence_logprobs:policy"] == int(not trainer.single_pass) + steps
-    assert c["reward_scores:reward_model"] == int(online)
+    assert c["reward_scores:reward_model"] == int(online) + value_chunks
     assert c["token_values:critic"] == algo.needs_critic * (int(not trainer.single_pass) + steps)
     K = S + (algo.data == "online_with_reference") if online else 2
     forwards_per_logprob = 1 if K == 1 else 2  # shared-prefix forwards: the prompt once, then its K responses
     assert c["forward:policy"] == online * L + forwards_per_logprob * c["sequence_logprobs:policy"]
-    # budgets: responses sampled per prompt, RM queries per response scored
+    # budgets: responses sampled per prompt (and A*-PO's N per prompt for V*), RM queries per response scored
+    value_responses = asked[0] * P if asked else 0
     assert budget.prompts == P and budget.responses == (S * P if online and algo.data == "online" else
-                                                        P if online else 0)
-    assert budget.rm_queries == (K * P if online else 0) and budget.optimizer_steps == steps
+                                                        P if online else 0) + value_responses
+    assert budget.rm_queries == (K * P if online else 0) + value_responses and budget.optimizer_steps == steps
 
 
 def test_responses_per_prompt_follow_the_protocol_budgets():

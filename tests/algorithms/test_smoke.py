@@ -177,6 +177,15 @@ def _soft_gate_is_open_at_ratio_one_and_weighs_negative_advantages_less(calls, l
     _moved_from_the_reference(lines)
 
 
+@check("astar_po")
+def _regression_starts_at_the_squared_advantage(calls, lines):
+    # one update per batch at pi_theta = pi_t: the first iteration's policy is the reference, so the implicit reward
+    # is 0 and the loss is the mean squared optimal advantage (r - V*)^2, which V* centres
+    first = calls[0][0]
+    assert abs(first["astar_po/implicit_reward"]) < 1e-6 and first["loss"] >= first["astar_po/advantage"] ** 2 - 1e-6
+    _moved_from_the_reference(lines)
+
+
 def test_rloo_later_epochs_improve_the_surrogate(tiny_test_models, harness_cache):
     """The clipped multi-epoch variant (--set algo.epochs=2): each batch's first update starts at ratio one (loss 0
     up to rounding), the second epoch's loss on the same batch is below it."""
@@ -189,7 +198,8 @@ def test_rloo_later_epochs_improve_the_surrogate(tiny_test_models, harness_cache
 
 RESPONSES_PER_PROMPT = {"ppo": 1, "reinforce": 1, "rebel": 2, "iterative_dpo": 2, "rloo": 2, "rloo_k4": 4, "dpo": 0,
                         "rebel_hybrid": 1, "rebel_preference": 3, "grpo": 4, "dr_grpo": 4, "dapo": 4, "gspo": 4,
-                        "cispo": 4, "reinforce_pp": 1, "sapo": 4}
+                        "cispo": 4, "reinforce_pp": 1, "sapo": 4,
+                        "astar_po": 1 + 8}  # A*-PO: its sample, and 8 of pi_ref once per new prompt (all are new here)
 
 
 @pytest.mark.parametrize("name", names())

@@ -84,6 +84,7 @@ def rollouts(algo: Algorithm) -> Rollouts:
                   values_old=values if algo.needs_critic else None,
                   logp_mask=None if algo.mask_post_eos else counted,
                   preference=torch.rand(PROMPTS, K, K, generator=g) if algo.needs_preference else None,
+                  v_star=torch.rand(PROMPTS, generator=g) if algo.optimal_value_samples() else None,
                   max_new_tokens=WIDTH)
     return Rollouts(batch, features, policy, critic)
 
