@@ -22,6 +22,10 @@ def test_committed_table_is_what_the_committed_runs_give(preset, table, tmp_path
     assert rebuilt == (RESULTS / preset / "report" / "tables" / table).read_bytes().decode("utf-8")
 
 
+# optimizers registered after a set's runs were made: each set's README says they are not in its tables
+ADDED_AFTER = {"tiny": {"sapo", "astar_po"}, "arith": {"sapo", "astar_po"}}
+
+
 @pytest.mark.parametrize("preset", [p for p, _ in SETS])
 def test_committed_runs_are_complete_runs_of_every_optimizer(preset):
     summaries = [read_json(p) for p in sorted((RESULTS / preset / "runs").glob("*/summary.json"))]
@@ -31,6 +35,8 @@ def test_committed_runs_are_complete_runs_of_every_optimizer(preset):
         seeds.setdefault(s["algorithm"], set()).add(s["seed"])
     from algorithms.base import names
 
-    assert set(seeds) == set(names()) and all({0, 1, 2} <= v <= set(range(5)) for v in seeds.values())
+    assert set(seeds) == set(names()) - ADDED_AFTER[preset] and all({0, 1, 2} <= v <= set(range(5)) for v in seeds.values())
+    readme = (RESULTS / preset / "README.md").read_text()
+    assert all(f"`{name}`" in readme for name in ADDED_AFTER[preset])  # named there as not run
     if preset == "arith":  # the family results/arith/sweep.yaml fixed before seeds 3-4 ran has all five
         assert all(seeds[a] == set(range(5)) for a in ("rebel", "ppo", "rloo"))
