@@ -82,6 +82,11 @@ def test_prompts_and_a_reward_function_train_grpo_and_rebel_and_report(posts, ti
     assert 0 < summary["sft"]["reward"] < 1  # the tiny model copies some of the post's words, not all
     assert summary["budget"]["rm_queries"] == 2 * 8 * 4  # the reward-calls counter: iterations x prompts x samples
 
+    # `harness eval RUN --suite reward` re-evaluates the saved policy on the task file's own prompts and reward
+    assert cli("eval", first, "--suite", "reward", "--out", tmp_path / "again") == 0
+    again = json.loads((tmp_path / "again" / "reward.json").read_text())
+    assert again["reward"] == pytest.approx(summary["eval"]["reward"]) and again["task"] == "copy-the-post"
+
     assert cli("report", out, "--out", tmp_path / "report", "--no-plots") == 0
     table = (tmp_path / "report" / "tables" / "reward.csv").read_text()
     assert "reward" in table.splitlines()[0] and "grpo" in table and "rebel" in table and "SFT" in table

@@ -317,3 +317,15 @@ def test_a_hub_task_file_names_its_data_for_prepare_and_list_shows_registered_fi
     with pytest.raises(SystemExit):
         main(["list"])
     assert "byo-hub" in capsys.readouterr().out
+
+
+def test_a_runs_own_source_reloads_only_unchanged_data(tmp_path):
+    """`harness eval RUN` passes the run's resolved source back: the same data loads, edited data is refused."""
+    path = write_task(tmp_path, BASIC.format(name="byo-again"))
+    source, data = tasks.get(str(path)).load("auto")
+    again, _ = tasks.get(str(path)).load(source)
+    assert again == source
+    (tmp_path / "data.jsonl").write_text(json.dumps({"prompt": "something else"}) + "\n" * 2 +
+                                         json.dumps({"prompt": "and more"}) + "\n")
+    with pytest.raises(UserError, match="its data or reward code changed since the run was made"):
+        tasks.get(str(path)).load(source)

@@ -253,8 +253,17 @@ class FileTask:
         return FunctionReward(make_terms([t.model_dump() for t in self.spec.reward], self.base,
                                          f"task file {self.path}"))
 
+    @staticmethod
+    def own_source(source: str) -> tuple[str, str | None]:
+        """(source, fingerprint) of a source this file's loader resolved for a run ("prompts.jsonl@1a2b3c4d", what
+        `harness eval RUN` passes back): its own data, which must not have changed since; other sources as given."""
+        if "@" in source and not Path(source).exists():
+            return "auto", source.rsplit("@", 1)[1]
+        return source, None
+
     def load(self, source: str = "auto", dataset: str | None = None,
              preference_dataset: str | None = None) -> tuple[str, TaskData]:
+        source, expected = self.own_source(source)
         d, p = self.spec.dataset, self.spec.prompt
         splits = {s: [to_example(r, w, d.format, p.template, p.system) for w, r in rows]
                   for s, rows in self.rows(source).items()}
@@ -267,6 +276,10 @@ class FileTask:
             train, splits["eval"] = train[:-n], train[-n:]
         reward = None if self.reward_model else self.reward()  # its code as it is now, fresh counters
         fingerprint = self.fingerprint(source, reward)
+        if expected is not None and not fingerprint.startswith(expected):
+            raise UserError(f"task file {self.path}: its data or reward code changed since the run was made (then "
+                            f"{expected}, now {fingerprint[:8]}); restore them to evaluate the run on the same prompts "
+                            f"and reward, or pass --source")
         files = self.files(source)
         where = d.hub if not files else files["train"].name
         data = TaskData(source=f"{where}@{fingerprint[:8]}", sft_train=train, sft_eval=splits["eval"],
@@ -277,7 +290,7 @@ class FileTask:
 
     def hub_data(self, settings) -> list:
         d = self.spec.dataset
-        if not d.hub or settings.source not in ("auto", "hub"):
+        if not d.hub or self.own_source(settings.source)[0] not in ("auto", "hub"):
             return []
         from harness.core.assets import Asset
 
