@@ -1,12 +1,18 @@
 """Killers of the survivors of issue 34's mutation run (docs/report.md, "Mutation run"): each test checks a value,
 message or edge case a reader of the report relies on, which a surviving mutant of evals/ changed unnoticed."""
+import json
 import math
+import types
 import warnings
 
 import pytest
 
-from evals import stats
+from evals import matched_kl, stats
+from evals.runs import load_runs, row_labels
 from evals.verdicts import verdict_table
+
+from .conftest import write_run
+from .test_matched_kl import evals_at
 
 D5 = [1.0, 2.0, 3.0, 1.0, 2.0]  # mean 1.8, sd sqrt(0.7): d_z = 2.15; all positive, so the exact sign-flip p = 2/2^5
 D6 = [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]  # mean 2, sd sqrt(0.8): d_z = 2.24; exact sign-flip p = 2/2^6
@@ -231,3 +237,105 @@ def test_probability_of_improvement_with_one_two_and_no_seeds():
     assert stats.probability_of_improvement([0.8, 0.9], [0.1, 0.2], reps=100) == (1.0, 1.0, 1.0)
     p, lo, hi = stats.probability_of_improvement([0.1, 0.2], [0.15, 0.9], reps=100)  # 2 x 2 pairs: 1 of 4 wins
     assert p == 0.25 and lo == 0.0 and hi > 0.25
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# evals/matched_kl.py
+
+
+def test_matched_table_caption_names_the_few_seed_iqm_only_below_four_seeds(results):
+    """rliable trims nothing below 4 runs, so the caption says 'IQM equals the mean' for rows of at most 3 seeds
+    and not at 4; the sentence is added to the caption, not put in its place."""
+    sft = {"kl": 0.0, "win_rate": 0.5, "rm_score": 5.0}
+    for seed in range(4):
+        write_run(results, f"p{seed}", "ppo", seed=seed, sft=sft, metrics=evals_at([1.0, 2.0], [0.6, 0.6 + seed / 100]))
+    runs = load_runs([results])[0]
+
+    def caption(members):
+        mv = matched_kl.matched_values(members, "win_rate")
+        return matched_kl.matched_table("tiny", members, row_labels(members), mv, "Win rate (%)", 100.0, 1, 0.95, 50,
+                                        0, "m").caption
+
+    four, three = caption(runs), caption([r for r in runs if r.run_id != "p3"])
+    assert four.startswith("Matched KL, preset tiny: each run's win_rate linearly interpolated") and three.startswith(
+        "Matched KL, preset tiny: each run's win_rate linearly interpolated")
+    assert "IQM equals the mean" not in four and four.endswith("best, underlined: second best per column.")
+    assert three.endswith(" With at most 3 seeds per row the IQM equals the mean and the CI is about [min, max].")
+
+
+def test_matched_table_name_title_budget_note_and_its_bootstrap_settings(results):
+    """The table is named and titled as the report files it; the budget note ends the caption; the IQM CI of a
+    matched cell is the stratified bootstrap with the table's resamples and seed."""
+    sft = {"kl": 0.0, "win_rate": 0.5, "rm_score": 5.0}
+    wins = [0.6, 0.62, 0.65, 0.61]
+    for seed, w in enumerate(wins):
+        write_run(results, f"p{seed}", "ppo", seed=seed, sft=sft, metrics=evals_at([1.0, 2.0], [w, w]))
+    runs = load_runs([results])[0]
+    mv = matched_kl.matched_values(runs, "win_rate")
+    t = matched_kl.matched_table("tiny", runs, row_labels(runs), mv, "Win rate (%)", 100.0, 1, 0.9, 40, 7, "m",
+                                 budget_note="Cut at 100 prompts.")
+    assert (t.name, t.title) == ("m", "Matched KL (tiny): Win rate (%)")
+    assert t.caption.endswith("second best per column. Cut at 100 prompts.")
+    (row,) = t.rows
+    at0 = [100 * (0.5 + 0.5 * (w - 0.5)) for w in wins]  # levels 0.5, 1, 1.5 of [0, 2]: at0 halfway to w at KL 1
+    # IQM of four: one trimmed from each end, the mean of the middle two (0.61 and 0.62 read at KL 0.5)
+    assert row[4].stats["iqm"] == pytest.approx((55.5 + 56.0) / 2) and sorted(at0)[1:3] == pytest.approx([55.5, 56.0])
+    expected = stats.iqm_ci(at0, 0.9, 40, 7)
+    assert expected[1] < expected[2] and (row[4].stats["ci_low"], row[4].stats["ci_high"]) == pytest.approx(
+        expected[1:], rel=1e-12)
+
+
+def test_matched_values_under_a_budget_cut(results):
+    """With a counter and a budget only the evaluations within it count, a line exactly at the budget included:
+    a evaluated at KL 2 (64 prompts) and 4 (128); b at 1 (64) and 2 (128)."""
+    sft = {"kl": 0.0, "win_rate": 0.5, "rm_score": 5.0}
+    write_run(results, "a", "ppo", sft=sft, metrics=evals_at([2.0, 4.0], [0.6, 0.7]))
+    write_run(results, "b", "rebel", sft=sft, metrics=evals_at([1.0, 2.0], [0.7, 0.8]))
+    runs = load_runs([results])[0]
+    cut = matched_kl.matched_values(runs, "win_rate", "prompts", 100)  # 64 prompts: a to KL 2, b to KL 1
+    assert (cut.low, cut.high) == (0.0, 1.0) and cut.values["b"]["area"] == pytest.approx(0.6)
+    assert cut.notes[0] == ("win_rate: the common KL range ends at 1, the largest KL every run reached within the "
+                            "budget (set by b); rows that drift further are compared below their final KL.")
+    at = matched_kl.matched_values(runs, "win_rate", "prompts", 128)  # at the budget: both evaluations count
+    assert at.high == 2.0 and "within the budget" in at.notes[0]
+    assert "within the budget" not in matched_kl.matched_values(runs, "win_rate").notes[0]
+
+
+def test_matched_values_without_the_sft_point_and_without_any_interpolation(results):
+    """No SFT point: the common range starts at the runs' first evaluations, the mean is over that range (not from
+    KL 0) and the source names metrics.jsonl only. Runs with a single evaluation: an empty result that still says
+    which metric it is for. Only SFT points: no matched values at all (None)."""
+    write_run(results, "a", "ppo", sft={}, metrics=evals_at([1.0, 3.0], [0.6, 0.8]))
+    write_run(results, "b", "rebel", sft={}, metrics=evals_at([2.0, 4.0], [0.6, 0.6]))
+    runs = load_runs([results])[0]
+    mv = matched_kl.matched_values(runs, "win_rate")
+    assert (mv.low, mv.high) == (2.0, 3.0)
+    # a on [2, 3]: 0.7 to 0.8, mean 0.75; b is 0.6 there
+    assert mv.values["a"]["area"] == pytest.approx(0.75) and mv.values["b"]["area"] == pytest.approx(0.6)
+    assert mv.sources["a"] == "metrics.jsonl:eval/kl and eval/win_rate at iterations 1,2"
+    (results / "runs" / "a" / "metrics.jsonl").write_text(
+        json.dumps(evals_at([1.0], [0.6])[0]) + "\n")  # one evaluation, no SFT point: nothing to interpolate
+    (results / "runs" / "b" / "metrics.jsonl").write_text(json.dumps(evals_at([2.0], [0.6])[0]) + "\n")
+    lone = matched_kl.matched_values(load_runs([results])[0], "win_rate")
+    assert lone.metric == "win_rate" and lone.levels.size == 0 and lone.values == {}
+    assert math.isnan(lone.low) and math.isnan(lone.high)
+    assert lone.notes[0].startswith("win_rate: a, b logged fewer than two evaluations")
+
+
+def test_matched_values_is_none_with_only_sft_points(results):
+    """The SFT point alone is not a trajectory: no table (None), not a table of empty cells."""
+    sft = {"kl": 0.0, "win_rate": 0.5, "rm_score": 5.0}
+    for run_id in ("a", "b"):
+        write_run(results, run_id, "ppo", sft=sft, metrics=[{"iteration": 1, "prompts": 64, "loss": 0.1}])
+    assert matched_kl.matched_values(load_runs([results])[0], "win_rate") is None
+
+
+def test_trajectory_skips_lines_without_the_counter_and_named_lists_six():
+    """A metrics line without the budget counter is skipped, not the end of the run; notes name at most six runs."""
+    run = types.SimpleNamespace(summary={}, metrics=[{"iteration": 1, "eval/kl": 1.0, "eval/win_rate": 0.6},
+                                                     {"iteration": 2, "prompts": 64, "eval/kl": 2.0,
+                                                      "eval/win_rate": 0.7}])
+    assert matched_kl.trajectory(run, "win_rate", "prompts", 100).kl.tolist() == [2.0]
+    ids = [f"r{i}" for i in range(8)]
+    assert matched_kl._named(ids[:6]) == "r0, r1, r2, r3, r4, r5"
+    assert matched_kl._named(ids) == "r0, r1, r2, r3, r4, r5 and 2 more"
