@@ -127,7 +127,6 @@ class Trainer:
         """This iteration's scored batch; with dynamic sampling, without the groups whose K scores are all equal,
         refilled from newly sampled prompts for at most `algo.dynamic_sampling` more rounds (DAPO). Every sampled
         response stays counted in the budget; the dropped groups are counted too."""
-        self.lag.record()  # once per iteration: dynamic sampling's refills sample from the same lagged policy
         batch = self.collect_once(examples)
         if not self.algo.dynamic_sampling or batch.score is None:
             return batch
@@ -257,6 +256,7 @@ class Trainer:
         start = time.perf_counter()
         self.budget.timings = {}
         examples = self.next_prompts()
+        self.lag.record()  # once per iteration: dynamic sampling's refills sample from the same lagged policy
         with self.models.autocast():
             batch = self.collect(examples)
         with Timer(self.budget, "update"):
