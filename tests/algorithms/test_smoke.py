@@ -186,6 +186,14 @@ def _regression_starts_at_the_squared_advantage(calls, lines):
     _moved_from_the_reference(lines)
 
 
+@check("m2po")
+def _on_policy_samples_open_no_trust_region(calls, lines):
+    # staleness 0: the sampler is pi_t (drift ~1e-7), so the second moment is ~0 and no clip bound is set
+    for c in calls:
+        assert c[0]["m2po/m2"] < 1e-6 and c[0]["m2po/clip_high"] == 1e5 and c[0]["m2po/clipfrac"] == 0.0
+    _moved_from_the_reference(lines)
+
+
 def test_rloo_later_epochs_improve_the_surrogate(tiny_test_models, harness_cache):
     """The clipped multi-epoch variant (--set algo.epochs=2): each batch's first update starts at ratio one (loss 0
     up to rounding), the second epoch's loss on the same batch is below it."""
@@ -199,7 +207,7 @@ def test_rloo_later_epochs_improve_the_surrogate(tiny_test_models, harness_cache
 RESPONSES_PER_PROMPT = {"ppo": 1, "reinforce": 1, "rebel": 2, "iterative_dpo": 2, "rloo": 2, "rloo_k4": 4, "dpo": 0,
                         "rebel_hybrid": 1, "rebel_preference": 3, "grpo": 4, "dr_grpo": 4, "dapo": 4, "gspo": 4,
                         "cispo": 4, "reinforce_pp": 1, "sapo": 4,
-                        "astar_po": 1 + 8}  # A*-PO: its sample, and 8 of pi_ref once per new prompt (all are new here)
+                        "astar_po": 1 + 8, "m2po": 4}  # A*-PO: its sample, and 8 of pi_ref once per new prompt (all are new here)
 
 
 @pytest.mark.parametrize("name", names())
