@@ -5,9 +5,11 @@ import math
 import types
 import warnings
 
+import numpy as np
 import pytest
+from scipy import stats as sps
 
-from evals import matched_kl, stats
+from evals import compare, matched_kl, stats
 from evals.runs import load_runs, row_labels
 from evals.verdicts import verdict_table
 
@@ -339,3 +341,59 @@ def test_trajectory_skips_lines_without_the_counter_and_named_lists_six():
     ids = [f"r{i}" for i in range(8)]
     assert matched_kl._named(ids[:6]) == "r0, r1, r2, r3, r4, r5"
     assert matched_kl._named(ids) == "r0, r1, r2, r3, r4, r5 and 2 more"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# evals/compare.py
+
+
+def test_p_values_of_one_row_are_plain_floats():
+    """A 1-D input gives a Python float (what the report's JSON and f-strings take), not a 0-d numpy array."""
+    p = compare.paired_t_p([1.0, 2.0, 4.0])
+    assert type(p) is float and p == pytest.approx(sps.ttest_1samp([1.0, 2.0, 4.0], 0.0).pvalue)
+    assert json.loads(json.dumps({"p": p})) == {"p": p}
+    assert type(compare.paired_t_p([1.0, 1.0, 1.0])) is float and type(compare.sign_flip_p([1.0, -2.0, 3.0])) is float
+
+
+def test_matched_kl_helpers_drop_missing_and_non_finite_points():
+    """A missing evaluation (None) or a NaN value drops its (KL, value) pair; it neither breaks the arithmetic nor
+    turns a neighbouring interpolation into NaN. Lengths that differ are an error that says both lengths."""
+    assert compare.at_kl([0.0, None, 2.0], [0.5, 0.7, 0.9], [1.0]).tolist() == pytest.approx([0.7])
+    assert compare.at_kl([0.0, 1.0, 2.0], [0.5, None, 0.9], [1.0]).tolist() == pytest.approx([0.7])
+    assert compare.at_kl([0.0, 1.0, 2.0], [0.5, math.nan, 0.9], [1.0]).tolist() == pytest.approx([0.7])
+    assert compare.common_kl_levels([[0.0, None, 2.0], [0.0, 4.0]]).tolist() == pytest.approx([0.5, 1.0, 1.5])
+    with pytest.raises(ValueError, match=r"^kl and value differ in length \(3 != 2\)$"):
+        compare.at_kl([0.0, 1.0, 2.0], [0.5, 0.9], [1.0])
+
+
+def test_frontier_area_of_no_evaluation_or_one_starting_at_kl_max_is_nan():
+    """No evaluation, or a run whose first evaluation is at kl_max, measured nothing of [kl_min, kl_max]: NaN,
+    not a mean of 0."""
+    assert math.isnan(compare.frontier_area([], [], 1.0))
+    assert math.isnan(compare.frontier_area([1.0, 2.0], [0.5, 0.6], 1.0))
+    assert compare.frontier_area([0.5, 2.0], [0.5, 0.8], 1.0) == pytest.approx((0.5 * (0.5 + 0.6) / 2) / 1.0)
+
+
+def test_common_kl_levels_edges():
+    """One level is the midpoint; a run with a single finite KL still bounds the range; a run with no finite KL,
+    no runs at all, or no level asked for give an empty array (size 0)."""
+    assert compare.common_kl_levels([[0.0, 2.0], [0.0, 4.0]], 1).tolist() == [1.0]
+    assert compare.common_kl_levels([[1.0], [0.0, 2.0]]).tolist() == [1.0]
+    for runs, n in (([[0.0, 1.0], [math.nan]], 3), ([], 3), ([[0.0, 1.0]], 0)):
+        levels = compare.common_kl_levels(runs, n)
+        assert levels.size == 0 and levels.tolist() == []
+
+
+def test_unpaired_monte_carlo_p_is_reproducible_from_the_seed():
+    """Beyond MAX_EXACT splits the label-permutation p is drawn from `seed`: the same as scipy's permutation_test
+    with that generator (two-sided via |difference|), so a report's p-value can be reproduced."""
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(0.3, 1.0, 9), rng.normal(0.0, 1.0, 9)  # C(18, 9) = 48620 > MAX_EXACT
+    for seed in (0, 4):
+        res = compare.paired_difference(dict(enumerate(x)), {20 + i: v for i, v in enumerate(y)}, reps=2000,
+                                        seed=seed)
+        ref = sps.permutation_test((x, y), lambda u, v, axis: np.abs(u.mean(axis=axis) - v.mean(axis=axis)),
+                                   permutation_type="independent", vectorized=True, n_resamples=2000,
+                                   alternative="greater", rng=np.random.default_rng(seed))
+        assert res.method == "unpaired label permutation (Monte-Carlo)" and 0.05 < res.p_value < 0.95
+        assert res.p_value == pytest.approx(ref.pvalue, abs=1e-12)
