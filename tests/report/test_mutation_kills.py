@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 from scipy import stats as sps
+from statsmodels.stats.power import TTestPower
 
 from evals import compare, matched_kl, stats
 from evals.runs import load_runs, row_labels
@@ -397,3 +398,42 @@ def test_unpaired_monte_carlo_p_is_reproducible_from_the_seed():
                                    alternative="greater", rng=np.random.default_rng(seed))
         assert res.method == "unpaired label permutation (Monte-Carlo)" and 0.05 < res.p_value < 0.95
         assert res.p_value == pytest.approx(ref.pvalue, abs=1e-12)
+
+
+def test_holm_default_alpha_is_0_05():
+    """Bare holm() tests at 5%: 0.01 x 2 = 0.02 is rejected, 0.3 is not."""
+    assert compare.holm({"a": 0.01, "b": 0.3}) == {"a": (pytest.approx(0.02), True), "b": (pytest.approx(0.3), False)}
+
+
+def test_paired_t_power_at_no_effect_is_the_size_of_the_test():
+    """With d_z = 0 the two-sided test rejects with probability alpha (both tails count); power grows with d_z."""
+    paired_t_power = compare.paired_t_power
+    assert paired_t_power(10, 0.0, 0.05) == pytest.approx(0.05) and paired_t_power(4, 0.0, 0.2) == pytest.approx(0.2)
+    assert paired_t_power(10, 0.5, 0.05) == pytest.approx(TTestPower().power(0.5, 10, 0.05), rel=1e-9)
+
+
+def test_seeds_needed_against_statsmodels_and_its_edges():
+    """The paired t power's answer (statsmodels' TTestPower, rounded up) above the sign-flip floor; the floor is the
+    smallest n with 2/2^n <= alpha; max_n bounds the search exactly; the reasons are exact sentences."""
+    two = np.array([1.0, 3.0])  # two differences are enough to plan from: d_z = 2 / sqrt(2)
+    assert compare.seeds_needed(two).n == max(6, math.ceil(TTestPower().solve_power(2 / math.sqrt(2), None, 0.05,
+                                                                                    0.8)))
+    d = np.array([1.0, 2.0, 4.0, 0.5])
+    dz = float(d.mean()) / float(d.std(ddof=1))
+    n01 = math.ceil(TTestPower().solve_power(dz, None, 0.01, 0.8))
+    assert compare.seeds_needed(d, 0.01, test="t").n == n01
+    assert compare.seeds_needed(d, 0.01, max_n=n01, test="t").n == n01  # the bound itself is searched
+    assert compare.seeds_needed(d, 0.01, max_n=n01 - 1, test="t") == (None, f"more than {n01 - 1} seeds (d_z = 1.2)")
+    exact = compare.paired_t_power(n01, dz, 0.01)  # asking for exactly the power n01 seeds give: n01 is enough
+    assert compare.seeds_needed(d, 0.01, float(exact), test="t").n == n01
+    assert compare.seeds_needed([10.0, 10.5], test="t").n == 2  # a huge effect: the t-test's two seeds suffice
+    # floors: 2/2^2 = 0.5, 2/2^6 = 1/32 <= 0.05, 2/2^7 = 1/64 <= 0.05/3; the t-test's floor is 2
+    for alpha, floor in ((0.5, 2), (0.05, 6), (0.05 / 3, 7)):
+        assert compare.seeds_needed([1.0, 1.0, 1.0], alpha) == (
+            floor, "no spread in the differences: only the sign-flip test's floor applies")
+    assert compare.seeds_needed([1.0, 1.0, 1.0], test="t") == (2, "no spread in the differences: only the t test's "
+                                                                   "floor applies")
+    assert compare.seeds_needed([1.0]) == (None, "fewer than two paired differences: no spread to plan from")
+    assert compare.seeds_needed([1.0, None, 3.0]) == compare.seeds_needed(two)  # a missing difference is dropped
+    # mean 0.05, sd sqrt(4 x 0.95^2 / 3) = 1.097: d_z 0.046, far beyond 1000 seeds
+    assert compare.seeds_needed([1.0, -0.9, 1.0, -0.9]) == (None, "more than 1000 seeds (d_z = 0.046)")
