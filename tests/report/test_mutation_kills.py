@@ -437,3 +437,14 @@ def test_seeds_needed_against_statsmodels_and_its_edges():
     assert compare.seeds_needed([1.0, None, 3.0]) == compare.seeds_needed(two)  # a missing difference is dropped
     # mean 0.05, sd sqrt(4 x 0.95^2 / 3) = 1.097: d_z 0.046, far beyond 1000 seeds
     assert compare.seeds_needed([1.0, -0.9, 1.0, -0.9]) == (None, "more than 1000 seeds (d_z = 0.046)")
+
+
+def test_verdict_sentence_defaults_and_a_side_without_scores():
+    """Defaults: alpha 0.05 in the seed estimate (0.05/3 over three pairs: the sign-flip floor of 7 seeds); a side
+    without finite scores reads 'nan points, not tested' and says why."""
+    res = compare.paired_difference({s: 10 + d for s, d in enumerate(D5)}, {s: 10.0 for s in range(5)}, 200, 0)
+    text = compare.verdict_sentence("A", "B", res, (0.19, False), 3)
+    assert text.endswith("(p_adj=0.19, d=2.2, 5 paired seeds; ~7 seeds for 80% power at alpha 0.05/3)")
+    empty = compare.paired_difference({0: 1.0, 1: 2.0}, {1: None, 2: math.nan})
+    assert compare.verdict_sentence("A", "B", empty, (math.nan, False), 1) == (
+        "A vs B: nan points, not tested (a side has no finite scores)")
