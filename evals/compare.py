@@ -139,10 +139,11 @@ def _permutation_p(data: tuple, statistic, permutation_type: str, exact: bool, r
 def sign_flip_p(diffs, reps: int = 2000, seed: int = 0):
     """Two-sided sign-flip permutation p-value of mean(diffs) = 0 (scipy.stats.permutation_test, one sample, its
     signs flipped); exact when 2^n <= MAX_EXACT. Vectorised: diffs of shape (..., n) give p-values of shape (...),
-    one per row (a float for a 1-D input)."""
+    one per row (a float for a 1-D input). Fewer than two differences give NaN, as in paired_t_p (scipy's
+    permutation_test needs two)."""
     d = np.asarray(diffs, dtype=float)
     n = d.shape[-1]
-    if n == 0:
+    if n < 2:
         return math.nan if d.ndim == 1 else np.full(d.shape[:-1], np.nan)
     p = _permutation_p((d,), np.mean, "samples", 2 ** n <= MAX_EXACT, reps, seed)
     return float(p) if d.ndim == 1 else np.asarray(p, dtype=float)

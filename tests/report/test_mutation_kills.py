@@ -448,3 +448,22 @@ def test_verdict_sentence_defaults_and_a_side_without_scores():
     empty = compare.paired_difference({0: 1.0, 1: 2.0}, {1: None, 2: math.nan})
     assert compare.verdict_sentence("A", "B", empty, (math.nan, False), 1) == (
         "A vs B: nan points, not tested (a side has no finite scores)")
+
+
+def test_sign_flip_p_of_no_one_and_many_differences():
+    """Fewer than two differences: NaN (a float for one row, an array of the rows' shape for several), where
+    scipy's permutation_test would raise for one; 14 differences (2^14 > MAX_EXACT): Monte-Carlo from the seed, by default 2000
+    draws from seed 0, the same as scipy's permutation_test with that generator."""
+    for few in ([], [2.0]):
+        p = compare.sign_flip_p(few)
+        assert type(p) is float and math.isnan(p)
+    for shape in ((3, 0), (2, 3, 0), (3, 1)):
+        rows = compare.sign_flip_p(np.empty(shape))
+        assert rows.shape == shape[:-1] and np.isnan(rows).all()
+    d = np.random.default_rng(3).normal(0.3, 1.0, 14)
+    ref = sps.permutation_test((d,), lambda x, axis: np.abs(np.mean(x, axis=axis)), permutation_type="samples",
+                               vectorized=True, n_resamples=2000, alternative="greater",
+                               rng=np.random.default_rng(0))
+    assert 0.05 < ref.pvalue < 0.95
+    assert compare.sign_flip_p(d) == pytest.approx(ref.pvalue, abs=1e-12)
+    assert compare.sign_flip_p(d) == compare.sign_flip_p(d, 2000, 0)
