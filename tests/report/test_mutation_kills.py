@@ -467,3 +467,14 @@ def test_sign_flip_p_of_no_one_and_many_differences():
     assert 0.05 < ref.pvalue < 0.95
     assert compare.sign_flip_p(d) == pytest.approx(ref.pvalue, abs=1e-12)
     assert compare.sign_flip_p(d) == compare.sign_flip_p(d, 2000, 0)
+
+
+def test_paired_difference_drops_nan_scores_and_defaults_to_the_reports_settings():
+    """A NaN score is no score: the seed is unmatched and counted in the note; called bare, the CI is the report's
+    default bootstrap (2000 resamples, seed 0)."""
+    res = compare.paired_difference({0: 1.0, 1: 2.0, 2: math.nan, 3: 4.0}, {0: 0.0, 1: 0.5, 2: 0.0, 3: 1.0})
+    assert (res.n, res.mean_diff, res.note) == (3, pytest.approx((1.0 + 1.5 + 3.0) / 3), "1 unmatched seed(s) ignored")
+    vals = [0.31, 2.07, 1.13, 0.72, 2.64, 1.93, 0.05, 1.48, 0.88]  # 9 uneven seeds: percentiles move with the draws
+    a, b = {s: 10 + d for s, d in enumerate(vals)}, {s: 10.0 for s in range(9)}
+    bare, explicit = compare.paired_difference(a, b), compare.paired_difference(a, b, 2000, 0)
+    assert bare.low < bare.high and (bare.low, bare.high) == (explicit.low, explicit.high)
