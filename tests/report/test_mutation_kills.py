@@ -179,12 +179,11 @@ SEVEN = [0.1, 0.9, 0.35, 0.6, 0.2, 0.75, 0.5]
 def test_bootstrap_defaults_are_the_reports_2000_resamples_and_seed_0():
     """Called bare, the interval functions give the numbers `harness report` prints with its defaults (--reps 2000,
     seed 0), so a reader can reproduce a cell in a notebook without knowing the report's settings."""
-    other = [0.3, 0.1, 0.4, 0.2, 0.15, 0.05, 0.45]
-    assert stats.iqm_ci(SEVEN) == stats.iqm_ci(SEVEN, 0.95, 2000, 0)
-    assert stats.probability_of_improvement(SEVEN, other) == stats.probability_of_improvement(SEVEN, other, 0.95,
-                                                                                               2000, 0)
-    pm = stats.poi_matrix({"A": SEVEN, "B": other})
-    assert pm == stats.poi_matrix({"A": SEVEN, "B": other}, 0.95, 2000, 0)
+    # 40 seeds a side: enough distinct resample statistics that one resample more or another seed moves the ends
+    x, y = list(np.random.default_rng(1).normal(0, 1, 40)), list(np.random.default_rng(2).normal(0.2, 1, 40))
+    assert stats.iqm_ci(x) == stats.iqm_ci(x, 0.95, 2000, 0)
+    assert stats.probability_of_improvement(x, y) == stats.probability_of_improvement(x, y, 0.95, 2000, 0)
+    assert stats.poi_matrix({"A": x, "B": y}) == stats.poi_matrix({"A": x, "B": y}, 0.95, 2000, 0)
 
 
 def test_poi_matrix_one_entry_per_ordered_pair_mirrored_with_the_given_seed():
@@ -275,7 +274,7 @@ def test_matched_table_name_title_budget_note_and_its_bootstrap_settings(results
         write_run(results, f"p{seed}", "ppo", seed=seed, sft=sft, metrics=evals_at([1.0, 2.0], [w, w]))
     runs = load_runs([results])[0]
     mv = matched_kl.matched_values(runs, "win_rate")
-    t = matched_kl.matched_table("tiny", runs, row_labels(runs), mv, "Win rate (%)", 100.0, 1, 0.9, 40, 7, "m",
+    t = matched_kl.matched_table("tiny", runs, row_labels(runs), mv, "Win rate (%)", 100.0, 1, 0.5, 40, 7, "m",
                                  budget_note="Cut at 100 prompts.")
     assert (t.name, t.title) == ("m", "Matched KL (tiny): Win rate (%)")
     assert t.caption.endswith("second best per column. Cut at 100 prompts.")
@@ -283,7 +282,8 @@ def test_matched_table_name_title_budget_note_and_its_bootstrap_settings(results
     at0 = [100 * (0.5 + 0.5 * (w - 0.5)) for w in wins]  # levels 0.5, 1, 1.5 of [0, 2]: at0 halfway to w at KL 1
     # IQM of four: one trimmed from each end, the mean of the middle two (0.61 and 0.62 read at KL 0.5)
     assert row[4].stats["iqm"] == pytest.approx((55.5 + 56.0) / 2) and sorted(at0)[1:3] == pytest.approx([55.5, 56.0])
-    expected = stats.iqm_ci(at0, 0.9, 40, 7)
+    expected = stats.iqm_ci(at0, 0.5, 40, 7)  # a 50% CI: its ends depend on which 40 resamples the seed draws
+    assert expected != stats.iqm_ci(at0, 0.5, 40, 8)
     assert expected[1] < expected[2] and (row[4].stats["ci_low"], row[4].stats["ci_high"]) == pytest.approx(
         expected[1:], rel=1e-12)
 
