@@ -478,3 +478,31 @@ def test_paired_difference_drops_nan_scores_and_defaults_to_the_reports_settings
     a, b = {s: 10 + d for s, d in enumerate(vals)}, {s: 10.0 for s in range(9)}
     bare, explicit = compare.paired_difference(a, b), compare.paired_difference(a, b, 2000, 0)
     assert bare.low < bare.high and (bare.low, bare.high) == (explicit.low, explicit.high)
+
+
+def test_verdict_sentence_seed_estimate_uses_the_given_power_test_and_pairs():
+    """The seed estimate in a sentence is seeds_needed with the sentence's own power, test and alpha / n_pairs (one
+    pair: alpha itself); no estimate gives the reason; an unpaired pair keeps p_adj and d before its seed counts."""
+    res = compare.paired_difference({s: 10 + d for s, d in enumerate(D5)}, {s: 10.0 for s in range(5)}, 200, 0,
+                                    test="t")
+    need = compare.seeds_needed(res.diffs, 0.05, 0.9, test="t")
+    assert need.n != compare.seeds_needed(res.diffs, 0.05, 0.8, test="t").n  # power, test and alpha all matter here
+    assert need.n not in (compare.seeds_needed(res.diffs, 0.05, 0.9).n, compare.seeds_needed(res.diffs, 0.025, 0.9,
+                                                                                               test="t").n)
+    assert compare.verdict_sentence("A", "B", res, (0.2, False), 1, power=0.9, test="t").endswith(
+        f"(p_adj=0.2, d=2.2, 5 paired seeds; ~{need.n} seeds for 90% power at alpha 0.05/1)")
+    zero = compare.paired_difference({0: 1.0, 1: 2.0}, {0: 1.0, 1: 2.0})
+    assert compare.verdict_sentence("A", "B", zero, (1.0, False), 1).endswith(
+        "(p_adj=1, d=nan, 2 paired seeds; the mean difference is 0: no number of seeds detects it)")
+    unpaired = compare.paired_difference({0: 1.0, 1: 2.0, 2: 1.5}, {5: 1.0, 6: 1.2, 7: 1.4}, 50, 0)
+    assert compare.verdict_sentence("A", "B", unpaired, (0.5, False), 1).endswith(
+        "not significant after Holm correction over 1 pairs (p_adj=0.5, d=0.8, unpaired 3 vs 3 seeds (no shared "
+        "seeds))")
+    untested = compare.Comparison(1.0, math.nan, math.nan, 2, math.nan, math.nan, True, "none")  # no note
+    assert compare.verdict_sentence("A", "B", untested, (math.nan, False), 1) == (
+        "A vs B: +1.0 points, not tested (no p-value)")
+
+
+def test_sign_flip_p_of_two_differences_by_hand():
+    """Two differences 1 and 2: of the four sign vectors, ++ and -- reach |mean| 1.5: p = 2/4."""
+    assert compare.sign_flip_p([1.0, 2.0]) == 0.5
