@@ -36,7 +36,8 @@ def test_every_optimizer_gives_the_one_process_gradient_on_two_processes_and_in_
     worst = 0.0
     for rank in ranks:
         for label, row in rank["invariant"].items():
-            assert row["scale"] > 1e-3, label  # a real gradient to compare
+            # a real gradient to compare (A*-PO's is beta2 = 1e-3 times its regression residual: ~4e-4 here)
+            assert row["scale"] > 1e-4, label
             diffs = _differences(row)
             assert len(diffs) == 5 and all(d < TOLERANCE for d in diffs.values()), (label, diffs)
             worst = max(worst, *diffs.values())

@@ -93,7 +93,7 @@ def fresh(tiny_test_models, **train):
 
 
 def fingerprint(policy) -> float:
-    return float(sum(p.double().sum() for p in policy.parameters() if p.requires_grad))
+    return float(sum(p.detach().double().sum() for p in policy.parameters() if p.requires_grad))
 
 
 def test_staleness_samples_from_the_policy_of_k_updates_before(tiny_test_models):
