@@ -506,3 +506,19 @@ def test_verdict_sentence_seed_estimate_uses_the_given_power_test_and_pairs():
 def test_sign_flip_p_of_two_differences_by_hand():
     """Two differences 1 and 2: of the four sign vectors, ++ and -- reach |mean| 1.5: p = 2/4."""
     assert compare.sign_flip_p([1.0, 2.0]) == 0.5
+
+
+def test_verdict_table_undefined_effect_ranks_as_zero_in_a_tie():
+    """Two seeds with differences 3 and -1 give p = 1 (every sign vector is as extreme) and d_z 0.35; identical rows
+    give p = 1 and an undefined d_z, which ranks as 0: after the pairs with an effect, not wherever it happened to be."""
+    a = {0: 3.0, 1: -1.0}
+    assert _order(_table({"A": a, "B": {0: 0.0, 1: 0.0}, "C": dict(a)})) == ["A vs B", "C vs B", "A vs C"]
+
+
+def test_verdict_table_sentences_use_the_tables_test():
+    """Under --test t the sentence's seed estimate is the t-test's, the same number as the table's seeds column
+    (the sign-flip floor would say ceil(log2(2 / 0.001)) = 11 here)."""
+    t = _table({"A": {s: 10 + d for s, d in enumerate(D5)}, "B": {s: 10.0 for s in range(5)}}, 0.999, test="t")
+    (row,) = t.rows
+    assert row[6].text == "not significant" and row[7].text != "11"
+    assert t.notes[1].endswith(f"~{row[7].text} seeds for 80% power at alpha 0.001/1).")
