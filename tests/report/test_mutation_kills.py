@@ -522,3 +522,110 @@ def test_verdict_table_sentences_use_the_tables_test():
     (row,) = t.rows
     assert row[6].text == "not significant" and row[7].text != "11"
     assert t.notes[1].endswith(f"~{row[7].text} seeds for 80% power at alpha 0.001/1).")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# evals/compare.py: paired_difference, every field of its Comparison (the run of its 315 mutants)
+
+def _fields(got, **want):
+    """Each named field of a Comparison: NaN where NaN is meant (a float, not None), floats to 1e-12, everything else
+    equal and of the same type (an int count, a bool flag, a str)."""
+    for name, w in want.items():
+        g = getattr(got, name)
+        if isinstance(w, float) and math.isnan(w):
+            assert isinstance(g, float) and math.isnan(g), name
+        elif isinstance(w, float):
+            assert isinstance(g, float) and g == pytest.approx(w, rel=1e-12, abs=1e-12), name
+        else:
+            assert type(g) is type(w) and g == w, name
+
+
+def _boot(samples, stat, reps, level, seed):
+    """scipy.stats.bootstrap's percentile interval from the same generator: the report's CI, reproducible."""
+    ci = sps.bootstrap(samples, stat, n_resamples=reps, method="percentile", confidence_level=level, vectorized=True,
+                       rng=np.random.default_rng(seed)).confidence_interval
+    return float(ci.low), float(ci.high)
+
+
+D9 = [0.31, 2.07, 1.13, 0.72, 2.64, 1.93, 0.05, 1.48, 0.88]  # all positive: the exact sign-flip p is 2/2^9
+
+
+def test_paired_difference_every_field_against_scipy():
+    """9 paired seeds (2^9 = 512 sign vectors: exact), one seed only in a and two only in b, a 90% CI from 300
+    resamples of seed 5: the CI is scipy's percentile bootstrap, p = 2/512 by hand (only all-plus and all-minus reach
+    the observed |mean|), or scipy's ttest_rel under test="t"; d_z = mean / sd (ddof 1); the counts and the note."""
+    a = {s: 10 + v for s, v in enumerate(D9)} | {20: 50.0}
+    b = {s: 10.0 for s in range(9)} | {30: 0.0, 31: 1.0}
+    d = np.array(D9) + 10 - 10
+    low, high = _boot((d,), np.mean, 300, 0.9, 5)
+    want = dict(mean_diff=float(d.mean()), low=low, high=high, n=9, effect_size=float(d.mean() / d.std(ddof=1)),
+                paired=True, n_a=10, n_b=11, note="3 unmatched seed(s) ignored")
+    res = compare.paired_difference(a, b, 300, 5, 0.9)
+    _fields(res, p_value=2 / 512, method="paired sign-flip permutation (exact)", **want)
+    assert res.diffs.tolist() == pytest.approx(d.tolist())
+    t = compare.paired_difference(a, b, 300, 5, 0.9, "t")
+    _fields(t, p_value=float(sps.ttest_rel([10 + v for v in D9], [10.0] * 9).pvalue), method="paired t-test", **want)
+    matched = compare.paired_difference({s: 10 + v for s, v in enumerate(D9)}, {s: 10.0 for s in range(9)}, 300, 5,
+                                        0.9)
+    _fields(matched, n_a=9, n_b=9, note="", low=low, high=high)
+
+
+def test_paired_difference_monte_carlo_sign_flip_uses_its_reps_and_seed():
+    """14 paired seeds: 2^14 > MAX_EXACT sign vectors, so `reps` random ones drawn from `seed` -- the same p-value as
+    scipy's permutation_test with that generator over the differences in their seeds' text order (0, 1, 10, ..., 13,
+    2, ..., 9: the draws are tied to positions), and the method says Monte-Carlo."""
+    v = np.random.default_rng(8).normal(0.4, 1.0, 14)
+    d = v[sorted(range(14), key=str)]
+    ref = sps.permutation_test((d,), lambda x, axis: np.abs(np.mean(x, axis=axis)), permutation_type="samples",
+                               vectorized=True, n_resamples=300, alternative="greater", rng=np.random.default_rng(7))
+    assert 0.05 < ref.pvalue < 0.95
+    res = compare.paired_difference({s: 5 + x for s, x in enumerate(v)}, {s: 5.0 for s in range(14)}, 300, 7)
+    _fields(res, p_value=float(ref.pvalue), method="paired sign-flip permutation (Monte-Carlo)", n=14)
+
+
+def test_paired_difference_seeds_of_mixed_types():
+    """Seeds are any hashable (run ids, ints): an int and a str seed in one dict are ordered by their text, not
+    compared with each other (which would raise TypeError), paired and unpaired."""
+    res = compare.paired_difference({1: 3.0, "b": 5.0, 2: 4.0}, {1: 1.0, "b": 1.0, 2: 1.0}, 50)
+    _fields(res, n=3, mean_diff=3.0, paired=True)
+    assert res.diffs.tolist() == [2.0, 3.0, 4.0]  # seeds in the order "1", "2", "b"
+    un = compare.paired_difference({1: 3.0, "b": 5.0}, {2: 1.0, "c": 2.0, 3: 0.0}, 50)
+    _fields(un, n=5, mean_diff=3.0, paired=False)
+
+
+def test_unpaired_difference_every_field_against_scipy():
+    """4 vs 3 seeds sharing one (seed 0, so fewer than two shared: unpaired, every seed used): the CI is scipy's
+    percentile bootstrap of the difference of means (each side resampled), p the exact label permutation over
+    C(7, 4) = 35 splits (scipy's permutation_test) or Welch's t-test; d = mean difference / pooled sd."""
+    x, y = np.array([1.0, 2.5, 0.3, 4.0]), np.array([0.2, 0.1, 1.9])
+    a, b = dict(enumerate(x)), {0: 0.2, 11: 0.1, 12: 1.9}
+    diff = lambda u, v, axis: np.mean(u, axis=axis) - np.mean(v, axis=axis)  # noqa: E731
+    low, high = _boot((x, y), diff, 300, 0.9, 5)
+    pooled = math.sqrt((3 * x.var(ddof=1) + 2 * y.var(ddof=1)) / 5)
+    want = dict(mean_diff=float(x.mean() - y.mean()), low=low, high=high, n=7,
+                effect_size=float((x.mean() - y.mean()) / pooled), paired=False, n_a=4, n_b=3,
+                note="unpaired: fewer than two shared seeds")
+    perm = sps.permutation_test((x, y), lambda u, v, axis: np.abs(diff(u, v, axis)), permutation_type="independent",
+                                vectorized=True, n_resamples=np.inf, alternative="greater")
+    _fields(compare.paired_difference(a, b, 300, 5, 0.9), p_value=float(perm.pvalue),
+            method="unpaired label permutation (exact)", **want)
+    _fields(compare.paired_difference(a, b, 300, 5, 0.9, "t"), p_value=float(sps.ttest_ind(x, y, equal_var=False).pvalue),
+            method="unpaired Welch t-test", **want)
+
+
+def test_unpaired_difference_without_spread_single_seeds_and_empty_sides():
+    """Constant sides: d is +-inf when their means differ (the largest effect there is), NaN when they do not; one
+    seed a side: the difference of means and nothing else; a side without finite scores: nothing at all. Every
+    field, with the exact notes."""
+    nan = math.nan
+    up = compare.paired_difference({0: 2.0, 1: 2.0, 2: 2.0}, {5: 1.0, 6: 1.0}, 50)
+    _fields(up, mean_diff=1.0, effect_size=math.inf, p_value=1 / 10, paired=False, n=5)  # 1 of C(5, 3) splits
+    _fields(compare.paired_difference({0: 1.0, 1: 1.0}, {5: 2.0, 6: 2.0, 7: 2.0}, 50), effect_size=-math.inf)
+    _fields(compare.paired_difference({0: 2.0, 1: 2.0}, {5: 2.0, 6: 2.0, 7: 2.0}, 50), mean_diff=0.0, effect_size=nan)
+    single = compare.paired_difference({0: 3.0, 1: 1.0}, {5: 0.5}, 50)
+    _fields(single, mean_diff=1.5, low=nan, high=nan, n=3, effect_size=nan, p_value=nan, paired=False, method="none",
+            n_a=2, n_b=1, note="unpaired: fewer than two shared seeds; a side has a single seed, no test")
+    empty = compare.paired_difference({0: 1.0, 1: 2.0, 2: math.inf}, {1: None, 2: math.nan}, 50)
+    _fields(empty, mean_diff=nan, low=nan, high=nan, n=2, effect_size=nan, p_value=nan, paired=False, method="none",
+            n_a=2, n_b=0, note="a side has no finite scores")
+    _fields(compare.paired_difference({}, {0: 1.0, 1: 2.0, 2: 3.0}, 50), n=3, n_a=0, n_b=3)
