@@ -37,7 +37,7 @@ def test_a_conversational_file_trains_grpo_through_the_chat_template(smollm2_dir
     (folder / "rewards.py").write_text(REWARD_PY)
     (folder / "task.yaml").write_text(f"name: short-chat\ndataset: {{path: prompts.jsonl, eval_size: 2}}\n"
                                       f"reward: [{{function: 'rewards.py:short_answer'}}]\n"
-                                      f"models: {{policy: {smollm2_dir}}}\nevaluation: {{size: 2, samples: 2}}\n")
+                                      f"models: {{policy: {smollm2_dir}}}\nevaluation: {{size: 1, samples: 1}}\n")
     cfg = resolve("tiny-test", {
         "algo": "grpo", "task": {"name": str(folder / "task.yaml"), "max_prompt_tokens": 96},
         "model": {"trainable_layers": 1}, "generation": {"max_new_tokens": 8, "temperature": 0.7},
@@ -54,6 +54,7 @@ def test_a_conversational_file_trains_grpo_through_the_chat_template(smollm2_dir
     run_dir = run(cfg)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["task"] == "short-chat" and summary["suite"] == "reward" and summary["budget"]["responses"] == 8
+    assert summary["eval"]["n"] == 1 and summary["eval"]["samples_per_prompt"] == 1
     seen, _ = read_jsonl(folder / "seen.jsonl")
     # TRL's conversational form: the prompt as messages, the completion as one assistant message
     assert all(isinstance(s["prompt"], list) and s["prompt"][0]["role"] == "user" for s in seen)
