@@ -133,3 +133,18 @@ def test_build_batches_without_padding_columns_give_the_same_losses():
         assert torch.allclose(a, b, atol=1e-6)
     assert torch.allclose(cross_entropy_on_response(lm, q[idx], c[idx], cm[idx], 0),
                           cross_entropy_on_response(lm, *_trim(idx, q, c, cm, pad=0), 0), atol=1e-6)
+
+
+def test_bench_times_what_staleness_and_each_correction_cost(tiny_test_models, harness_cache, tmp_path):
+    out = tmp_path / "bench"
+    with pytest.raises(SystemExit) as done:
+        main(["bench", "--preset", "tiny-test", "--iterations", "1", "--warmup", "1", "--prompts", "4", "--rounds", "1",
+              "--algo", "rebel", "--no-trl", "--off-policy", "--out", str(out), "--set",
+              f"model.cache_dir={harness_cache}", "--set", "generation.max_new_tokens=8"])
+    assert done.value.code in (0, None)
+    result = json.loads((out / "bench.json").read_text())
+    rows = result["off_policy"]
+    assert set(rows) == {"on-policy", "staleness 2", "staleness 2 + token_truncate", "staleness 2 + sequence_mask"}
+    assert rows["on-policy"]["time_ratio"] == 1.0 and rows["staleness 2"]["settings"] == {"staleness": 2}
+    for v in rows.values():
+        assert v["total_s"] > 0 and abs(v["time_ratio"] - v["total_s"] / rows["on-policy"]["total_s"]) < 0.01

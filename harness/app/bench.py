@@ -270,10 +270,17 @@ def quiet_libraries() -> None:
     transformers.logging.set_verbosity_error()  # e.g. "caching is incompatible with gradient checkpointing"
 
 
+# what an off-policy setting costs (`--off-policy`): GRPO on-policy, then stale and corrected (docs/objective.md)
+OFF_POLICY = {"on-policy": {}, "staleness 2": {"staleness": 2},
+              "staleness 2 + token_truncate": {"staleness": 2, "rollout_correction": "token_truncate"},
+              "staleness 2 + sequence_mask": {"staleness": 2, "rollout_correction": "sequence_mask"}}
+
+
 def run_bench(cfg: RunConfig, iterations: int, warmup: int, algos: list[str] | None, with_trl: bool,
-              out_dir: Path, log=print, rounds: int = 2, checkpointing: str = "off") -> dict:
+              out_dir: Path, log=print, rounds: int = 2, checkpointing: str = "off", off_policy: bool = False) -> dict:
     """Every optimizer in `algos` (None: all; [] none), then ours vs TRL for each TRL_PAIRS entry with activation
-    checkpointing off / on / both (`checkpointing`), alternating for `rounds` rounds."""
+    checkpointing off / on / both (`checkpointing`), alternating for `rounds` rounds; with `off_policy`, GRPO under
+    each OFF_POLICY setting, alternating for `rounds` rounds, with its time ratio to the on-policy run."""
     from harness import tasks
 
     quiet_libraries()
@@ -306,6 +313,18 @@ def run_bench(cfg: RunConfig, iterations: int, warmup: int, algos: list[str] | N
                     "memory": round(matched["peak_memory_mb"] / theirs["peak_memory_mb"], 3),
                     "time_by_round": [round(a["total_s"] / b["total_s"], 3) for a, b in runs],
                     "activation_checkpointing": ck, "ours": {"algorithm": ours, "settings": args, **matched}}
+        if off_policy:
+            runs: dict[str, list] = {label: [] for label in OFF_POLICY}
+            for _ in range(rounds):
+                for label, train in OFF_POLICY.items():
+                    log(f"timing grpo, {label}")
+                    varied = cfg.model_copy(update={"train": cfg.train.model_copy(update=train)})
+                    runs[label].append(bench_ours("grpo", varied, data, iterations, warmup, rss, peaks=peaks))
+            combined = {label: _combine(r) for label, r in runs.items()}
+            base = combined["on-policy"]["total_s"]
+            result["off_policy"] = {label: {**c, "settings": OFF_POLICY[label],
+                                            "time_ratio": round(c["total_s"] / base, 3)}
+                                    for label, c in combined.items()}
     result["machine"] = peaks
     result["setup"] = {
         "preset": cfg.preset, "iterations": iterations, "warmup_iterations": warmup,
@@ -371,6 +390,8 @@ def table(result: dict):
     for trl_name, r in result["ratios"].items():
         row(f"{r['ours']['algorithm']} {json.dumps(r['ours']['settings'])}", r["ours"], r)
         row(f"TRL {trl_name}", result["trl"][trl_name])
+    for label, v in result.get("off_policy", {}).items():  # the time ratio to on-policy GRPO in the TRL column
+        row(f"grpo, {label} ({v['time_ratio']:.2f}x on-policy)", v)
     m = result.get("machine", {})
     tab.caption = (f"machine ({m.get('device')}): matmul {m.get('matmul_gflops')} GFLOP/s, copy bandwidth "
                    f"{m.get('memory_bandwidth_gbs')} GB/s; MFU = 6 N tokens / s / matmul peak of the compute dtype (docs/bench.md); "

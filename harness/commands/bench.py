@@ -33,6 +33,8 @@ def register(app: typer.Typer) -> None:
         prompt_counts: Optional[str] = typer.Option(None, "--prompt-counts", help="with --scaling prompts: "
                                                     "prompts per iteration, comma-separated (default 8,16,32,64)"),
         no_optimizers: bool = typer.Option(False, "--trl-only", help="only the TRL comparison (no per-optimizer table)"),
+        off_policy: bool = typer.Option(False, "--off-policy", help="also time GRPO with stale rollouts and each "
+                                        "rollout correction, against on-policy GRPO (docs/objective.md)"),
         threads: int = typer.Option(2, "--threads", min=1, help="torch CPU threads"),
         set_: list[str] = typer.Option([], "--set", help="override any config key: generation.max_new_tokens=53"),
     ) -> None:
@@ -67,6 +69,6 @@ def register(app: typer.Typer) -> None:
                          out, console)
             return
         result = run_bench(cfg, iterations, warmup, [] if no_optimizers else list(algo) or None, trl, out,
-                           log=console.print, rounds=rounds, checkpointing=checkpointing)
+                           log=console.print, rounds=rounds, checkpointing=checkpointing, off_policy=off_policy)
         Console(width=max(220, Console().width)).print(table(result))
         console.print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
