@@ -16,6 +16,18 @@ def test_grid_expands_and_run_ids_are_stable(tmp_path):
     assert "--set" in jobs[0].command("out") and "algo.eta=0.3" in jobs[0].command("out")
 
 
+def test_explicit_points_cross_the_grid_without_a_full_product(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump({"algorithms": ["grpo"], "seeds": [0, 1], "grid": {"train.lr": [1e-4, 2e-4]},
+                                 "points": [{}, {"train.staleness": 4},
+                                            {"train.staleness": 4, "train.rollout_correction": "token_truncate"}]}))
+    jobs = expand(load_spec(f))
+    cells = {tuple(sorted(j.settings.items())) for j in jobs}
+    assert len(jobs) == 12 and len(cells) == 6 and len({j.run_id for j in jobs}) == 12
+    assert (("train.lr", 2e-4), ("train.rollout_correction", "token_truncate"), ("train.staleness", 4)) in cells
+    assert not any(dict(c).get("train.rollout_correction") and "train.staleness" not in dict(c) for c in cells)
+
+
 def test_bad_sweep_files_fail_in_one_line(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         load_spec(tmp_path / "nope.yaml")

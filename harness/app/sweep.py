@@ -27,6 +27,8 @@ class SweepSpec(BaseModel):
     seeds: list[int] = [0]
     presets: list[str] = ["tiny"]
     grid: dict[str, list] = Field(default_factory=dict, description="dotted key -> values (e.g. algo.eta)")
+    points: list[dict[str, object]] = Field(default_factory=list, description="explicit points (dotted key -> value), "
+                                            "each crossed with the grid: a design that is not a full product")
     overrides: dict[str, object] = Field(default_factory=dict, description="dotted key -> value for every run")
     output_dir: str = "results/runs"
     workers: int = Field(1, gt=0)
@@ -63,9 +65,11 @@ def load_spec(path: Path) -> SweepSpec:
 
 def expand(spec: SweepSpec) -> list[Job]:
     keys = sorted(spec.grid)
-    points = [dict(zip(keys, values)) for values in itertools.product(*(spec.grid[k] for k in keys))] or [{}]
+    grid = [dict(zip(keys, values)) for values in itertools.product(*(spec.grid[k] for k in keys))] or [{}]
+    points = [{**point, **g} for point in spec.points or [{}] for g in grid]
+    # seed-major: a sweep stopped early leaves whole seeds of every algorithm and point, not whole algorithms
     return [Job(algo, preset, seed, {**spec.overrides, **point})
-            for preset in spec.presets for algo in spec.algorithms for point in points for seed in spec.seeds]
+            for preset in spec.presets for seed in spec.seeds for algo in spec.algorithms for point in points]
 
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
