@@ -49,12 +49,14 @@ def _fmt(x: float, decimals: int, sign: bool = False) -> str:
 
 def verdict_table(preset: str, scores: dict[str, dict[Hashable, float]], sources: dict[str, list[dict]], what: str,
                   unit: str, decimals: int, level: float, reps: int, seed: int, name: str,
-                  budget_note: str = "", test: str = "sign-flip") -> Table:
+                  budget_note: str = "", test: str = "sign-flip", only: list[tuple[str, str]] | None = None) -> Table:
     """`scores`: row label -> {seed: value, already scaled to `unit`}; `what` names the compared quantity for the
-    title and caption (e.g. 'win rate, final evaluation'); `test` one of compare.TESTS. Rows sorted by
-    Holm-adjusted p, then by pair."""
+    title and caption (e.g. 'win rate, final evaluation'); `test` one of compare.TESTS; `only`: test these pairs
+    of labels and no others (a pre-registered family), else every pair. Rows sorted by Holm-adjusted p, then by
+    pair."""
     alpha = 1 - level
-    pairs = [_orient(a, b, scores, reps, seed, level, test) for a, b in combinations(sorted(scores), 2)]
+    chosen = sorted({tuple(sorted(p)) for p in only}) if only else combinations(sorted(scores), 2)
+    pairs = [_orient(a, b, scores, reps, seed, level, test) for a, b in chosen]
     adjusted = compare.holm({(a, b): res.p_value for a, b, res in pairs}, alpha)
     m = sum(math.isfinite(p) for p, _ in adjusted.values())
     # strongest evidence first: adjusted p, then raw p (Holm ties many at 1), then the larger effect (an infinite
@@ -83,7 +85,8 @@ def verdict_table(preset: str, scores: dict[str, dict[Hashable, float]], sources
                                                   test) + ".")
         if math.isfinite(p_adj) and not reject:
             (needs if n_needed else short).append(n_needed)
-    caption = (f"Every pair of optimizer rows of preset {preset} on {what}, as better vs worse: the mean of the "
+    which = (f"The {len(pairs)} chosen pairs (--verdict-pairs)" if only else "Every pair") + " of optimizer rows"
+    caption = (f"{which} of preset {preset} on {what}, as better vs worse: the mean of the "
                f"per-seed differences (runs of one seed share data order and initialisation) with a {pct} "
                f"percentile-bootstrap CI, d = Cohen's d_z (mean / sd of the differences; d with pooled sd when no "
                f"seeds are shared), n = paired seeds, p = {TEST_TEXT[test]}, corrected "
@@ -91,7 +94,7 @@ def verdict_table(preset: str, scores: dict[str, dict[Hashable, float]], sources
                f"seeds that would detect the observed difference with the observed spread at alpha {alpha:.2g}/{m} "
                f"(Holm's strictest step; paired t power{FLOOR_TEXT[test]}), itself an estimate from n seeds."
                if m else
-               f"Every pair of optimizer rows of preset {preset} on {what}, as better vs worse: the difference of "
+               f"{which} of preset {preset} on {what}, as better vs worse: the difference of "
                f"their means. No pair could be tested (each sentence below says why): run two or more of the same "
                f"seeds for every optimizer.")
     n_min = min((st["n"] for st in (r[1].stats for r in rows) if st["paired"]), default=0)

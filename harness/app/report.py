@@ -158,6 +158,13 @@ def _verdict_tables(runs, labels, obs, matched: dict, opts: Options, suffix: str
                 if isinstance(v, (int, float)) and math.isfinite(v):
                     scores.setdefault(labels[r.row_key], {})[r.seed] = float(v) * scale
                     sources.setdefault(labels[r.row_key], []).append(r.provenance(source(r)))
+            if opts.verdict_pairs:
+                missing = sorted({x for pair in opts.verdict_pairs for x in pair} - set(scores))
+                if missing:
+                    raise UserError(f"--verdict-pairs: no row {'; '.join(missing)} in preset {preset}; its rows "
+                                    f"are {'; '.join(sorted(scores))}")
+                note = (f"Family fixed with --verdict-pairs: only these {len(opts.verdict_pairs)} pairs are tested "
+                        f"and corrected for. " + note).strip()
             if opts.verdict_family:
                 missing = sorted(set(opts.verdict_family) - set(scores))
                 if missing:
@@ -169,8 +176,20 @@ def _verdict_tables(runs, labels, obs, matched: dict, opts: Options, suffix: str
             if len(scores) >= 2:
                 out.append(verdict_table(preset, dict(sorted(scores.items())), sources, f"{what}, {when}", unit,
                                          decimals, opts.level, opts.reps, opts.seed,
-                                         f"verdicts_{key}_{_slug(preset)}{suffix}", note, opts.test))
+                                         f"verdicts_{key}_{_slug(preset)}{suffix}", note, opts.test,
+                                         opts.verdict_pairs))
     return out
+
+
+def read_pairs(path: Path) -> list[tuple[str, str]]:
+    """A YAML list of [row label, row label] pairs: the family of verdicts fixed before the runs."""
+    from harness.core.errors import read_yaml
+    data = read_yaml(path, "verdict pairs file")
+    if not isinstance(data, list) or not data or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) and p[0] != p[1] for p in data):
+        raise UserError(f"{path}: a verdict pairs file is a YAML list of two different row labels each, e.g. "
+                        f"- [rebel, ppo]")
+    return list(dict.fromkeys(tuple(sorted(p)) for p in data))  # a pair listed twice, in either order, counts once
 
 
 def _slug(s: str) -> str:
@@ -263,7 +282,8 @@ def _bench_default(paths: list[Path]) -> Path | None:
 def report(paths: list[Path] | None, out: Path | None = None, budget_metric: str | None = None,
            budget: float | None = None, level: float = 0.95, poi_metric: str = "win_rate", x_metric: str = "prompts",
            bench: Path | None = None, reps: int = 2000, seed: int = 0, no_plots: bool = False,
-           test: str = "sign-flip", verdict_family: list[str] | None = None) -> None:
+           test: str = "sign-flip", verdict_family: list[str] | None = None,
+           verdict_pairs: Path | None = None) -> None:
     """`harness report`: check the options, build the sections, write the files, print the terminal rendering."""
     inputs = [Path(p) for p in (paths or [Path("results")])]
     for p in inputs:
@@ -290,8 +310,10 @@ def report(paths: list[Path] | None, out: Path | None = None, budget_metric: str
     family = [f.strip() for f in verdict_family or [] if f.strip()]
     if verdict_family is not None and len(set(family)) < 2:
         raise UserError("--verdict-family needs at least two row labels, comma-separated (e.g. rebel,ppo,rloo)")
+    if verdict_pairs is not None and family:
+        raise UserError("--verdict-pairs and --verdict-family both choose the family: pass one of them")
     opts = Options(out or default_out, budget_metric, budget, level, poi_metric, x_metric, bench, reps, seed,
-                   not no_plots, test, family or None)
+                   not no_plots, test, family or None, read_pairs(verdict_pairs) if verdict_pairs else None)
     if bench is not None and not bench.is_file():
         raise UserError(f"--bench {bench} does not exist: pass the JSON written by `harness bench`")
     sections, skipped, notes = build(inputs, opts)

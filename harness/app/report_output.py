@@ -26,6 +26,7 @@ class Options:
     plots: bool = True
     test: str = "sign-flip"  # the pairwise verdicts' test (evals.compare.TESTS)
     verdict_family: list[str] | None = None  # row labels whose pairs the verdicts test; None = every row
+    verdict_pairs: list[tuple[str, str]] | None = None  # or exactly these pairs of row labels (pre-registered)
 
 
 @dataclass

@@ -39,9 +39,13 @@ def register(app: typer.Typer) -> None:
                                                      "(e.g. rebel,ppo,rloo): the verdicts test only the pairs among "
                                                      "them, so Holm corrects over fewer pairs. Choose it before "
                                                      "looking at the results."),
+        verdict_pairs: Optional[Path] = typer.Option(None, "--verdict-pairs", help="YAML list of [row label, row "
+                                                     "label] pairs: the verdicts test exactly these pairs (e.g. each "
+                                                     "optimizer against its own variant), Holm over them. Write it "
+                                                     "before the runs (results/off_policy/verdict_pairs.yaml)."),
     ) -> None:
         """Tables (Markdown, CSV, LaTeX, HTML), figures and provenance from finished run directories."""
         from harness.app.report import report as make_report
 
         make_report(paths, out, budget_metric, budget, level, poi_metric, x_metric, bench, reps, seed, no_plots,
-                    test, verdict_family.split(",") if verdict_family else None)
+                    test, verdict_family.split(",") if verdict_family else None, verdict_pairs)

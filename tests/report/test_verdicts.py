@@ -148,6 +148,36 @@ def test_t_test_and_a_chosen_family_of_pairs(known_effects, tmp_path):
     assert "--test must be one of" in str(invoke(root, "--test", "wilcoxon").exception)
 
 
+def test_chosen_pairs_are_the_whole_family(known_effects, tmp_path):
+    """--verdict-pairs tests exactly the listed pairs: Holm's m is their count, a pair outside is never tested, and
+    the raw p of a pair does not depend on which family it sits in."""
+    root = known_effects[0].parent / "results"
+    pairs = tmp_path / "pairs.yaml"
+    pairs.write_text("- [better, base]\n- [twin, base]\n- [base, better]\n")  # a repeated pair counts once
+    res = invoke(root, "--out", tmp_path / "out", "--reps", 50, "--no-plots", "--test", "t", "--verdict-pairs", pairs)
+    assert res.exit_code == 0, res.output
+    chosen, twin = (verdict(tmp_path / "out", "final", a, "base") for a in ("better", "twin"))
+    assert chosen["pairs"] == twin["pairs"] == 2 and chosen["significant"] and not twin["significant"]
+    res = invoke(root, "--out", tmp_path / "all", "--reps", 50, "--no-plots", "--test", "t")
+    every = verdict(tmp_path / "all", "final", "better", "base")
+    assert every["pairs"] == 6 and every["p"] == pytest.approx(chosen["p"])  # same raw p, smaller family
+    low, high = sorted([chosen["p"], twin["p"]])  # Holm over 2 by hand
+    assert min(chosen["p_holm"], twin["p_holm"]) == pytest.approx(min(1.0, 2 * low))
+    assert max(chosen["p_holm"], twin["p_holm"]) == pytest.approx(min(1.0, max(2 * low, high)))
+    md = (tmp_path / "out" / "report.md").read_text()
+    section = md.split("Pairwise verdicts")[1]
+    assert "The 2 chosen pairs (--verdict-pairs)" in md and "only these 2 pairs" in md
+    assert "better vs twin" not in section and "twin vs better" not in section
+    pairs.write_text("- [better, nosuch]\n")
+    bad = invoke(root, "--out", tmp_path / "bad", "--no-plots", "--verdict-pairs", pairs)
+    assert isinstance(bad.exception, UserError) and "no row nosuch" in str(bad.exception)
+    pairs.write_text("- [better]\n")
+    assert "two different row labels" in str(invoke(root, "--no-plots", "--verdict-pairs", pairs).exception)
+    pairs.write_text("- [better, base]\n")
+    both = invoke(root, "--no-plots", "--verdict-pairs", pairs, "--verdict-family", "better,base")
+    assert "pass one of them" in str(both.exception)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # equal-budget cuts on every axis the budget counts
 
