@@ -23,7 +23,8 @@ from harness.core.plugins import load_entry_points
 from harness.core.store import read_json
 
 REGISTRY: dict[str, "Suite"] = {}
-BUILTIN = ("evals.tldr", "evals.math", "evals.reward", "evals.chat", "evals.open_llm")  # the modules of the package's own suites
+BUILTIN = ("evals.tldr", "evals.math", "evals.reward", "evals.chat", "evals.open_llm",
+           "evals.image_suite")  # the modules of the package's own suites
 _LOADED: set[str] = set()
 
 

@@ -38,6 +38,12 @@ def register(app: typer.Typer) -> None:
             overrides["output_dir"] = output_dir
         if run_id is not None:
             overrides["run_id"] = run_id
+        from harness.app import image_config
+
+        if image_config.is_image_preset(preset) or (preset is None and task is not None and _image_task(task)):
+            from harness.app.image_run import command  # the image task's own runs (docs/image.md)
+
+            raise typer.Exit(command(preset or "image-tiny", overrides, source, dry_run))
         if preset is None:
             from harness import tasks
 
@@ -50,3 +56,10 @@ def register(app: typer.Typer) -> None:
             print(render(cfg, plan))
             raise typer.Exit(1 if plan.problems else 0)
         run(cfg)
+
+
+def _image_task(name: str) -> bool:
+    from harness import tasks
+
+    task = tasks.find(name)
+    return task is not None and task.suite == "image"
