@@ -259,6 +259,8 @@ class Trainer:
         self.lag.record()  # once per iteration: dynamic sampling's refills sample from the same lagged policy
         with self.models.autocast():
             batch = self.collect(examples)
+        if hasattr(self.engine, "release"):  # a colocated vLLM frees its GPU memory for the update (sleep mode)
+            self.engine.release()
         with Timer(self.budget, "update"):
             stats = self.update(batch, iteration)
         self.budget.wall_time_s += time.perf_counter() - start
