@@ -1,4 +1,4 @@
-"""`harness bench` end to end on a very small setting: every optimizer and TRL's RLOO and DPO trainers (activation
+"""`harness bench` end to end on a very small setting: every optimizer and TRL's RLOO, GRPO and DPO trainers (activation
 checkpointing off and on), one process, bench.json in the keys the report's plot reads, the ratios to TRL with both
 contenders' work settings, efficiency per phase, a PNG and a printed table without profiler noise."""
 import json
@@ -28,8 +28,8 @@ def test_bench_writes_times_memory_and_trl_ratios(tiny_test_models, harness_cach
     opt = result["optimizers"]
     assert opt["dpo"]["generation_s"] == 0 and opt["rloo_k4"]["responses_per_prompt"] == 4
     assert opt["rebel"]["optimizer_steps_per_iteration"] == 4
-    assert set(result["trl"]) == {"rloo", "dpo", "rloo+checkpointing", "dpo+checkpointing"}
-    assert result["trl"]["rloo"]["generation_s"] > 0
+    assert set(result["trl"]) == {f"{n}{c}" for n in ("rloo", "grpo", "dpo") for c in ("", "+checkpointing")}
+    assert result["trl"]["rloo"]["generation_s"] > 0 and result["trl"]["grpo"]["generation_s"] > 0
     for name, ratio in result["ratios"].items():
         assert ratio["time"] > 0 and ratio["memory"] > 0 and len(ratio["time_by_round"]) == 1
         assert abs(ratio["time"] - ratio["ours"]["total_s"] / result["trl"][name]["total_s"]) < 0.01
@@ -40,6 +40,8 @@ def test_bench_writes_times_memory_and_trl_ratios(tiny_test_models, harness_cach
         assert ours["compute_dtype"] == "float32" and not theirs["autocast"] and not theirs["bf16"]
         assert ours["activation_checkpointing"] == name.endswith("+checkpointing") == ratio["activation_checkpointing"]
     assert result["ratios"]["rloo"]["ours"]["settings"] == {"epochs": 1}  # TRL's RLOO: one update per batch
+    grpo = result["ratios"]["grpo"]["ours"]
+    assert grpo["algorithm"] == "grpo" and grpo["responses_per_prompt"] == 4
     m = result["machine"]
     assert m["matmul_gflops"]["float32"] > 0 and m["memory_bandwidth_gbs"] > 0
     eff = opt["rebel"]["efficiency"]

@@ -1,5 +1,5 @@
 """`harness bench`: seconds per iteration (generation / scoring / update) and peak memory of every optimizer, and of
-TRL's RLOOTrainer and DPOTrainer on identical work, all in one process (paper Figure 2).
+TRL's RLOOTrainer, GRPOTrainer and DPOTrainer on identical work, all in one process (paper Figure 2).
 
 Time: every optimizer runs `warmup` untimed iterations, then `iterations` timed ones on the same preset, prompts per
 iteration and generation length; the phases are the backbone's Budget.timings. TRL is timed per optimizer step
@@ -33,8 +33,10 @@ import torch
 from algorithms.base import make, names
 from harness.app.config import RunConfig
 from harness.app.efficiency import PeakRss, PhaseCounter, TensorPeak, efficiency, machine_peaks, our_phases
+from harness.core.distributed import Runtime
 from harness.core.experience import Budget, encode_queries
-from harness.core.models import load_models, load_reward_model, load_tokenizer
+from harness.core.models import load_models, load_reward_model, load_tokenizer, lora_config
+from harness.core.precision import resolve_precision
 from harness.tasks import resolve_paths
 from harness.core.store import write_json
 from harness.core.examples import Example
@@ -46,10 +48,10 @@ MEMORY_METHOD = ("peak_memory_mb: peak of live tensor bytes (torch.profiler memo
                  "resident-set growth over the same start, sampled every 1 ms (includes what the C allocator "
                  "keeps, noisy when contenders run one after another)")
 # TRL comparisons: (our optimizer, its settings for identical work, TRL trainer)
-TRL_PAIRS = {"rloo": ("rloo", {"epochs": 1}), "dpo": ("dpo", {})}
+TRL_PAIRS = {"rloo": ("rloo", {"epochs": 1}), "grpo": ("grpo", {}), "dpo": ("dpo", {})}
 CHECKPOINTING = {"off": (False,), "on": (True,), "both": (False, True)}
 OUR_LOGPROBS = "logits at response positions only (logits_to_keep), then a full log_softmax; not chunked"
-TRL_LOGPROBS = "TRL's fused LM head: tiled log-probs without the full logits (always on in TRL's RLOO/DPO)"
+TRL_LOGPROBS = "TRL's fused LM head: tiled log-probs without the full logits (always on in TRL's RLOO/GRPO/DPO)"
 
 
 def _mean(rows: list[dict]) -> dict:
@@ -62,15 +64,17 @@ def _weight_bytes(model) -> int:
 
 
 def bench_ours(name: str, cfg: RunConfig, data, iterations: int, warmup: int, rss: PeakRss,
-               args: dict | None = None, checkpointing: bool = False, peaks: dict | None = None) -> dict:
+               args: dict | None = None, checkpointing: bool = False, peaks: dict | None = None,
+               device: str = "cpu") -> dict:
     """One optimizer: fresh models (the SFT policy), `warmup` + `iterations` iterations of the shared Trainer."""
     algo = make(name, args)
     rss.rebase()
     tensors = TensorPeak().start()  # models, warm-up iterations (optimizer state included from the second on)
-    models = load_models(cfg.model, resolve_paths(cfg.model, log=lambda *a: None), needs_critic=algo.needs_critic)
+    models = load_models(cfg.model, resolve_paths(cfg.model, log=lambda *a: None), needs_critic=algo.needs_critic,
+                         device=device)
     examples = data.pref_train if algo.data == "preference_pairs" else data.sft_train
     budget = Budget()
-    trainer = Trainer(cfg, algo, models, examples, budget)
+    trainer = Trainer(cfg, algo, models, examples, budget, runtime=Runtime.single(device))
     if checkpointing:
         for m in (models.policy, models.critic):
             if m is not None:
@@ -176,9 +180,11 @@ def _trl_work_settings(trainer) -> dict:
 
 
 def bench_trl(kind: str, cfg: RunConfig, data, iterations: int, warmup: int, rss: PeakRss, k: int,
-              checkpointing: bool = False, peaks: dict | None = None) -> dict:
-    """TRL's RLOOTrainer (k samples, one update per batch) or DPOTrainer on the same model, tokenizer, prompts,
-    generation length, batch, learning rate, precision (float32, no autocast) and checkpointing as ours."""
+              checkpointing: bool = False, peaks: dict | None = None, device: str = "cpu") -> dict:
+    """TRL's RLOOTrainer or GRPOTrainer (k samples, one update per batch) or DPOTrainer on the same model,
+    tokenizer, prompts, generation length, batch (and micro-batches), learning rate, precision and checkpointing as
+    ours: float32 where ours is (the CPU presets), bf16 autocast on fp32 masters where ours autocasts (GPUs), the
+    LoRA adapter of the preset with the base at the frozen dtype."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
@@ -186,30 +192,46 @@ def bench_trl(kind: str, cfg: RunConfig, data, iterations: int, warmup: int, rss
     tensors = TensorPeak().start()
     paths = resolve_paths(cfg.model, log=lambda *a: None)
     tok = load_tokenizer(paths["tokenizer"])
-    policy = AutoModelForCausalLM.from_pretrained(paths["policy"], use_safetensors=True)
+    m = cfg.model
+    precision = resolve_precision(m.compute_dtype, m.frozen_dtype, device, m.logprob_dtype)
+    policy = AutoModelForCausalLM.from_pretrained(paths["policy"], use_safetensors=True,
+                                                  dtype=precision.frozen if m.lora else torch.float32)
+    peft = lora_config(m.lora, policy.config.model_type) if m.lora else None
     g, t, P = cfg.generation, cfg.train, cfg.train.prompts_per_iteration
+    micro = min(t.micro_batch_prompts or P, P)  # one optimizer step per batch, accumulated over micro-batches as ours
     steps = warmup + iterations
+    bf16 = precision.compute == torch.bfloat16
     common = dict(output_dir=tempfile.mkdtemp(prefix=f"harness-bench-trl-{kind}-"), learning_rate=t.lr,
                   adam_epsilon=t.adam_eps,
                   weight_decay=t.weight_decay, lr_scheduler_type="linear", warmup_steps=0, max_steps=steps,
-                  report_to="none", logging_steps=10**6, save_strategy="no", disable_tqdm=True, use_cpu=True,
-                  disable_dropout=True, seed=cfg.seed, dataloader_num_workers=0, gradient_accumulation_steps=1,
+                  report_to="none", logging_steps=10**6, save_strategy="no", disable_tqdm=True,
+                  use_cpu=torch.device(device).type == "cpu",
+                  disable_dropout=True, seed=cfg.seed, dataloader_num_workers=0, gradient_accumulation_steps=P // micro,
                   # TRL defaults to bf16=True and gradient_checkpointing=True: not the work ours does
-                  bf16=False, fp16=False, gradient_checkpointing=checkpointing)
+                  bf16=bf16, fp16=False, gradient_checkpointing=checkpointing)
     counter = PhaseCounter(default_phase="update")
     timer = _StepTimer(stop_after=warmup, tensors=tensors, counter=counter)
-    if kind == "rloo":
-        from trl import RLOOConfig, RLOOTrainer
-
+    if kind in ("rloo", "grpo"):
         prompts = _prompt_texts(_ordered(data.sft_train, cfg, P * steps), tok, cfg.task.max_prompt_tokens)
-        rm = load_reward_model(paths["reward_model"], tok)
-        args = RLOOConfig(**common, per_device_train_batch_size=P * k, num_generations=k, num_iterations=1,
-                          max_completion_length=g.max_new_tokens, temperature=g.temperature, top_k=0, top_p=1.0,
-                          beta=t.kl_coef, shuffle_dataset=False,
-                          # every sequence runs the full generation length, as in our backbone (PROTOCOL.md)
-                          generation_kwargs={"min_new_tokens": g.max_new_tokens})
-        trainer = RLOOTrainer(model=policy, reward_funcs=rm, args=args, processing_class=tok,
-                              reward_processing_classes=tok, train_dataset=Dataset.from_dict({"prompt": prompts}))
+        rm = load_reward_model(paths["reward_model"], tok, precision.frozen)
+        online = dict(per_device_train_batch_size=micro * k, num_generations=k, num_iterations=1,
+                      max_completion_length=g.max_new_tokens, temperature=g.temperature, top_k=0, top_p=1.0,
+                      shuffle_dataset=False,
+                      # every sequence runs the full generation length, as in our backbone (PROTOCOL.md)
+                      generation_kwargs={"min_new_tokens": g.max_new_tokens})
+        if kind == "rloo":
+            from trl import RLOOConfig as Config, RLOOTrainer as TrlTrainer
+
+            args = Config(**common, **online, beta=t.kl_coef)
+        else:
+            from trl import GRPOConfig as Config, GRPOTrainer as TrlTrainer
+
+            ours = make("grpo")  # its defaults, TRL's names: k3 KL in the loss, seq-mean-token-mean, group std
+            args = Config(**common, **online, beta=ours.kl_coef, loss_type="grpo", epsilon=ours.eps_low,
+                          epsilon_high=ours.eps_high, scale_rewards=ours.scale_rewards, use_bias_correction_kl=False,
+                          mask_truncated_completions=False)
+        trainer = TrlTrainer(model=policy, reward_funcs=rm, args=args, processing_class=tok, peft_config=peft,
+                             reward_processing_classes=tok, train_dataset=Dataset.from_dict({"prompt": prompts}))
         timer.wrap(trainer, "_generate_single_turn", "generation_s")
         timer.wrap(trainer, "_generate_and_score_completions", "scoring_s", minus="generation_s")
         counter.watch(trainer.model, getattr(trainer, "ref_model", None), *trainer.reward_funcs)
@@ -218,11 +240,11 @@ def bench_trl(kind: str, cfg: RunConfig, data, iterations: int, warmup: int, rss
 
         pairs = _ordered(data.pref_train, cfg, P * steps)
         prompts = _prompt_texts(pairs, tok, cfg.task.max_prompt_tokens)
-        args = DPOConfig(**common, per_device_train_batch_size=P, beta=make("dpo").beta, padding_free=False,
+        args = DPOConfig(**common, per_device_train_batch_size=micro, beta=make("dpo").beta, padding_free=False,
                          max_length=cfg.task.max_prompt_tokens + g.max_new_tokens, precompute_ref_log_probs=False)
         ds = Dataset.from_dict({"prompt": prompts, "chosen": [ex.chosen for ex in pairs],
                                 "rejected": [ex.rejected for ex in pairs]})
-        trainer = DPOTrainer(model=policy, args=args, processing_class=tok, train_dataset=ds)
+        trainer = DPOTrainer(model=policy, args=args, processing_class=tok, train_dataset=ds, peft_config=peft)
         counter.watch(trainer.model, getattr(trainer, "ref_model", None))
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -337,6 +359,8 @@ def run_bench(cfg: RunConfig, iterations: int, warmup: int, algos: list[str] | N
         "memory_method": MEMORY_METHOD, "time_unit": "seconds per iteration (mean over timed iterations)",
         "trl_rounds": rounds if with_trl else 0, "activation_checkpointing": checkpointing,
         "trl_settings": "RLOO: k samples, num_iterations 1, min_new_tokens = max_new_tokens, beta = kl_coef; "
+                        "GRPO: k = 4, num_iterations 1, beta 0.04 (k3 in the loss), loss_type grpo, epsilon 0.2, "
+                        "scale_rewards group, use_bias_correction_kl False, mask_truncated_completions False; "
                         "DPO: precompute_ref_log_probs False, padding_free False, same batch of pairs; both: "
                         "bf16 False, fp16 False, gradient_checkpointing as ours, same lr, AdamW eps, weight decay, "
                         "linear decay, dropout off, same torch threads (one process); each contender's "

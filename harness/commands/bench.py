@@ -1,4 +1,4 @@
-"""`harness bench`: time and memory of every optimizer (and of TRL's RLOO and DPO trainers) on one preset."""
+"""`harness bench`: time and memory of every optimizer (and of TRL's RLOO, GRPO and DPO trainers) on one preset."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("results/bench"), "--out", "-o", help="where bench.json and bench.png go"),
         algo: list[str] = typer.Option([], "--algo", "-a", help="only these optimizers (repeatable or "
                                        "comma-separated; default: all; with --scaling: rebel,rloo,dpo)"),
-        trl: bool = typer.Option(True, "--trl/--no-trl", help="also time TRL's RLOOTrainer and DPOTrainer"),
+        trl: bool = typer.Option(True, "--trl/--no-trl", help="also time TRL's RLOOTrainer, GRPOTrainer and DPOTrainer"),
         rounds: int = typer.Option(2, "--rounds", min=1, help="alternated rounds of ours vs TRL"),
         checkpointing: Optional[str] = typer.Option(None, "--checkpointing", help="activation checkpointing in the "
                                                     "TRL comparison, for both contenders: off, on or both (default: "
