@@ -12,6 +12,15 @@ def test_default_preset_resolves_and_overrides_apply():
     assert cfg.task.source == "synthetic" and cfg.model.policy == "builtin:tiny"
 
 
+def test_another_task_on_a_preset_does_not_inherit_the_presets_data_source():
+    """arith's source `synthetic` is the arith generator: `--task math` or `--task gsm8k` on that preset reads its
+    own default (auto: the hub) unless the command line names one, and a dry run's hint names the task."""
+    assert resolve("arith").task.source == "synthetic"
+    assert resolve("arith", {"task": {"name": "math"}}).task.source == "auto"
+    assert resolve("arith", {"task": {"name": "gsm8k", "source": "/data/gsm8k"}}).task.source == "/data/gsm8k"
+    assert resolve("tiny-hard", {"task": {"name": "tldr"}}).task.source == "synthetic-hard"  # its own task: kept
+
+
 def test_presets_include_each_other():
     cfg = resolve("tiny-test")
     assert cfg.model.tiny.hidden_size == 64  # its own value

@@ -90,6 +90,11 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
+def preset_task_name(preset: str) -> str | None:
+    """The task a preset was written for (its data source belongs to that task)."""
+    return (_load_preset_dict(preset).get("task") or {}).get("name")
+
+
 def _load_preset_dict(name: str, seen: tuple[str, ...] = ()) -> dict:
     path = PRESET_DIR / f"{name}.yaml" if not name.endswith((".yaml", ".yml")) else Path(name)
     if not path.exists():
@@ -138,10 +143,11 @@ def resolve(preset: str = "tiny", overrides: dict | None = None) -> RunConfig:
     data = deep_merge(data, per_algo.get(algo, {}))
     overrides = dict(overrides or {})
     named = (overrides.get("task") or {}).get("name") or (data.get("task") or {}).get("name")
+    own = ("name", "source", "dataset", "preference_dataset")  # the preset's task's data
+    if named != (data.get("task") or {}).get("name"):  # another task on this preset: not the preset's data source
+        data["task"] = {k: v for k, v in (data.get("task") or {}).items() if k not in own}  # (--task math: auto)
     if tasks.is_task_file(named):  # a task file: its settings, then the command line's; its name, not its path
         task = tasks.get(named)
-        own = ("name", "source", "dataset", "preference_dataset")  # the preset's task's data, not the file's
-        data["task"] = {k: v for k, v in (data.get("task") or {}).items() if k not in own}
         data = deep_merge(data, task.defaults)
         overrides["task"] = {**(overrides.get("task") or {}), "name": task.name, "file": task.file}
     data = deep_merge(data, overrides)

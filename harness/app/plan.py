@@ -171,8 +171,10 @@ def dry_run(cfg: RunConfig) -> Plan:
         plan.add("data", f"{task.name} from the hub ({names}): " + ("in the local cache" if cached else "reachable"
                  if ok else "NOT reachable" + (" -> auto falls back to the offline stand-in" if fallback else "")))
         if not ok and not fallback:
+            from harness.app.config import preset_task_name
+            task_flag = "" if cfg.task.name == preset_task_name(cfg.preset) else f" --set task.name={cfg.task.name}"
             plan.problems.append(f"data: not in the local cache and the hub is not reachable "
-                                 f"(`python -m harness prepare --preset {cfg.preset}` fetches it)")
+                                 f"(`python -m harness prepare --preset {cfg.preset}{task_flag}` fetches it)")
     else:
         plan.add("data", f"{cfg.task.name} from {source}" + (f" ({cfg.task.dataset})" if cfg.task.dataset else "")
                  + (f" (task file {task.file})" if task.file else ""))
