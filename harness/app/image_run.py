@@ -221,8 +221,9 @@ def plan(cfg: ImageRunConfig) -> tuple[list[str], list[str]]:
     if m.kind == "lcm":
         bytes_per = 2 if m.dtype in ("float16", "bfloat16") else 4
         frozen = sum(LCM_PARAMS.values()) * bytes_per + (CLIP_L14_PARAMS * 4 if cfg.task.reward == "aesthetic" else 0)
-        # LoRA on the attention projections: r x (in + out) per adapted linear; ~3.2M at r=8 for SD 1.5's UNet
-        lora = 3.2e6 * m.lora_r / 8
+        # LoRA on the attention projections, r x (in + out) per adapted linear: SD 1.5's 16 transformer blocks
+        # (5 of width 320, 5 of 640, 6 of 1280; cross-attention keys and values from 768) give 1.59M at r = 8
+        lora = 1.594e6 * m.lora_r / 8
         lines.append(f"memory     frozen weights {frozen / 2**30:.2f} GiB ({m.dtype}; the reward's CLIP in float32), "
                      f"LoRA ~{lora / 1e6:.1f}M parameters with AdamW states {lora * 16 / 2**20:.0f} MiB; activations "
                      f"of one UNet backward at {m.resolution // 8}x{m.resolution // 8} latents not estimated")

@@ -94,10 +94,12 @@ def tiny_unet(size: int, channels: tuple[int, int], dim: int):
 
 def build_tiny(recipe: dict, cache_dir: Path, log=print) -> Path:
     """Pre-train the stand-in's UNet to draw each prompt's blob (x0-prediction at the schedule's timesteps) on the
-    given prompts; cached under cache_dir by the recipe's hash (a second call loads it)."""
-    from harness.core.store import config_hash
+    given prompts; cached under cache_dir by the recipe's and the code's hash (a second call loads it)."""
+    from harness.core.store import code_fingerprint, config_hash
 
-    path = cache_dir / "image_tiny" / config_hash(recipe)[:16]
+    # the code that builds it is part of the key: a changed architecture or data never loads an old build
+    key = config_hash({**recipe, "code": code_fingerprint(tiny_unet, blob_images, prompt_colour, HashedWordEmbedding)})
+    path = cache_dir / "image_tiny" / key[:16]
     if (path / "config.json").exists():
         return path
     log(f"Building the tiny image stand-in ({recipe['pretrain_steps']} denoising steps; cached in {path})")
