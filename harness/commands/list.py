@@ -26,3 +26,7 @@ def register(app: typer.Typer) -> None:
         print("presets:")
         for name in preset_names():
             print(f"  {name:18s} {resolve(name).description}")
+        from harness.app import image_config
+
+        for name in image_config.preset_names():  # the image task's (docs/image.md)
+            print(f"  {name:18s} {image_config.resolve(name).description}")
