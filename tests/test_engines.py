@@ -379,6 +379,8 @@ def test_the_engines_calls_match_vllms_source(tiny_test_models, fake_vllm, monke
             assert varkw and unknown <= engine_args, (wheel, unknown - engine_args)
         else:
             assert not unknown, (wheel, name, unknown)
+    prompt_keys = {k for prompt in llm.requests[0][0] for k in prompt}
+    assert prompt_keys <= _fields(_class(read("vllm/inputs/llm.py"), "TokensPrompt")), prompt_keys
     sampling = _fields(_class(read("vllm/sampling_params.py"), "SamplingParams"))
     assert set(fake_vllm.sampling[0]) <= sampling, set(fake_vllm.sampling[0]) - sampling
     outputs = read("vllm/outputs.py")
