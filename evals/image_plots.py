@@ -64,7 +64,7 @@ def curve_stats(curves: list[tuple[np.ndarray, np.ndarray]], level: float = 0.95
     return np.array(out)
 
 
-def report(run_dirs: list[Path], out: Path, counter: str = "rm_queries") -> Path:
+def report(run_dirs: list[Path], out: Path, counter: str = "rm_queries", level: float = 0.95) -> Path:
     """curves.png, grids.png and report.md for the runs, grouped by optimizer."""
     runs = [load(d) for d in run_dirs]
     groups: dict[str, list[dict]] = {}
@@ -75,11 +75,11 @@ def report(run_dirs: list[Path], out: Path, counter: str = "rm_queries") -> Path
     rows = ["| optimizer | seeds | base score | final score IQM [95% CI] | final scores | reward queries | "
             "optimizer steps | wall time (s, mean) |", "|---|---|---|---|---|---|---|---|"]
     for name, members in sorted(groups.items()):
-        stats = curve_stats([eval_curve(r, counter) for r in members])
+        stats = curve_stats([eval_curve(r, counter) for r in members], level)
         (line,) = ax.plot(stats[:, 0], stats[:, 1], marker="o", label=f"{name} (IQM, {len(members)} seeds)")
         ax.fill_between(stats[:, 0], stats[:, 2], stats[:, 3], alpha=0.2, color=line.get_color())
         finals = [r["summary"]["eval"]["score"] for r in members]
-        mid, low, high = iqm_ci(finals)
+        mid, low, high = iqm_ci(finals, level=level)
         b = members[0]["summary"]["budget"]
         rows.append(f"| {name} | {len(members)} | {members[0]['summary']['sft']['score']:.4f} | {mid:.4f} "
                     f"[{low:.4f}, {high:.4f}] | {', '.join(f'{f:.4f}' for f in finals)} | {b['rm_queries']} | "
@@ -118,6 +118,19 @@ def _grids(groups: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def report_figure(members: list, counter: str, level: float, path: Path):
+    """`harness report`'s figure of an image comparison group (evals/image_suite.py `figures`): the curves of
+    `report` from its runs (evals.runs.Run), at the report's x counter; the grids beside them."""
+    from evals.plots import Figure
+
+    import shutil
+
+    report([Path(r.path) for r in members], path.parent / path.stem, counter, level)
+    shutil.copyfile(path.parent / path.stem / "curves.png", path)  # the report links plots/<name>.png
+    return Figure("image_curves", path, f"Held-out image reward against {counter}: IQM across seeds with a "
+                  f"{level:.0%} stratified-bootstrap band; before/after images in {path.stem}/grids.png.")
 
 
 def main() -> None:

@@ -19,6 +19,11 @@ class ImageSuite(TaskSuite):
     def file_name(self, task: str) -> str:
         return "image.json"
 
+    def figures(self, members, labels, opts, suffix):
+        from evals.image_plots import report_figure
+
+        return [(report_figure, members, opts.x_metric, opts.level, opts.out / "plots" / f"image{suffix}.png")]
+
     def evaluate(self, cfg, policy, reference, models, examples, data, judge, runtime):
         raise UserError("image runs are evaluated by harness/app/image_run.py, not by the language runner")
 
