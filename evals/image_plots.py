@@ -86,7 +86,7 @@ def report(run_dirs: list[Path], out: Path, counter: str = "rm_queries", level: 
                     f"{b['optimizer_steps']} | {np.mean([r['summary']['budget']['wall_time_s'] for r in members]):.0f} |")
     reward = runs[0]["summary"]["reward"]
     ax.set(xlabel=f"reward queries ({counter})", ylabel=f"held-out {reward}",
-           title=f"{reward} vs reward queries (IQM, 95% bootstrap CI over seeds)")
+           title=f"{reward} vs reward queries\n(IQM, {level:.0%} bootstrap CI over seeds)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=120)
