@@ -95,7 +95,7 @@ def report(run_dirs: list[Path], out: Path, counter: str = "rm_queries", level: 
     text = ["# Image runs", "", f"Runs: {len(runs)} ({', '.join(sorted(groups))}); reward: {reward}; preset "
             f"{runs[0]['summary']['preset']}. Held-out score: the mean reward of one image per evaluation prompt from "
             "fixed starting noise (the same for every run). IQM and 95% stratified-bootstrap CI over seeds "
-            "(evals/stats.py; with 3 seeds the IQM is the median and the CI spans the seeds).", "", *rows, "",
+            "(evals/stats.py; with 3 seeds the IQM trims nothing: it is the mean).", "", *rows, "",
             "![curves](curves.png)", "", "![grids](grids.png)", ""]
     (out / "report.md").write_text("\n".join(text))
     return out / "report.md"

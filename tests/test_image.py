@@ -265,3 +265,19 @@ def test_harness_list_shows_the_image_task_and_presets(capsys):
         main(["list"])
     listed = capsys.readouterr().out
     assert "image-tiny" in listed and "image-lcm-dreamshaper" in listed and "(suite image)" in listed
+
+
+def test_image_curves_take_the_iqm_over_seeds_at_each_evaluation_point():
+    import numpy as np
+
+    from evals.image_plots import curve_stats, eval_curve
+
+    runs = [{"summary": {"sft": {"score": 1.0}}, "lines": [{"rm_queries": 16, "eval/score": y},
+                                                           {"rm_queries": 32}, {"rm_queries": 48, "eval/score": z}]}
+            for y, z in ((2.0, 3.0), (4.0, 6.0), (6.0, 9.0))]
+    xs, ys = eval_curve(runs[0])
+    assert xs.tolist() == [0.0, 16.0, 48.0] and ys.tolist() == [1.0, 2.0, 3.0]  # the base policy at 0 queries
+    stats = curve_stats([eval_curve(r) for r in runs])
+    # three seeds: a 25% trim removes none (scipy's trim_mean), so the IQM is the mean: 1, 4, 6
+    np.testing.assert_allclose(stats[:, :2], [[0, 1], [16, 4], [48, 6]])
+    assert (stats[1:, 2] <= stats[1:, 1]).all() and (stats[1:, 1] <= stats[1:, 3]).all()
