@@ -8,7 +8,7 @@ log-probabilities [P, K, T'] (P prompts, K trajectories each, T' denoising steps
   max(-A rho, -A clip(rho, 1 - eps, 1 + eps)) (harness/core/objective.py `clipped_surrogate`) with A the trajectory's
   per-prompt standardised reward clipped to [-adv_clip, adv_clip], averaged over the trajectories and steps.
 
-Per-prompt statistics (`PerPromptStats`, DDPO's stat tracker): each prompt keeps its last `buffer` rewards; a reward is
+Per-prompt statistics (`harness.core.diffusion.PerPromptStats`, DDPO's stat tracker, kept by the backbone): each prompt keeps its last `buffer` rewards; a reward is
 standardised by its prompt's buffer mean and std once the buffer holds `min_count`, by the whole batch's before.
 
 Not registered in algorithms.base.REGISTRY (those optimizers train token sequences); harness/app/image_run.py looks
@@ -17,7 +17,6 @@ them up here by the same names, rebel and ppo.
 from __future__ import annotations
 
 import dataclasses
-from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -28,29 +27,6 @@ from harness.core.errors import UserError
 from harness.core.objective import clipped_surrogate
 
 TARGETS = ("reward", "advantage")
-
-
-class PerPromptStats:
-    """DDPO's per-prompt reward statistics (module docstring); `update` returns the standardised rewards."""
-
-    def __init__(self, buffer: int, min_count: int, eps: float = 1e-6):
-        self.buffer, self.min_count, self.eps = buffer, min_count, eps
-        self.stats: dict[str, deque] = {}
-
-    def update(self, prompts: list[str], rewards: Tensor) -> Tensor:
-        out = torch.empty_like(rewards, dtype=torch.float64)
-        flat = rewards.double()
-        for prompt in dict.fromkeys(prompts):
-            idx = torch.tensor([i for i, p in enumerate(prompts) if p == prompt])
-            seen = self.stats.setdefault(prompt, deque(maxlen=self.buffer))
-            seen.extend(flat[idx].tolist())
-            ref = torch.tensor(list(seen), dtype=torch.float64) if len(seen) >= self.min_count else flat
-            # population std (numpy's default), as DDPO's tracker
-            out[idx] = (flat[idx] - ref.mean()) / (ref.std(unbiased=False) + self.eps)
-        return out.to(rewards.dtype)
-
-    def state(self) -> dict:
-        return {p: list(v) for p, v in self.stats.items()}
 
 
 @dataclass

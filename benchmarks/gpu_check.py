@@ -83,13 +83,14 @@ def run_tests(dry: bool, cache: str, timeout_s: float) -> dict:
     """The selection with CUDA visible (tests that go through `harness run` train on it; the precision and engine
     tests probe it). The dry run only collects it: running the suite from inside the suite would recurse."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TESTS]
-    cmd += ["--collect-only"] if dry else ["-x", "--timeout", str(int(timeout_s))]
+    # -W ignore: a warnings summary printed after the collected ids would push them out of the recorded tail
+    cmd += ["--collect-only", "-W", "ignore"] if dry else ["-x", "--timeout", str(int(timeout_s))]
     env = {**os.environ, "HARNESS_TEST_CACHE": cache,
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     start = time.perf_counter()
     try:
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s + 30)
-        tail, rc = (done.stdout + done.stderr)[-3000:], done.returncode
+        tail, rc = (done.stdout + done.stderr)[-(20000 if dry else 3000):], done.returncode  # dry: every id
     except subprocess.TimeoutExpired as e:
         tail, rc = (str(e.stdout or "") + str(e.stderr or ""))[-3000:], "timeout"
     last = [ln for ln in tail.splitlines() if ln.strip()][-1:] or [""]

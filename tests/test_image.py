@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from algorithms.rebel import Rebel
-from algorithms.trajectory import PerPromptStats, TrajectoryPPO, TrajectoryRebel, make
+from algorithms.trajectory import TrajectoryPPO, TrajectoryRebel, make
+from harness.core.diffusion import PerPromptStats
 from harness.core.batch import Batch, PolicyOutput
 from harness.core.diffusion import (DiffusionPolicy, boundary_scalings, gaussian_logp, lcm_timesteps,
                                     sample, scaled_linear_alphas_cumprod, trajectory_logp)

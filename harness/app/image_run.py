@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from algorithms.trajectory import PerPromptStats, hyperparameters, make
+from algorithms.trajectory import hyperparameters, make
+from harness.core.diffusion import PerPromptStats
 from harness.app.image_config import ImageRunConfig
 from harness.core.diffusion import DiffusionPolicy, Trajectories, sample, trajectory_logp
 from harness.core.errors import UserError

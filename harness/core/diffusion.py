@@ -17,6 +17,7 @@ trajectory.py the losses, harness/app/image_run.py the loop.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -153,3 +154,27 @@ def add_lora(unet: nn.Module, r: int, alpha: int, targets: list[str] | None = No
     if not params or any("lora_" not in n for n, p in unet.named_parameters() if p.requires_grad):
         raise RuntimeError("the LoRA adapter left no trainable parameters, or trained a base weight")
     return params
+
+
+class PerPromptStats:
+    """DDPO's per-prompt reward statistics (the clipped trajectory PG's advantages, algorithms/trajectory.py): state the
+    backbone keeps across iterations, so it lives here, not in the optimizer file; `update` returns the standardised rewards."""
+
+    def __init__(self, buffer: int, min_count: int, eps: float = 1e-6):
+        self.buffer, self.min_count, self.eps = buffer, min_count, eps
+        self.stats: dict[str, deque] = {}
+
+    def update(self, prompts: list[str], rewards: Tensor) -> Tensor:
+        out = torch.empty_like(rewards, dtype=torch.float64)
+        flat = rewards.double()
+        for prompt in dict.fromkeys(prompts):
+            idx = torch.tensor([i for i, p in enumerate(prompts) if p == prompt])
+            seen = self.stats.setdefault(prompt, deque(maxlen=self.buffer))
+            seen.extend(flat[idx].tolist())
+            ref = torch.tensor(list(seen), dtype=torch.float64) if len(seen) >= self.min_count else flat
+            # population std (numpy's default), as DDPO's tracker
+            out[idx] = (flat[idx] - ref.mean()) / (ref.std(unbiased=False) + self.eps)
+        return out.to(rewards.dtype)
+
+    def state(self) -> dict:
+        return {p: list(v) for p, v in self.stats.items()}
